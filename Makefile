@@ -1,0 +1,25 @@
+# The two commands of the README: `make drill` (the main job on the embedded lab) and `make test`.
+.PHONY: setup drill test lint lab-down clean
+
+VENV := .venv
+BIN := $(VENV)/bin
+
+setup:
+	@bash scripts/setup.sh
+
+drill: setup
+	@bash scripts/drill.sh
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check drtool tests bench
+	$(BIN)/yamllint -s playbooks roles inventory
+	cd $(CURDIR) && $(BIN)/ansible-lint --profile production playbooks roles
+
+lab-down: setup
+	$(BIN)/drtool lab down
+
+clean: lab-down
+	rm -rf $(VENV)

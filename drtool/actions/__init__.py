@@ -1,0 +1,1 @@
+"""One module per action: each orchestrates one user-facing job and returns a result dict."""

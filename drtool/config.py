@@ -1,0 +1,297 @@
+"""Load drtool.yaml, validate it against one schema, and report every problem at once."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from drtool.errors import ConfigError, UsageError
+
+DEFAULT_CONFIG_NAME = "drtool.yaml"
+DEFAULT_LAB_DIR = Path("/var/lib/drtool-lab")
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    site: str
+    port: int = 22
+    standby: bool = False
+    instance_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    url: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    credentials_file: str | None = None
+    profile: str | None = None
+
+
+@dataclass(frozen=True)
+class DnsTarget:
+    provider: str
+    record: str
+    server: str | None = None
+    port: int = 53
+    zone: str | None = None
+    zone_id: str | None = None
+    ttl: int = 60
+    tsig_key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    role: str
+    gpu: bool
+    hosts: tuple[Host, ...]
+    standby_provider: str | None
+    docker_host: str
+    registry_url: str
+    registry_ca_file: str | None
+    object_stores: tuple[ObjectStore, ...]
+    dns: DnsTarget
+    serving_port: int
+    health_path: str
+    raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def is_standby(self) -> bool:
+        return self.standby_provider is not None
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    weights_path: str
+    image: str
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    user: str = "root"
+    private_key_file: str | None = None
+    known_hosts_file: str | None = None
+    python_interpreter: str | None = None
+    port: int = 22
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    sites: dict[str, Site]
+    models: dict[str, Model]
+    ssh: SshSettings
+    ca_file: str | None
+    lab_state_dir: str | None
+    raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+    def site(self, name: str) -> Site:
+        """The named site, or a usage error listing the known ones."""
+        if name not in self.sites:
+            known = ", ".join(sorted(self.sites))
+            raise UsageError(f"unknown site {name!r}", hint=f"known sites in {self.path}: {known}")
+        return self.sites[name]
+
+    def model(self, name: str) -> Model:
+        if name not in self.models:
+            known = ", ".join(sorted(self.models))
+            raise UsageError(f"unknown model {name!r}", hint=f"known models in {self.path}: {known}")
+        return self.models[name]
+
+    @property
+    def primary(self) -> Site:
+        return next(s for s in self.sites.values() if s.role == "primary")
+
+    def all_hosts(self) -> list[Host]:
+        return [h for s in self.sites.values() for h in s.hosts]
+
+    def host(self, name: str) -> Host:
+        for h in self.all_hosts():
+            if h.name == name:
+                return h
+        known = ", ".join(h.name for h in self.all_hosts())
+        raise UsageError(f"unknown host {name!r}", hint=f"known hosts: {known}")
+
+
+def _schema() -> dict:
+    text = resources.files("drtool").joinpath("schema/config.schema.json").read_text()
+    return json.loads(text)
+
+
+def resolve_config_path(explicit: str | os.PathLike | None) -> Path:
+    """--config, else $DRTOOL_CONFIG, else ./drtool.yaml, else the running lab's config."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("DRTOOL_CONFIG")
+    if env:
+        return Path(env)
+    local = Path.cwd() / DEFAULT_CONFIG_NAME
+    if local.exists():
+        return local
+    lab = Path(os.environ.get("DRTOOL_LAB_DIR", DEFAULT_LAB_DIR)) / DEFAULT_CONFIG_NAME
+    if lab.exists():
+        return lab
+    raise UsageError(
+        "no configuration found",
+        hint="pass --config PATH, set DRTOOL_CONFIG, put a drtool.yaml in the current directory, "
+        "or start the embedded lab with `drtool lab up` (see docs/configuration.md)",
+    )
+
+
+def _line_index(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
+    """Map each key path in the YAML document to its 1-based line, for error messages."""
+    lines: dict[tuple, int] = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            lines.update({k: v for k, v in _line_index(value_node, path + (key,)).items() if k != path + (key,)})
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.update(_line_index(item, path + (i,)))
+    return lines
+
+
+def _dotted(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _schema_message(err: jsonschema.ValidationError) -> tuple[tuple, str]:
+    path = tuple(err.absolute_path)
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        allowed = ", ".join(sorted(err.schema.get("properties", {})))
+        return path, f"unknown key(s) {', '.join(map(repr, extra))} (allowed: {allowed})"
+    if err.validator == "required":
+        return path, err.message.replace("is a required property", "is required")
+    if err.validator == "enum":
+        return path, f"{err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
+    if err.validator == "pattern":
+        return path, f"{err.instance!r}: {err.schema.get('x-message', 'does not match ' + err.validator_value)}"
+    if err.validator == "propertyNames":
+        return path, f"name {err.instance!r} is not valid: lower-case letters, digits and '-' only"
+    return path, err.message
+
+
+def _semantic_problems(doc: dict) -> list[tuple[tuple, str]]:
+    """Rules the schema cannot say: roles, pools, unique names."""
+    problems: list[tuple[tuple, str]] = []
+    sites = doc.get("sites") or {}
+    if not isinstance(sites, dict):
+        return problems
+    roles = [s.get("role") for s in sites.values() if isinstance(s, dict)]
+    if not all(r in ("primary", "dr") for r in roles):
+        roles = []  # a bad role is reported by the schema; counting would only repeat it
+    if roles and roles.count("primary") != 1:
+        problems.append((("sites",), f"exactly one site must have role 'primary' (found {roles.count('primary')})"))
+    if roles and "dr" not in roles:
+        problems.append((("sites",), "at least one site must have role 'dr'"))
+    seen: dict[str, str] = {}
+    for site_name, site in sites.items():
+        if not isinstance(site, dict):
+            continue
+        has_hosts, has_pool = "hosts" in site, "standby_pool" in site
+        if has_hosts == has_pool:
+            problems.append((("sites", site_name),
+                             "give either 'hosts' (serving hosts) or 'standby_pool' (cold standbys), exactly one"))
+        host_lists = [("hosts", site.get("hosts"))]
+        if isinstance(site.get("standby_pool"), dict):
+            host_lists.append((("standby_pool", "hosts"), site["standby_pool"].get("hosts")))
+        for key, hosts in host_lists:
+            for i, h in enumerate(hosts or []):
+                if isinstance(h, dict) and isinstance(h.get("name"), str):
+                    key_path = key if isinstance(key, tuple) else (key,)
+                    if h["name"] in seen:
+                        problems.append((("sites", site_name, *key_path, i, "name"),
+                                         f"host name {h['name']!r} is already used in site {seen[h['name']]!r}"))
+                    seen[h["name"]] = site_name
+    return problems
+
+
+def load_config(explicit: str | os.PathLike | None = None) -> Config:
+    path = resolve_config_path(explicit)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"configuration file {path} does not exist",
+                         hint="check --config / DRTOOL_CONFIG, or run `drtool lab up` for the lab") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    try:
+        node = yaml.compose(text)
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}",
+                          hint="fix the YAML syntax and run again", details=[f"{where}: {exc}"]) from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the configuration must be a mapping (sites:, models:, ...)",
+                          details=[f"{path}: top level is {type(doc).__name__}"])
+    lines = _line_index(node) if node is not None else {}
+
+    found = [_schema_message(e) for e in jsonschema.Draft202012Validator(_schema()).iter_errors(doc)]
+    found += _semantic_problems(doc)
+    if found:
+        details = []
+        for key_path, msg in sorted(found, key=lambda p: (lines.get(p[0], 0), _dotted(p[0]))):
+            line = lines.get(key_path)
+            where = f"{path}:{line}" if line else str(path)
+            details.append(f"{where}: {_dotted(key_path)}: {msg}")
+        raise ConfigError(f"{path}: {len(details)} problem(s) in the configuration",
+                          hint="fix every listed key; see docs/configuration.md", details=details)
+    return _build(path, doc)
+
+
+def _build(path: Path, doc: dict[str, Any]) -> Config:
+    ssh_doc = doc.get("ssh", {})
+    ssh = SshSettings(**ssh_doc)
+    sites = {}
+    for name, s in doc["sites"].items():
+        pool = s.get("standby_pool")
+        host_docs = pool["hosts"] if pool else s["hosts"]
+        hosts = tuple(
+            Host(name=h["name"], address=h["address"], site=name, port=h.get("port", ssh.port),
+                 standby=bool(pool), instance_id=h.get("instance_id"))
+            for h in host_docs
+        )
+        dns = s["dns"]
+        sites[name] = Site(
+            name=name,
+            role=s["role"],
+            gpu=s.get("gpu", False),
+            hosts=hosts,
+            standby_provider=pool["provider"] if pool else None,
+            docker_host=s.get("docker_host", "unix:///var/run/docker.sock"),
+            registry_url=s["container_registry"]["url"],
+            registry_ca_file=s["container_registry"].get("ca_file"),
+            object_stores=tuple(ObjectStore(**o) for o in s["object_stores"]),
+            dns=DnsTarget(**dns),
+            serving_port=s["serving"]["port"],
+            health_path=s["serving"].get("health_path", "/healthz"),
+            raw=s,
+        )
+    models = {n: Model(name=n, **m) for n, m in doc["models"].items()}
+    return Config(
+        path=path,
+        sites=sites,
+        models=models,
+        ssh=ssh,
+        ca_file=doc.get("tls", {}).get("ca_file"),
+        lab_state_dir=doc.get("lab", {}).get("state_dir"),
+        raw=doc,
+    )

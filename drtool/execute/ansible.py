@@ -1,0 +1,241 @@
+"""Run a playbook through ansible-runner: fresh private data dir, streamed events, timings, clear failures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from drtool.config import Config
+from drtool.errors import AnsibleRunError, HostKeyError, UsageError
+from drtool.inventory import build_inventory
+from drtool.paths import playbooks_dir, roles_dir
+
+# Tasks with this name hand structured data back to Python through their `debug: msg:`.
+RESULT_TASK = "drtool_result"
+HOST_KEY_FAILURE = "Host key verification failed"
+
+
+@dataclass
+class TaskEvent:
+    """One host's outcome of one task, fed to progress displays and kept for reports."""
+
+    play: str
+    task: str
+    host: str
+    status: str  # ok | changed | failed | unreachable | skipped
+    duration_s: float
+    message: str = ""
+
+
+@dataclass
+class PlaybookResult:
+    playbook: str
+    status: str
+    rc: int
+    seconds: float
+    events: list[TaskEvent] = field(default_factory=list)
+    results: dict[str, dict] = field(default_factory=dict)   # host -> data from `drtool_result` tasks
+    unreachable: dict[str, str] = field(default_factory=dict)  # host -> message
+    failed: list[TaskEvent] = field(default_factory=list)
+
+    def timings(self) -> list[dict]:
+        return [asdict(e) for e in self.events]
+
+
+ProgressFn = Callable[[str, TaskEvent | str], None]
+
+
+def _ssh_args(config: Config) -> str:
+    ssh = config.ssh
+    args = [
+        "-o StrictHostKeyChecking=yes",  # never trust an unknown or changed host key
+        "-o IdentitiesOnly=yes",
+        "-o BatchMode=yes",
+        "-o ConnectTimeout=10",
+        # No ControlPersist: a persistent mux would outlive the run (and the lab host).
+        "-o ControlMaster=no",
+        "-o ControlPath=none",
+    ]
+    if ssh.known_hosts_file:
+        args.append(f"-o UserKnownHostsFile={ssh.known_hosts_file}")
+        args.append("-o GlobalKnownHostsFile=/dev/null")
+    return " ".join(args)
+
+
+def _duration(event_data: dict, started: dict[str, float], key: str) -> float:
+    dur = event_data.get("duration")
+    if isinstance(dur, (int, float)):
+        return float(dur)
+    return round(time.monotonic() - started.get(key, time.monotonic()), 3)
+
+
+def _failure_message(res: dict) -> str:
+    if res.get("censored"):
+        return "output hidden (no_log task); see the task's role for what it checks"
+    parts = [str(res.get("msg", "")).strip()]
+    for key in ("stderr", "module_stderr"):
+        text = str(res.get(key) or "").strip()
+        if text and text not in parts[0]:
+            parts.append(text[-800:])
+    return "\n".join(p for p in parts if p) or "no message"
+
+
+def run_playbook(
+    config: Config,
+    playbook: str,
+    *,
+    extravars: dict | None = None,
+    limit: str | None = None,
+    progress: ProgressFn | None = None,
+    check: bool = False,
+    raise_on_failure: bool = True,
+) -> PlaybookResult:
+    """Run playbooks/<playbook> against the inventory built from `config`."""
+    pb_path = playbooks_dir() / playbook
+    if not pb_path.is_file():
+        raise UsageError(f"playbook {playbook} not found in {playbooks_dir()}")
+    if config.ssh.known_hosts_file and not Path(config.ssh.known_hosts_file).is_file():
+        raise UsageError(f"known_hosts file {config.ssh.known_hosts_file} (ssh.known_hosts_file) does not exist",
+                         hint="pin every host's key there; drtool never connects to an unverified host")
+
+    import ansible_runner  # slow import: only when a playbook actually runs
+
+    private = Path(tempfile.mkdtemp(prefix="drtool-ansible-"))
+    os.chmod(private, 0o700)
+    (private / "inventory").mkdir()
+    (private / "inventory" / "hosts.yml").write_text(yaml.safe_dump(build_inventory(config), sort_keys=False))
+    bin_dir = str(Path(sys.executable).parent)
+    envvars = {
+        # ansible-runner executes `ansible-playbook`: it must be found next to this Python.
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
+        "ANSIBLE_ROLES_PATH": str(roles_dir()),
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
+        "ANSIBLE_SSH_ARGS": _ssh_args(config),
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_NOCOLOR": "True",
+        "ANSIBLE_LOCAL_TEMP": str(private / "tmp"),
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+    }
+
+    result = PlaybookResult(playbook=playbook, status="unknown", rc=-1, seconds=0.0)
+    task_started: dict[str, float] = {}
+    current = {"play": "", "task": ""}
+
+    def on_event(event: dict) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {}) or {}
+        if kind == "playbook_on_play_start":
+            current["play"] = data.get("play", "")
+            if progress:
+                progress("play", current["play"])
+        elif kind == "playbook_on_task_start":
+            current["task"] = data.get("task", "")
+            task_started[data.get("task_uuid", "")] = time.monotonic()
+            if progress:
+                progress("task", current["task"])
+        elif kind.startswith("runner_on_") and kind not in ("runner_on_start",):
+            res = data.get("res", {}) or {}
+            status = {
+                "runner_on_ok": "changed" if res.get("changed") else "ok",
+                "runner_on_failed": "failed",
+                "runner_on_unreachable": "unreachable",
+                "runner_on_skipped": "skipped",
+            }.get(kind)
+            if status is None:
+                return True
+            if kind == "runner_on_failed" and data.get("ignore_errors"):
+                status = "ok"
+            host = data.get("host", "?")
+            ev = TaskEvent(
+                play=data.get("play", current["play"]),
+                task=data.get("task", current["task"]),
+                host=host,
+                status=status,
+                duration_s=_duration(data, task_started, data.get("task_uuid", "")),
+            )
+            if status in ("failed", "unreachable"):
+                ev.message = _failure_message(res)
+                if status == "unreachable":
+                    result.unreachable[host] = ev.message
+                else:
+                    result.failed.append(ev)
+            if status in ("ok", "changed") and ev.task == RESULT_TASK and isinstance(res.get("msg"), dict):
+                result.results.setdefault(host, {}).update(res["msg"])
+            result.events.append(ev)
+            if progress:
+                progress("result", ev)
+        return True
+
+    started = time.monotonic()
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=str(private),
+            project_dir=str(playbooks_dir()),
+            playbook=playbook,
+            inventory=str(private / "inventory" / "hosts.yml"),
+            extravars=extravars or {},
+            envvars=envvars,
+            limit=limit,
+            cmdline="--check" if check else None,
+            event_handler=on_event,
+            quiet=True,
+        )
+        result.status, result.rc = runner.status, runner.rc
+        if result.rc == 127 or (result.status == "failed" and not result.events):
+            try:
+                stdout = runner.stdout.read()[-2000:]
+            except (OSError, AttributeError):  # best-effort diagnostic only
+                stdout = ""
+            raise AnsibleRunError(
+                f"ansible-playbook did not run ({playbook}, rc {result.rc})",
+                hint=f"is ansible installed next to {sys.executable}? output: {stdout.strip()[-600:]}",
+            )
+    finally:
+        result.seconds = round(time.monotonic() - started, 3)
+        if not os.environ.get("DRTOOL_KEEP_ANSIBLE_ARTIFACTS"):
+            shutil.rmtree(private, ignore_errors=True)
+
+    if raise_on_failure:
+        _raise_for(result, config)
+    return result
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text and text.strip() else ""
+
+
+def _raise_for(result: PlaybookResult, config: Config) -> None:
+    for host, msg in result.unreachable.items():
+        if HOST_KEY_FAILURE in msg or "REMOTE HOST IDENTIFICATION HAS CHANGED" in msg:
+            raise HostKeyError(
+                f"host key of {host} does not match the pinned key in {config.ssh.known_hosts_file}",
+                hint="someone may be intercepting the connection, or the host was rebuilt; verify the new key "
+                "out of band and update known_hosts before retrying",
+                details=[_first_line(msg)],
+            )
+    if result.failed:
+        ev = result.failed[0]
+        raise AnsibleRunError(
+            f"{result.playbook}: task '{ev.task}' failed on {ev.host}: {_first_line(ev.message)}",
+            hint="see the message above; re-run with -v for every task's outcome",
+            host=ev.host, task=ev.task, output=ev.message,
+            details=[f"{e.host}: {e.task}: {e.message}" for e in result.failed],
+        )
+    if result.unreachable and result.rc != 0:
+        host, msg = next(iter(result.unreachable.items()))
+        raise AnsibleRunError(
+            f"{result.playbook}: host {host} is unreachable: {_first_line(msg)}",
+            hint="check that the host is powered on and its sshd answers",
+            host=host, output=msg,
+        )
+    if result.rc != 0:
+        raise AnsibleRunError(f"{result.playbook} failed (status {result.status}, rc {result.rc})")

@@ -1,0 +1,50 @@
+"""Build the Ansible inventory from the configuration: the config is the one source of truth."""
+
+from __future__ import annotations
+
+import sys
+
+from drtool.config import Config
+
+
+def group_name(site: str) -> str:
+    """Ansible group for a site (Ansible group names may not contain '-')."""
+    return "site_" + site.replace("-", "_")
+
+
+def build_inventory(config: Config) -> dict:
+    """The inventory as a YAML-ready dict. Holds paths to secrets, never secret values."""
+    ssh = config.ssh
+    all_vars: dict = {
+        "ansible_user": ssh.user,
+        "ansible_python_interpreter": ssh.python_interpreter or sys.executable,
+        "drtool_ca_file": config.ca_file,
+    }
+    if ssh.private_key_file:
+        all_vars["ansible_ssh_private_key_file"] = ssh.private_key_file
+    children: dict = {}
+    roles: dict[str, dict] = {"primary": {}, "dr": {}}
+    serving: dict = {}
+    standby: dict = {}
+    for site in config.sites.values():
+        hosts = {h.name: {"ansible_host": h.address, "ansible_port": h.port} for h in site.hosts}
+        for h in site.hosts:
+            (standby if h.standby else serving)[h.name] = {}
+        children[group_name(site.name)] = {
+            "hosts": hosts,
+            "vars": {
+                "drtool_site": site.name,
+                "drtool_site_role": site.role,
+                "drtool_site_gpu": site.gpu,
+                "drtool_docker_host": site.docker_host,
+                "drtool_registry_url": site.registry_url,
+                "drtool_serving_port": site.serving_port,
+                "drtool_health_path": site.health_path,
+            },
+        }
+        roles[site.role][group_name(site.name)] = {}
+    children["primary"] = {"children": roles["primary"]}
+    children["dr"] = {"children": roles["dr"]}
+    children["serving"] = {"hosts": serving}
+    children["standby"] = {"hosts": standby}
+    return {"all": {"vars": all_vars, "children": children}}

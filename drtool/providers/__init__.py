@@ -1,0 +1,18 @@
+"""Standby providers: power a cold-standby host on, wait for it, power it off."""
+
+from __future__ import annotations
+
+from drtool.config import Config, Site
+from drtool.errors import UsageError
+from drtool.providers.base import StandbyProvider
+
+
+def get_provider(config: Config, site: Site) -> StandbyProvider:
+    if not site.is_standby:
+        raise UsageError(f"site {site.name} has no standby_pool; it has fixed serving hosts")
+    if site.standby_provider == "lab":
+        from drtool.providers.lab import LabProvider
+
+        return LabProvider(config)
+    raise UsageError(f"standby provider {site.standby_provider!r} of site {site.name} is not available yet",
+                     hint="providers: lab (aws arrives with the failover work)")
