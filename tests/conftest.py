@@ -42,3 +42,30 @@ def run_cli(*args: str, env: dict | None = None, check: bool = False) -> subproc
     exe = shutil.which("drtool") or str(REPO / ".venv" / "bin" / "drtool")
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([exe, *args], capture_output=True, text=True, env=full_env, check=check, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's AWS API server over real HTTP on loopback (EC2, Route 53, S3 ...); yields its endpoint URL."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_server, monkeypatch):
+    """Point the standard AWS environment at the moto server (what an operator's env would do for AWS)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return moto_server

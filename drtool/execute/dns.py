@@ -101,3 +101,69 @@ class Rfc2136Dns:
                 f"DNS server {self._where()} refused the update of {name}: {dns.rcode.to_text(resp.rcode())}",
                 hint="check the server's update-policy for this key and record",
             )
+
+
+class Route53Dns:
+    """The same record operations against Route 53: UPSERT, then follow the change until INSYNC."""
+
+    def __init__(self, target: DnsTarget, poll_s: float = 2.0, timeout: float = 300.0):
+        if not target.zone_id:
+            raise UsageError(f"Route 53 target for {target.record} needs zone_id")
+        import boto3
+
+        self.target = target
+        self.poll_s = poll_s
+        self.timeout = timeout
+        # Endpoint and credentials the standard AWS ways (AWS_ENDPOINT_URL, profiles, instance roles).
+        self.client = boto3.client("route53")
+        self.fqdn = target.record.rstrip(".") + "."
+
+    def read_a(self, record: str | None = None) -> ARecord:
+        name = (record.rstrip(".") + ".") if record else self.fqdn
+        resp = self._call("list_resource_record_sets", HostedZoneId=self.target.zone_id, StartRecordName=name,
+                          StartRecordType="A", MaxItems="1")
+        for rrset in resp.get("ResourceRecordSets", []):
+            if rrset["Name"] == name and rrset["Type"] == "A":
+                addrs = sorted(r["Value"] for r in rrset.get("ResourceRecords", []))
+                return ARecord(name.rstrip("."), addrs, rrset.get("TTL"))
+        return ARecord(name.rstrip("."), [], None)
+
+    def replace_a(self, addresses: list[str], ttl: int | None = None, record: str | None = None) -> str:
+        """UPSERT the A set and wait until Route 53 reports the change INSYNC; returns the change id."""
+        import time
+
+        name = (record.rstrip(".") + ".") if record else self.fqdn
+        batch = {"Comment": "drtool", "Changes": [{"Action": "UPSERT", "ResourceRecordSet": {
+            "Name": name, "Type": "A", "TTL": ttl or self.target.ttl,
+            "ResourceRecords": [{"Value": a} for a in addresses]}}]}
+        change = self._call("change_resource_record_sets", HostedZoneId=self.target.zone_id, ChangeBatch=batch)
+        change_id = change["ChangeInfo"]["Id"]
+        deadline = time.monotonic() + self.timeout
+        while change["ChangeInfo"]["Status"] != "INSYNC":
+            if time.monotonic() > deadline:
+                raise OperationFailed(f"Route 53 change {change_id} for {name} not INSYNC after {self.timeout:.0f}s",
+                                      hint="the change was accepted; check it in Route 53 before retrying")
+            time.sleep(self.poll_s)
+            change = self._call("get_change", Id=change_id)
+        return change_id
+
+    def _call(self, op: str, **kwargs):
+        import botocore.exceptions
+
+        try:
+            return getattr(self.client, op)(**kwargs)
+        except botocore.exceptions.ClientError as exc:
+            err = exc.response.get("Error", {})
+            raise OperationFailed(f"Route 53 {op} on zone {self.target.zone_id} failed: "
+                                  f"{err.get('Code')}: {err.get('Message')}") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise OperationFailed(f"Route 53 {op} failed: {exc}", hint="check AWS credentials and endpoint") from None
+
+
+def dns_for(target: DnsTarget) -> Rfc2136Dns | Route53Dns:
+    """The DNS provider client a site's configuration names."""
+    if target.provider == "rfc2136":
+        return Rfc2136Dns(target)
+    if target.provider == "route53":
+        return Route53Dns(target)
+    raise UsageError(f"unknown DNS provider {target.provider!r}", hint="providers: rfc2136, route53")

@@ -14,5 +14,9 @@ def get_provider(config: Config, site: Site) -> StandbyProvider:
         from drtool.providers.lab import LabProvider
 
         return LabProvider(config)
-    raise UsageError(f"standby provider {site.standby_provider!r} of site {site.name} is not available yet",
-                     hint="providers: lab (aws arrives with the failover work)")
+    if site.standby_provider == "aws":
+        from drtool.providers.aws import AwsProvider
+
+        return AwsProvider(config, site)
+    raise UsageError(f"unknown standby provider {site.standby_provider!r} in site {site.name}",
+                     hint="providers: lab, aws")

@@ -1,0 +1,41 @@
+"""S3 clients for object stores: only standard S3 calls, so AWS S3, MinIO, Ceph RGW and R2 all work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import boto3
+import botocore.session
+from botocore.config import Config as BotoConfig
+
+from drtool.config import ObjectStore
+from drtool.errors import UsageError
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str  # no leading or trailing '/'
+
+    def key(self, *parts: str) -> str:
+        return "/".join(p.strip("/") for p in (self.prefix, *parts) if p)
+
+
+def parse_s3_url(url: str) -> S3Location:
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise UsageError(f"{url!r} is not an s3://bucket/prefix URL")
+    return S3Location(parsed.netloc, parsed.path.strip("/"))
+
+
+def client(store: ObjectStore, max_pool: int = 16):
+    """A boto3 S3 client for the store. Credentials come the standard AWS ways, or from the store's
+    credentials_file (AWS shared-credentials format); they are never passed on a command line."""
+    bsession = botocore.session.Session(profile=store.profile)
+    if store.credentials_file:
+        bsession.set_config_variable("credentials_file", store.credentials_file)
+    session = boto3.Session(botocore_session=bsession, region_name=store.region)
+    cfg = BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=max_pool,
+                     connect_timeout=5, read_timeout=60)
+    return session.client("s3", endpoint_url=store.endpoint_url, config=cfg)
