@@ -277,7 +277,10 @@ def registry_verify(app: App, site, read_data):
 @click.option("--yes", is_flag=True, help="Do not ask before the first change.")
 @click.option("--resume", "resume_run", metavar="RUN", help="Finish an interrupted failover run.")
 @click.option("--reason", help="Why (recorded in the journal and report).")
-def failover_cmd(app: App, site, dry_run, yes, resume_run, reason):
+@click.option("--run-id", help="Use this run id (set by `drtool serve` so a re-launch resumes the same run).")
+@click.option("--approve", "approve_run", metavar="RUN",
+              help="Start a failover that `drtool serve` queued for approval.")
+def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, approve_run):
     """Provision a standby at SITE, restore and verify the production model, then flip DNS to it."""
     app.config.site(site)
     not_built("drtool failover", 5)
@@ -307,8 +310,14 @@ def drill_cmd(app: App, site, scenario, live, report_dir):
 @command(main_group, "serve")
 @click.option("--listen", default="127.0.0.1:9095", show_default=True, help="ADDR:PORT for Alertmanager webhooks.")
 def serve_cmd(app: App, listen):
-    """Receive Alertmanager webhooks and start (or queue for approval) failovers."""
-    not_built("drtool serve", 5)
+    """Receive Alertmanager webhooks and start (or queue for approval) failovers.
+
+    Requires a bearer token (alerts.token_file); deduplicates by alert fingerprint, waits until an alert
+    has fired for alerts.firing_for_s, honours a per-site cooldown, and persists its decisions so a
+    restart never triggers twice."""
+    from drtool.actions import serve
+
+    serve.run(app.config, app.out, listen)
 
 
 def main() -> None:

@@ -87,6 +87,18 @@ class SshSettings:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    """How `drtool serve` turns alerts into failovers."""
+
+    policy: str = "approve"          # auto: start the failover; approve: record it for `failover --approve`
+    token_file: str | None = None    # bearer token Alertmanager must send (secret: a path, never a value)
+    firing_for_s: float = 60.0       # an alert must have been firing this long
+    cooldown_s: float = 1800.0       # no second failover to the same site within this window
+    state_dir: str | None = None     # decisions persist here (default: drtool's state dir)
+    failover_to: dict = field(default_factory=dict)  # failing site -> DR site (default: the first dr site)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     sites: dict[str, Site]
@@ -94,6 +106,7 @@ class Config:
     ssh: SshSettings
     ca_file: str | None
     lab_state_dir: str | None
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     def site(self, name: str) -> Site:
@@ -108,6 +121,13 @@ class Config:
             known = ", ".join(sorted(self.models))
             raise UsageError(f"unknown model {name!r}", hint=f"known models in {self.path}: {known}")
         return self.models[name]
+
+    def dr_site_for(self, failing: str) -> Site:
+        """The site that takes over when `failing` goes down."""
+        target = self.alerts.failover_to.get(failing)
+        if target:
+            return self.site(target)
+        return next(s for s in self.sites.values() if s.role == "dr")
 
     @property
     def primary(self) -> Site:
@@ -200,6 +220,11 @@ def _semantic_problems(doc: dict) -> list[tuple[tuple, str]]:
         problems.append((("sites",), f"exactly one site must have role 'primary' (found {roles.count('primary')})"))
     if roles and "dr" not in roles:
         problems.append((("sites",), "at least one site must have role 'dr'"))
+    alerts = doc.get("alerts") if isinstance(doc.get("alerts"), dict) else {}
+    for failing, target in (alerts.get("failover_to") or {}).items():
+        for key, name in ((failing, failing), (failing, target)):
+            if name not in sites:
+                problems.append((("alerts", "failover_to", key), f"unknown site {name!r} (known: {', '.join(sites)})"))
     seen: dict[str, str] = {}
     for site_name, site in sites.items():
         if not isinstance(site, dict):
@@ -293,5 +318,6 @@ def _build(path: Path, doc: dict[str, Any]) -> Config:
         ssh=ssh,
         ca_file=doc.get("tls", {}).get("ca_file"),
         lab_state_dir=doc.get("lab", {}).get("state_dir"),
+        alerts=AlertSettings(**doc.get("alerts", {})),
         raw=doc,
     )

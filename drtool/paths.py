@@ -24,3 +24,14 @@ def playbooks_dir() -> Path:
 
 def roles_dir() -> Path:
     return project_root() / "roles"
+
+
+def state_dir() -> Path:
+    """drtool's own state (run journals, alert decisions): $DRTOOL_STATE_DIR, else /var/lib/drtool for root,
+    else ~/.local/state/drtool."""
+    env = os.environ.get("DRTOOL_STATE_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/drtool")
+    return Path.home() / ".local" / "state" / "drtool"

@@ -1,0 +1,68 @@
+"""drtool serve: receive Alertmanager webhooks and start (or queue for approval) failovers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from drtool.alerts.decisions import DecisionBook
+from drtool.alerts.receiver import ReceiverServer
+from drtool.config import Config
+from drtool.errors import UsageError
+from drtool.output import Output
+from drtool.paths import state_dir
+
+
+def read_token(config: Config) -> str:
+    path = config.alerts.token_file
+    if not path:
+        raise UsageError("alerts.token_file is not set: drtool serve never accepts unauthenticated webhooks",
+                         hint="write a random token to a 0600 file, name it in alerts.token_file, and give the "
+                              "same file to Alertmanager (http_config.authorization.credentials_file)")
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read alerts.token_file {path}: {exc.strerror}") from None
+    if len(token) < 16:
+        raise UsageError(f"the token in {path} is shorter than 16 characters", hint="use a long random token")
+    return token
+
+
+def subprocess_launcher(config: Config, logs: Path):
+    """Start `drtool failover` as its own process: the receiver keeps answering while it runs."""
+
+    def launch(site: str, run_id: str, reason: str) -> None:
+        logs.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "drtool", "--config", str(config.path), "failover", "--site", site,
+                "--yes", "--run-id", run_id, "--reason", reason]
+        with open(logs / f"{run_id}.log", "ab") as log:
+            subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True, env=os.environ.copy())
+        logging.getLogger("drtool.serve").info("started failover %s to %s", run_id, site)
+
+    return launch
+
+
+def run(config: Config, out: Output, listen: str) -> None:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--listen {listen!r} is not ADDR:PORT")
+    token = read_token(config)
+    base = Path(config.alerts.state_dir) if config.alerts.state_dir else state_dir()
+    book = DecisionBook(config, base, subprocess_launcher(config, base / "runs"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    resumed = book.resume_interrupted()
+    if resumed:
+        out.info(f"re-launched interrupted failover(s): {', '.join(resumed)}")
+    server = ReceiverServer((host, int(port)), book, token)
+    out.info(f"drtool serve: listening on http://{listen}/alerts (policy {config.alerts.policy}, "
+             f"firing_for {config.alerts.firing_for_s:.0f}s, cooldown {config.alerts.cooldown_s:.0f}s)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,1 @@
+"""Alert intake: Alertmanager webhooks and health probes turned into failover decisions."""

@@ -1,0 +1,121 @@
+"""The Alertmanager webhook receiver: authenticates, validates and hands alerts to the DecisionBook."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jsonschema
+
+from drtool.alerts.decisions import Alert, DecisionBook, parse_time
+
+log = logging.getLogger("drtool.serve")
+MAX_BODY = 1 << 20  # Alertmanager batches are small; anything bigger is refused unread
+
+# The parts of Alertmanager's webhook payload (version 4) that decisions rely on.
+WEBHOOK_SCHEMA = {
+    "type": "object",
+    "required": ["version", "status", "alerts"],
+    "properties": {
+        "version": {"const": "4"},
+        "status": {"enum": ["firing", "resolved"]},
+        "alerts": {
+            "type": "array",
+            "maxItems": 1000,
+            "items": {
+                "type": "object",
+                "required": ["status", "labels", "startsAt", "fingerprint"],
+                "properties": {
+                    "status": {"enum": ["firing", "resolved"]},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "startsAt": {"type": "string", "format": "date-time"},
+                    "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"},
+                },
+            },
+        },
+    },
+}
+
+
+def parse_webhook(body: bytes) -> list[Alert]:
+    """Alerts from a webhook body; ValueError naming the problem when it is not a valid payload."""
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"body is not JSON: {exc}") from None
+    errors = sorted(jsonschema.Draft202012Validator(WEBHOOK_SCHEMA).iter_errors(doc), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        raise ValueError(f"not an Alertmanager v4 webhook: {'/'.join(map(str, e.path)) or '(top)'}: {e.message}")
+    alerts = []
+    for a in doc["alerts"]:
+        try:
+            starts = parse_time(a["startsAt"])
+        except ValueError:
+            raise ValueError(f"alert {a['fingerprint']}: startsAt {a['startsAt']!r} is not a timestamp") from None
+        labels = a["labels"]
+        alerts.append(Alert(fingerprint=a["fingerprint"], status=a["status"], name=labels.get("alertname", "?"),
+                            site=labels.get("site"), starts_at=starts, labels=labels))
+    return alerts
+
+
+class ReceiverServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], book: DecisionBook, token: str):
+        super().__init__(address, Handler)
+        self.book = book
+        self.token = token.encode()
+        self.handled = 0
+        self.handled_lock = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ReceiverServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # route the stdlib's access log through logging
+        log.info("%s %s", self.address_string(), fmt % args)
+
+    def _reply(self, code: int, doc: dict) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        if self.path == "/healthz":
+            self._reply(HTTPStatus.OK, {"ok": True})
+        else:
+            self._reply(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+    def do_POST(self):  # noqa: N802
+        if self.path != "/alerts":
+            return self._reply(HTTPStatus.NOT_FOUND, {"error": "POST alerts to /alerts"})
+        auth = self.headers.get("Authorization", "")
+        given = auth[7:].encode() if auth.startswith("Bearer ") else b""
+        if not given or not hmac.compare_digest(given, self.server.token):
+            log.warning("rejected unauthenticated webhook from %s", self.address_string())
+            return self._reply(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return self._reply(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length required"})
+        if length > MAX_BODY or length < 0:
+            return self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {MAX_BODY} bytes"})
+        try:
+            alerts = parse_webhook(self.rfile.read(length))
+        except ValueError as exc:
+            log.warning("rejected malformed webhook: %s", exc)
+            return self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+        decisions = self.server.book.handle(alerts)
+        for d in decisions:
+            if not d.get("duplicate"):
+                log.info("alert %s (%s): %s %s", d["alert"], d["fingerprint"], d["action"], d.get("why", ""))
+        self._reply(HTTPStatus.OK, {"decisions": decisions})

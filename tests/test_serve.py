@@ -1,0 +1,169 @@
+"""drtool serve: Alertmanager webhooks in, exactly one failover decision per outage out (real HTTP)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from drtool.alerts.decisions import AWAITING, STARTED, SUPPRESSED, DecisionBook
+from drtool.alerts.receiver import ReceiverServer
+from drtool.config import load_config
+
+from .conftest import REPO, run_cli
+
+TOKEN = "t0ken-" + "x" * 32
+
+
+def make_config(tmp_path: Path, **alerts) -> Path:
+    doc = yaml.safe_load((REPO / "inventory" / "drtool.example.yaml").read_text())
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    doc["alerts"] = {"policy": "auto", "token_file": str(tmp_path / "token"), "firing_for_s": 0,
+                     "cooldown_s": 600, "state_dir": str(tmp_path / "state"), **alerts}
+    path = tmp_path / "drtool.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def webhook(fingerprint="a1b2c3", status="firing", site="prod-west", starts_ago=120.0, name="PrimaryDown"):
+    starts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - starts_ago))
+    return {"version": "4", "status": status, "receiver": "drtool", "groupKey": "{}:{}",
+            "alerts": [{"status": status, "labels": {"alertname": name, "site": site},
+                        "annotations": {}, "startsAt": starts, "endsAt": "0001-01-01T00:00:00Z",
+                        "fingerprint": fingerprint}]}
+
+
+class Recorder:
+    def __init__(self):
+        self.launched: list[tuple[str, str, str]] = []
+
+    def __call__(self, site, run_id, reason):
+        self.launched.append((site, run_id, reason))
+
+
+@pytest.fixture
+def receiver(tmp_path):
+    """A running receiver on loopback; yields (url, recorder, make_new_book)."""
+    servers = []
+
+    def start(**alerts):
+        cfg = load_config(make_config(tmp_path, **alerts))
+        rec = Recorder()
+        book = DecisionBook(cfg, Path(cfg.alerts.state_dir), rec)
+        srv = ReceiverServer(("127.0.0.1", 0), book, TOKEN)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}", rec, book
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def post(url, doc, token=TOKEN, raw=None):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.post(f"{url}/alerts", data=raw if raw is not None else json.dumps(doc), headers=headers,
+                         timeout=10)
+
+
+def test_fifty_copies_and_a_restart_start_exactly_one_failover(receiver):
+    url, rec, _ = receiver()
+    for _ in range(25):
+        assert post(url, webhook()).status_code == 200
+    url2, rec2, _ = receiver()  # a restarted receiver: same state dir, fresh process state
+    for _ in range(25):
+        assert post(url2, webhook()).status_code == 200
+    assert len(rec.launched) + len(rec2.launched) == 1
+    site, run_id, reason = rec.launched[0]
+    assert site == "dr-east" and run_id.startswith("fo-dr-east-") and "PrimaryDown" in reason
+
+
+def test_unauthenticated_or_malformed_is_rejected_and_changes_nothing(receiver):
+    url, rec, book = receiver()
+    assert post(url, webhook(), token=None).status_code == 401
+    assert post(url, webhook(), token="wrong" * 8).status_code == 401
+    assert post(url, None, raw=b"{not json").status_code == 400
+    bad = webhook()
+    del bad["alerts"][0]["fingerprint"]
+    r = post(url, bad)
+    assert r.status_code == 400 and "fingerprint" in r.json()["error"]
+    bad = webhook()
+    bad["alerts"][0]["startsAt"] = "yesterday"
+    assert post(url, bad).status_code == 400
+    assert rec.launched == []
+    assert book.load()["decisions"] == {}
+
+
+def test_alert_must_keep_firing_before_failover(receiver):
+    url, rec, book = receiver(firing_for_s=300)
+    alert = webhook(starts_ago=10)
+    r = post(url, alert).json()["decisions"][0]
+    assert r["action"] == "pending" and "firing for" in r["why"]
+    assert rec.launched == []
+    # Alertmanager re-sends the same alert later: same fingerprint and start, now firing long enough.
+    book.clock = lambda: time.time() + 400
+    r = post(url, alert).json()["decisions"][0]
+    assert r["action"] == STARTED and len(rec.launched) == 1
+
+
+def test_resolved_alert_never_triggers(receiver):
+    url, rec, _ = receiver()
+    r = post(url, webhook(status="resolved")).json()["decisions"][0]
+    assert r["action"] == "resolved" and rec.launched == []
+
+
+def test_cooldown_suppresses_a_second_outage_to_the_same_site(receiver):
+    url, rec, _ = receiver(cooldown_s=3600)
+    post(url, webhook(fingerprint="aaaa"))
+    r = post(url, webhook(fingerprint="bbbb", name="PrimaryHighErrorRate")).json()["decisions"][0]
+    assert r["action"] == SUPPRESSED and "cooldown" in r["why"]
+    assert len(rec.launched) == 1
+
+
+def test_unknown_site_label_is_ignored(receiver):
+    url, rec, _ = receiver()
+    r = post(url, webhook(site="mars")).json()["decisions"][0]
+    assert r["action"] == "ignored" and rec.launched == []
+
+
+def test_policy_approve_records_and_waits(receiver):
+    url, rec, book = receiver(policy="approve")
+    r = post(url, webhook()).json()["decisions"][0]
+    assert r["action"] == AWAITING and "--approve" in r["why"]
+    assert rec.launched == []
+    assert book.approval(r["run_id"])["target"] == "dr-east"
+
+
+def test_receiver_killed_between_decision_and_launch_relaunches_same_run(tmp_path):
+    cfg = load_config(make_config(tmp_path))
+
+    def crash(site, run_id, reason):
+        raise KeyboardInterrupt  # the process dies right after recording `starting`
+
+    book = DecisionBook(cfg, Path(cfg.alerts.state_dir), crash)
+    from drtool.alerts.receiver import parse_webhook
+
+    with pytest.raises(KeyboardInterrupt):
+        book.handle(parse_webhook(json.dumps(webhook()).encode()))
+    run_id = next(iter(book.load()["decisions"].values()))["run_id"]
+    rec = Recorder()
+    book2 = DecisionBook(cfg, Path(cfg.alerts.state_dir), rec)
+    assert book2.resume_interrupted() == [run_id]
+    assert [r[1] for r in rec.launched] == [run_id]
+    assert book2.resume_interrupted() == []  # and only once
+
+
+def test_serve_refuses_to_start_without_token(tmp_path):
+    path = make_config(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    del doc["alerts"]["token_file"]
+    path.write_text(yaml.safe_dump(doc))
+    proc = run_cli("--config", str(path), "serve", "--listen", "127.0.0.1:0")
+    assert proc.returncode == 2
+    assert "never accepts unauthenticated webhooks" in proc.stderr
