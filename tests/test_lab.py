@@ -154,33 +154,6 @@ def test_changed_host_key_is_refused(lab, lab_config, tmp_path):
     assert "host key of pw-gpu1 does not match" in proc.stderr
 
 
-def _lab_leftovers(state_dir: Path) -> list[str]:
-    left = []
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    left += [f"netns {ln.split()[0]}" for ln in netns.splitlines() if ln.startswith("drlab")]
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    left += [f"link {ln.split(':')[1].strip()}" for ln in links.splitlines()
-             if ln.split(":")[1].strip().split("@")[0].startswith(("drl-", "drlab"))]
-    procs = subprocess.run(["pgrep", "-af", str(state_dir)], capture_output=True, text=True).stdout
-    left += [f"process {p}" for p in procs.splitlines()]
-    mounts = Path("/proc/mounts").read_text()
-    left += [f"mount {m.split()[1]}" for m in mounts.splitlines()
-             if str(state_dir) in m or m.split()[1].startswith("/run/drtool")]
-    return left
-
-
-def test_down_leaves_nothing_and_up_twice_succeeds(lab):
-    lab.down()
-    assert _lab_leftovers(lab.state_dir) == []
-    lab.down()  # idempotent
-    for _ in range(2):
-        parts = lab.up()
-        down = [p.name for p in parts if not p.up and p.kind != "host"]
-        assert down == [], f"parts down after up: {down}"
-    status = {p.name: p for p in lab.status()}
-    assert status["pw-gpu1"].up and not status["de-gpu1"].up
-
-
 def test_lab_status_cli_json(lab):
     proc = run_cli("lab", "status", "--json", env={"DRTOOL_LAB_DIR": str(lab.state_dir)})
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,128 @@
+"""The lab's fixed layout: bridge, namespaces, addresses, sites, hosts and the services they run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BRIDGE = "drlab0"
+BRIDGE_ADDRESS = "10.77.0.1"
+PREFIX_LEN = 24
+SUBNET = "10.77.0.0/24"
+NS_PREFIX = "drlab-"
+VETH_PREFIX = "drl-"          # root-side veth ends: drl-<short>, at most 15 characters
+IN_NS_IFNAME = "eth0"          # the namespace-side end, renamed after it is moved in
+
+ZONE = "drlab.test"
+MODEL_RECORD = "model"         # model.drlab.test, the name clients resolve to reach the serving site
+MODEL_TTL = 60
+TSIG_KEY_NAME = "drtool-key"
+
+SSH_PORT = 22
+REGISTRY_PORT = 5000
+S3_PORT = 9000
+DNS_PORT = 53
+S3_REGION = "us-east-1"
+SERVING_PORT = 8080
+
+# Inside a host's own mount namespace: where its engine's socket is, where its data lives.
+HOST_DOCKER_SOCKET = "/run/drtool/docker.sock"
+HOST_RUN_MOUNT = "/run/drtool"
+HOST_SRV_MOUNT = "/srv"
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """One network namespace of the lab: a name, its address and its root-side veth."""
+
+    short: str                 # "dns", "pw-svc", "pw-gpu1"
+    address: str
+
+    @property
+    def ns(self) -> str:
+        return NS_PREFIX + self.short
+
+    @property
+    def veth(self) -> str:
+        return VETH_PREFIX + self.short
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str                  # "prod-west"
+    role: str                  # "primary" | "dr"
+    services: Namespace        # runs the site's registry and S3 store
+    bucket: str
+
+    @property
+    def registry(self) -> str:
+        return f"{self.services.address}:{REGISTRY_PORT}"
+
+    @property
+    def registry_url(self) -> str:
+        return f"https://{self.registry}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{self.services.address}:{S3_PORT}"
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """A serving host: a namespace with its own sshd, Docker engine and /srv."""
+
+    name: str                  # "pw-gpu1"
+    site: str                  # "prod-west"
+    address: str
+    powered_at_start: bool     # on at `lab up` (the primary) or off (a cold standby)
+
+    @property
+    def netns(self) -> Namespace:
+        return Namespace(self.name, self.address)
+
+    @property
+    def ns(self) -> str:
+        return self.netns.ns
+
+
+DNS = Namespace("dns", "10.77.0.2")
+
+SITES: dict[str, Site] = {
+    "prod-west": Site("prod-west", "primary", Namespace("pw-svc", "10.77.0.10"), "drtool-prod-west"),
+    "dr-east": Site("dr-east", "dr", Namespace("de-svc", "10.77.0.20"), "drtool-dr-east"),
+}
+
+HOSTS: dict[str, HostSpec] = {
+    "pw-gpu1": HostSpec("pw-gpu1", "prod-west", "10.77.0.11", powered_at_start=True),
+    "de-gpu1": HostSpec("de-gpu1", "dr-east", "10.77.0.21", powered_at_start=False),
+    "de-gpu2": HostSpec("de-gpu2", "dr-east", "10.77.0.22", powered_at_start=False),
+}
+
+# Every namespace, in the order they are created.
+NAMESPACES: tuple[Namespace, ...] = (DNS, *(s.services for s in SITES.values()),
+                                     *(h.netns for h in HOSTS.values()))
+
+MODEL_INITIAL_ADDRESS = HOSTS["pw-gpu1"].address
+
+
+def namespace_for(name: str) -> Namespace:
+    """Resolve a host name ("pw-gpu1"), a short namespace name ("dns") or a full one ("drlab-dns")."""
+    short = name[len(NS_PREFIX):] if name.startswith(NS_PREFIX) else name
+    for ns in NAMESPACES:
+        if ns.short == short:
+            return ns
+    known = ", ".join(n.short for n in NAMESPACES)
+    from drtool.errors import UsageError
+
+    raise UsageError(f"unknown lab host or namespace {name!r}", hint=f"known: {known}")
+
+
+def host_spec(name: str) -> HostSpec:
+    try:
+        return HOSTS[name]
+    except KeyError:
+        from drtool.errors import UsageError
+
+        raise UsageError(f"unknown lab host {name!r}", hint=f"known hosts: {', '.join(HOSTS)}") from None
+
+
+assert all(len(ns.veth) <= 15 for ns in NAMESPACES), "interface names are limited to 15 characters"
