@@ -14,7 +14,7 @@ test: setup
 	$(BIN)/pytest
 
 lint: setup
-	$(BIN)/ruff check drtool tests bench
+	$(BIN)/ruff check drtool tests bench images inventory
 	$(BIN)/yamllint -s playbooks roles inventory
 	cd $(CURDIR) && $(BIN)/ansible-lint --profile production playbooks roles
 
