@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import click
 
@@ -195,42 +196,195 @@ def backup_cmd(app: App, site: str | None, model: str | None, install_schedule: 
 
 @main_group.group("snapshot", cls=DrtoolGroup)
 def snapshot_group():
-    """Content-addressed weight snapshots with SHA-256 manifests (run where the weights are)."""
+    """Content-addressed weight snapshots with SHA-256 manifests (run where the weights are).
+
+    STORE is file:///absolute/path or s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL or the matching
+    object_stores entry of the drtool config). ID is a snapshot id or a unique prefix of 8+ hex digits."""
+
+
+store_option = click.option("--store", required=True, metavar="URL", help="file:///abs/path or s3://bucket/prefix")
+wait_option = click.option("--wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
+                           help="Wait this long for a conflicting run's lease before exiting 4.")
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 @command(snapshot_group, "create")
 @click.argument("src", type=click.Path())
-@click.option("--store", required=True, help="file:///abs/path or s3://bucket/prefix")
-@click.option("--model", required=True)
-@click.option("--version", "model_version")
-def snapshot_create(app: App, src, store, model, model_version):
+@store_option
+@click.option("--model", required=True, help="Model name (letters, digits, '.', '_', '-').")
+@click.option("--version", "model_version", help="Model version recorded in the manifest.")
+@click.option("--source-host", help="Host recorded as the source (default: this host's name).")
+@wait_option
+@click.option("--recheck-share", type=click.FloatRange(0, 1), default=1 / 7, show_default="1/7", metavar="F",
+              help="Share of unchanged files re-read anyway (by path hash and day: all within 1/F days). 0: none.")
+@click.option("--part-size", "part_size_mib", type=click.IntRange(1, 1024), default=16, show_default=True,
+              metavar="MiB", help="Part size; changing it stops dedupe against snapshots made with another.")
+def snapshot_create(app: App, src, store, model, model_version, source_host, wait, recheck_share, part_size_mib):
     """Snapshot SRC into STORE; the manifest is written last, so a snapshot is visible only when complete."""
-    not_built("snapshot create", 3)
+    from drtool.actions import snapshot
+
+    result = snapshot.create(app.out, app.config_path, src, store, model, model_version, source_host, wait,
+                             recheck_share, part_size_mib)
+    app.out.result(result, lambda c: c.print(
+        f"snapshot [bold]{result['id']}[/] of {result['model']}: {result['files']} files, "
+        f"{_bytes(result['bytes_total'])}; read {_bytes(result['bytes_read'])}, "
+        f"uploaded {_bytes(result['bytes_uploaded'])} in {result['seconds']:.2f}s"))
 
 
 @command(snapshot_group, "list")
-@click.option("--store", required=True)
-def snapshot_list(app: App, store):
-    """List complete snapshots in a store."""
-    not_built("snapshot list", 3)
+@store_option
+@click.option("--model", help="Only this model's snapshots.")
+def snapshot_list(app: App, store, model):
+    """List complete snapshots in a store (oldest first per model)."""
+    from drtool.actions import snapshot
+
+    result = snapshot.list_snapshots(app.out, app.config_path, store, model)
+
+    def render(console):
+        console.print(table(f"Snapshots in {store}", ["id", "model", "version", "created", "host", "files", "size"],
+                            [[s["id"][:16], s["model"], s["version"] or "", s["created"], s["source_host"],
+                              s["files"], _bytes(s["bytes"])] for s in result["snapshots"]]))
+        for bad in result["invalid"]:
+            console.print(f"[red]invalid[/] {bad['id']} ({bad['model']}): {bad['error']}", markup=True)
+
+    app.out.result(result, render)
+
+
+@command(snapshot_group, "show")
+@click.argument("snapshot_id", metavar="ID")
+@store_option
+def snapshot_show(app: App, snapshot_id, store):
+    """Show a snapshot's manifest: model, version, source, and every file with its digest."""
+    from drtool.actions import snapshot
+
+    result = snapshot.show(app.out, app.config_path, store, snapshot_id)
+
+    def render(console):
+        console.print(f"snapshot {result['id']}\nmodel {result['model']} version {result['version'] or '-'}, "
+                      f"created {result['created']} on {result['source_host']}")
+        console.print(table("Files", ["path", "size", "sha256", "parts", "tensors"],
+                            [[f["path"], _bytes(f["size"]), f["sha256"], len(f["parts"]),
+                              len(f["tensors"]) if "tensors" in f else ""] for f in result["manifest"]["files"]]))
+
+    app.out.result(result, render)
+
+
+@command(snapshot_group, "diff")
+@click.argument("a", metavar="ID_A")
+@click.argument("b", metavar="ID_B")
+@store_option
+def snapshot_diff(app: App, a, b, store):
+    """Files added, removed and changed from ID_A to ID_B; for safetensors files, the tensors that changed."""
+    from drtool.actions import snapshot
+
+    result = snapshot.diff(app.out, app.config_path, store, a, b)
+
+    def render(console):
+        rows = [["added", f["path"], ""] for f in result["added"]]
+        rows += [["removed", f["path"], ""] for f in result["removed"]]
+        for f in result["changed"]:
+            t = f.get("tensors")
+            detail = "" if t is None else "; ".join(
+                [f"tensor {c['name']} ({c['change']})" for c in t["changed"]]
+                + [f"tensor {n} added" for n in t["added"]] + [f"tensor {n} removed" for n in t["removed"]])
+            rows.append(["changed", f["path"], detail])
+        console.print(table(f"{result['from']['id'][:12]} -> {result['to']['id'][:12]} "
+                            f"({result['unchanged']} files unchanged)", ["", "path", "detail"], rows))
+
+    app.out.result(result, render)
 
 
 @command(snapshot_group, "verify")
-@click.argument("snapshot_id")
-@click.option("--store", required=True)
+@click.argument("snapshot_id", metavar="ID")
+@store_option
 @click.option("--read-data", is_flag=True, help="Read and hash every stored byte.")
-def snapshot_verify(app: App, snapshot_id, store, read_data):
+@click.option("--sample", type=float, metavar="PCT", help="Read and hash this percentage of the blobs, at random.")
+def snapshot_verify(app: App, snapshot_id, store, read_data, sample):
     """Check a snapshot's manifest and blobs (exit 3 on any mismatch)."""
-    not_built("snapshot verify", 3)
+    from drtool.actions import snapshot
+
+    result = snapshot.verify(app.out, app.config_path, store, snapshot_id, read_data, sample)
+    app.out.result(result, lambda c: c.print(
+        f"snapshot {result['id']} is intact ({result['mode']}): {result['files']} files, "
+        f"{result['blobs_checked']} blobs, {_bytes(result['bytes_read'])} read"))
 
 
 @command(snapshot_group, "restore")
-@click.argument("snapshot_id")
+@click.argument("snapshot_id", metavar="ID")
 @click.argument("dest", type=click.Path())
-@click.option("--store", required=True)
-def snapshot_restore(app: App, snapshot_id, dest, store):
+@store_option
+@click.option("--manifest-out", type=click.Path(dir_okay=False),
+              help="Also write the snapshot's manifest (its exact bytes) here, for the model server to check against.")
+def snapshot_restore(app: App, snapshot_id, dest, store, manifest_out):
     """Restore a snapshot into DEST; every file is hash-checked before it is renamed into place."""
-    not_built("snapshot restore", 3)
+    from drtool.actions import snapshot
+
+    result = snapshot.restore(app.out, app.config_path, store, snapshot_id, dest, manifest_out)
+    app.out.result(result, lambda c: c.print(
+        f"restored {result['id']} into {result['dest']}: {result['files']} files, {_bytes(result['bytes'])}, "
+        f"all verified, in {result['seconds']:.2f}s"))
+
+
+@command(snapshot_group, "sums")
+@click.argument("snapshot_id", metavar="ID")
+@store_option
+def snapshot_sums(app: App, snapshot_id, store):
+    """Print `sha256sum -c` lines for the snapshot's files, relative to the restore destination."""
+    from drtool.actions import snapshot
+
+    result = snapshot.sums(app.out, app.config_path, store, snapshot_id)
+    app.out.result(result, lambda c: c.file.write("".join(line + "\n" for line in result["lines"])))
+
+
+@command(snapshot_group, "prune")
+@store_option
+@click.option("--model", help="Apply the policy to this model only (blobs are freed store-wide).")
+@click.option("--keep-last", type=click.IntRange(min=0), default=0, metavar="N", help="Keep the N newest.")
+@click.option("--keep-daily", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Keep the newest of each of the last N days that have one (UTC).")
+@click.option("--keep-weekly", type=click.IntRange(min=0), default=0, metavar="N", help="Likewise per ISO week.")
+@click.option("--keep-monthly", type=click.IntRange(min=0), default=0, metavar="N", help="Likewise per month.")
+@click.option("--protect", multiple=True, metavar="ID", help="Keep this snapshot whatever the policy (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
+@wait_option
+def snapshot_prune(app: App, store, model, keep_last, keep_daily, keep_weekly, keep_monthly, protect, dry_run, wait):
+    """Delete snapshots the retention policy does not keep, then the blobs no remaining snapshot uses."""
+    from drtool.actions import snapshot
+
+    result = snapshot.prune(app.out, app.config_path, store, model, keep_last, keep_daily, keep_weekly,
+                            keep_monthly, tuple(protect), dry_run, wait)
+
+    def render(console):
+        rows = [["keep", s["id"][:16], s["model"], s["created"], ", ".join(s["reasons"])] for s in result["kept"]]
+        rows += [["would delete" if dry_run else "deleted", s["id"][:16], s["model"], s["created"], ""]
+                 for s in result["removed"]]
+        console.print(table(f"Prune {store}", ["", "id", "model", "created", "why kept"], rows))
+        console.print(f"{'would free' if dry_run else 'freed'} {result['blobs_deleted']} blobs, "
+                      f"{_bytes(result['bytes_freed'])}")
+
+    app.out.result(result, render)
+
+
+@command(snapshot_group, "replicate")
+@click.argument("snapshot_id", metavar="ID")
+@click.option("--from", "source", required=True, metavar="URL", help="Store holding the snapshot.")
+@click.option("--to", "target", required=True, metavar="URL", help="Store to copy it to.")
+@wait_option
+def snapshot_replicate(app: App, snapshot_id, source, target, wait):
+    """Copy a snapshot to another store: missing blobs first (each hash-checked), the manifest last."""
+    from drtool.actions import snapshot
+
+    result = snapshot.replicate(app.out, app.config_path, snapshot_id, source, target, wait)
+    app.out.result(result, lambda c: c.print(
+        f"replicated {result['id']} to {result['to']}: {result['blobs_copied']} blobs copied "
+        f"({_bytes(result['bytes_copied'])}), {result['blobs_present']} already there"))
 
 
 # -- images and the model registry (issue 4) ------------------------------------------------------
@@ -241,33 +395,112 @@ def image_group():
 
 @command(image_group, "build")
 @click.option("--model", required=True)
-@click.option("--version", "model_version")
-@click.option("--push", is_flag=True, help="Push to every site's registry and record the digest.")
+@click.option("--version", "model_version", help="Version tag (default: `git describe` of this checkout).")
+@click.option("--push", is_flag=True, help="Push to every site's registry and report the digest.")
 def image_build(app: App, model, model_version, push):
-    """Build <registry>/<model>-server:<version> from images/model-server."""
-    app.config.model(model)
-    not_built("image build", 4)
+    """Build <registry>/<image>:<version> from images/model-server with no network (offline base image, pinned
+    wheels), label it (model, version, git sha, build time), and with --push send it to every site's registry.
+    Weights are not in the image: they come from snapshots."""
+    from drtool.actions import image
+
+    result = image.build(app.config, app.out, model, model_version, push)
+
+    def render(console):
+        console.print(f"built {result['repository']}:{result['version']} ({result['image_id']}) "
+                      f"in {result['seconds']:.0f}s")
+        for ref in result["pushed"].values():
+            console.print(f"  pushed {ref}")
+
+    app.out.result(result, render)
 
 
 @main_group.group("registry", cls=DrtoolGroup)
 def registry_group():
-    """The model registry: versions (image digest, snapshot, canary) and the production alias."""
+    """The model registry: versions (image digest, snapshot, canary) and the production alias, kept in every
+    site's object store so a DR site can check what to serve with the primary gone."""
+
+
+@command(registry_group, "register")
+@click.option("--model", required=True)
+@click.option("--version", "model_version", required=True)
+@click.option("--snapshot", "snapshot_id", required=True, help="Snapshot id (complete in the primary's store).")
+@click.option("--image", required=True, help="REGISTRY/REPO@sha256:... as printed by `image build --push`.")
+@click.option("--canary-input", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON input for the canary (default: the demo model's canary input).")
+@click.option("--tolerance", type=float, default=1e-5, show_default=True,
+              help="Largest absolute difference accepted between canary outputs.")
+def registry_register(app: App, model, model_version, snapshot_id, image, canary_input, tolerance):
+    """Register a version: runs the image with the snapshot's weights on the canary input and records the
+    output, then writes the entry to every site's store. Versions are immutable."""
+    from drtool.actions import canary, registry
+
+    result = registry.register(app.config, app.out, model, model_version, snapshot_id, image, canary_input,
+                               tolerance, canary.run_canary)
+    app.out.result(result, lambda c: c.print(f"registered {model} {model_version} at {', '.join(result['sites'])}"))
+
+
+@command(registry_group, "promote")
+@click.argument("model")
+@click.argument("model_version", metavar="VERSION")
+@click.option("--force", is_flag=True, help="Promote even if a DR site lacks the image or the snapshot.")
+@click.option("--reason", help="Recorded in the alias history.")
+def registry_promote(app: App, model, model_version, force, reason):
+    """Point `production` at VERSION (compare-and-swap: of two concurrent promotes exactly one wins, the other
+    exits 4). Refuses a version a DR site could not serve, unless --force."""
+    from drtool.actions import registry
+
+    result = registry.promote(app.config, app.out, model, model_version, force, reason)
+    app.out.result(result, lambda c: c.print(
+        f"{model}: production -> {result['production']} (was {result['previous']}), "
+        f"replicated to {', '.join(result['replicated_to']) or 'no other site'}"))
 
 
 @command(registry_group, "show")
 @click.argument("model", required=False)
-def registry_show(app: App, model):
+@click.option("--site", help="Read this site's copy (default: the primary's).")
+def registry_show(app: App, model, site):
     """Show registered versions and which one is production."""
-    not_built("registry show", 4)
+    from drtool.actions import registry
+
+    result = registry.show(app.config, model, site)
+
+    def render(console):
+        for m, info in result["models"].items():
+            console.print(table(f"{m} at {result['site']} (production: {info['production']})",
+                                ["version", "image", "snapshot", "registered"],
+                                [[("* " if v["version"] == info["production"] else "  ") + v["version"], v["image"],
+                                  v["snapshot_id"][:12], f"{v['registered_at']} by {v['registered_by']}"]
+                                 for v in info["versions"]]))
+
+    app.out.result(result, render)
+
+
+@command(registry_group, "history")
+@click.argument("model")
+@click.option("--site", help="Read this site's copy (default: the primary's).")
+def registry_history(app: App, model, site):
+    """Every move of the production alias, oldest first."""
+    from drtool.actions import registry
+
+    result = registry.history(app.config, model, site)
+    app.out.result(result, lambda c: c.print(table(
+        f"{model} production history at {result['site']}", ["seq", "version", "previous", "by", "at", "reason"],
+        [[h["seq"], h["version"], h["previous"], h["by"], h["at"], h["reason"]] for h in result["history"]])))
 
 
 @command(registry_group, "verify")
-@click.option("--site", required=True)
-@click.option("--read-data", is_flag=True)
-def registry_verify(app: App, site, read_data):
-    """From SITE alone: the production alias resolves, image and snapshot are there, the canary exists."""
-    app.config.site(site)
-    not_built("registry verify", 4)
+@click.option("--site", required=True, help="Check from this site's own registry copy, image registry and store.")
+@click.option("--model", help="Only this model (default: every configured model).")
+@click.option("--read-data", is_flag=True, help="Read and hash every byte of the snapshot.")
+def registry_verify(app: App, site, model, read_data):
+    """From SITE alone: the production alias resolves, its image digest is pullable from the site's registry,
+    its snapshot is complete in the site's store, and its canary exists. Exit 3 naming any mismatch."""
+    from drtool.actions import registry
+
+    result = registry.verify(app.config, app.out, site, model, read_data)
+    app.out.result(result, lambda c: c.print(table(
+        f"registry verify at {site}: OK", ["model", "check", "result"],
+        [[m, k, v] for m, checks in result["models"].items() for k, v in checks.items()])))
 
 
 # -- failover, failback, drills, alerts (issues 5 and 6) -------------------------------------------

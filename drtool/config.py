@@ -107,6 +107,8 @@ class Config:
     ca_file: str | None
     lab_state_dir: str | None
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    build_engine: str = "unix:///var/run/docker.sock"   # the engine images are built on, seen from here
+    build_cache_dir: str = "/var/cache/drtool"
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     def site(self, name: str) -> Site:
@@ -319,5 +321,7 @@ def _build(path: Path, doc: dict[str, Any]) -> Config:
         ca_file=doc.get("tls", {}).get("ca_file"),
         lab_state_dir=doc.get("lab", {}).get("state_dir"),
         alerts=AlertSettings(**doc.get("alerts", {})),
+        build_engine=doc.get("build", {}).get("docker_host", "unix:///var/run/docker.sock"),
+        build_cache_dir=doc.get("build", {}).get("cache_dir", "/var/cache/drtool"),
         raw=doc,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from drtool.config import Config
 
@@ -15,9 +16,12 @@ def group_name(site: str) -> str:
 def build_inventory(config: Config) -> dict:
     """The inventory as a YAML-ready dict. Holds paths to secrets, never secret values."""
     ssh = config.ssh
+    interpreter = ssh.python_interpreter or sys.executable
     all_vars: dict = {
         "ansible_user": ssh.user,
-        "ansible_python_interpreter": ssh.python_interpreter or sys.executable,
+        "ansible_python_interpreter": interpreter,
+        # drtool on the hosts lives beside the Python that Ansible uses there (its agent venv).
+        "drtool_bin": str(Path(interpreter).parent / "drtool"),
         "drtool_ca_file": config.ca_file,
     }
     if ssh.private_key_file:

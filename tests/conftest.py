@@ -69,3 +69,48 @@ def aws_env(moto_server, monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return moto_server
+
+
+def cli_json(*args: str, env: dict | None = None) -> dict:
+    """Run a drtool command with --json and return its result; fail the test with its stderr otherwise."""
+    import json
+
+    proc = run_cli("--json", *args, env=env)
+    assert proc.returncode == 0, (f"drtool {' '.join(args)} exited {proc.returncode}:\n"
+                                  f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout)
+
+
+MODEL = "asr-demo"
+PROD_VERSION = "1.0.0"
+
+
+@pytest.fixture(scope="session")
+def production(lab, lab_config):
+    """The lab serving a real production version, built and registered the way an operator would:
+    image built offline and pushed to both registries, weights snapshotted on prod-west and replicated to
+    dr-east, the version registered (its canary computed by running the image) and promoted, and the
+    container running on pw-gpu1, pulled by digest and checked against the registry."""
+    from drtool.actions import deploy
+    from drtool.actions.registry import site_registry
+    from drtool.model.demo import write_demo_weights
+
+    image = cli_json("image", "build", "--model", MODEL, "--version", PROD_VERSION, "--push")
+    weights = lab.state_dir / "hosts" / "pw-gpu1" / "srv" / "models" / MODEL
+    write_demo_weights(weights, size_mb=20, seed=0, model=MODEL, version=PROD_VERSION, overwrite=True)
+    prod, dr = lab_config.site("prod-west"), lab_config.site("dr-east")
+    snap = cli_json("snapshot", "create", str(weights), "--store", prod.object_stores[0].url, "--model", MODEL,
+                    "--version", PROD_VERSION)
+    cli_json("snapshot", "replicate", snap["id"], "--from", prod.object_stores[0].url,
+             "--to", dr.object_stores[0].url)
+    cli_json("registry", "register", "--model", MODEL, "--version", PROD_VERSION, "--snapshot", snap["id"],
+             "--image", image["pushed"][prod.registry_url])
+    cli_json("registry", "promote", MODEL, PROD_VERSION, "--reason", "lab production")
+    entry = site_registry(lab_config, prod).require_version(MODEL, PROD_VERSION)
+    host, model = prod.hosts[0], lab_config.model(MODEL)
+    deploy.pull(lab_config, prod, host, entry)
+    deploy.restore(lab_config, prod, host, model, entry)  # over its own source: same bytes, plus the manifest
+    deploy.start(lab_config, prod, host, model, entry)
+    deploy.wait(prod, host)
+    deploy.check(prod, host, entry)
+    return {"image": image, "snapshot": snap, "entry": entry, "weights": weights}

@@ -39,3 +39,28 @@ def client(store: ObjectStore, max_pool: int = 16):
     cfg = BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=max_pool,
                      connect_timeout=5, read_timeout=60)
     return session.client("s3", endpoint_url=store.endpoint_url, config=cfg)
+
+
+def _session(store: ObjectStore) -> boto3.Session:
+    bsession = botocore.session.Session(profile=store.profile)
+    if store.credentials_file:
+        bsession.set_config_variable("credentials_file", store.credentials_file)
+    return boto3.Session(botocore_session=bsession, region_name=store.region)
+
+
+def transfer_client(store: ObjectStore, max_pool: int):
+    """A client for bulk blob transfer, its connection pool sized to the transfer threads.
+
+    The caller hashes every byte itself (SHA-256, the blob's name) and sends that digest as x-amz-checksum-sha256,
+    which the server checks and the signature covers; so botocore's own extra passes over the data are turned off:
+    the default CRC32 request checksum, response checksum validation, and payload hashing on plain-HTTP endpoints.
+    A fixed User-Agent also skips botocore's per-request user-agent assembly (~0.4 ms of CPU per request, measured).
+    """
+    from drtool import __version__
+
+    cfg = BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=max_pool,
+                     connect_timeout=5, read_timeout=60, tcp_keepalive=True,
+                     request_checksum_calculation="when_required", response_checksum_validation="when_required",
+                     s3={"payload_signing_enabled": False},
+                     user_agent=f"drtool/{__version__} botocore/{botocore.__version__}")
+    return _session(store).client("s3", endpoint_url=store.endpoint_url, config=cfg)

@@ -350,6 +350,8 @@ class Lab:
             "  asr-demo:\n"
             "    weights_path: /srv/models/asr-demo\n"
             "    image: asr-demo-server\n"
+            "build:\n"
+            f"  docker_host: {q('unix://' + str(L.docker_socket('pw-gpu1')))}\n"
             "lab:\n"
             f"  state_dir: {q(self.state_dir)}\n"
         )

@@ -1,0 +1,417 @@
+"""Benchmark drtool snapshots against the usual tools, in one run, on the same data.
+
+    .venv/bin/python bench/snapshot_bench.py --size-gib 2
+
+Compares (each a child process; wall time, and user+sys CPU and peak RSS from wait4):
+  create (file store)       vs  sha256sum then cp -a, back to back; and vs rclone copy (local to local)
+  restore (verifies all)    vs  restic restore (and restic restore --verify)
+  unchanged re-run          vs  the first run (time ratio, bytes read)
+  S3 create / restore       vs  aws s3 cp --recursive up / down, against one moto server on 127.0.0.1
+  4 GiB single file         peak RSS of create and restore
+
+Data: a few safetensors shards (85%) and many small files (15%), generated once under --data-dir and reused.
+Caches are warm (the data was just written or read) for every tool alike; `sync` runs before each timed step
+so no step pays for the previous one's dirty pages. Writes a JSON report and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+DRTOOL = str(VENV_BIN / "drtool")
+MiB = 1 << 20
+GiB = 1 << 30
+CHUNK = 16 * MiB
+
+
+@dataclass
+class Run:
+    name: str
+    seconds: float
+    cpu_seconds: float
+    max_rss_mib: float
+    returncode: int
+
+
+def sync() -> None:
+    os.sync()
+
+
+def run(name: str, argv: list[str], env: dict | None = None, cwd: Path | None = None,
+        stdout_path: Path | None = None) -> Run:
+    """Run argv as a child and measure it: wall time, and CPU and peak RSS of that child (and its own children,
+    which it waits for) from wait4, not the whole benchmark's."""
+    sync()
+    out = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, env=env, cwd=cwd)
+        stderr = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+    finally:
+        if stdout_path:
+            out.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed ({proc.returncode}): {' '.join(argv)}\n{stderr.decode()[-3000:]}")
+    return Run(name, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode)
+
+
+def runs(name: str, steps: list[Run]) -> Run:
+    """Several runs back to back, as one."""
+    return Run(name, sum(s.seconds for s in steps), sum(s.cpu_seconds for s in steps),
+               max(s.max_rss_mib for s in steps), 0)
+
+
+# -- data -----------------------------------------------------------------------------------------------------
+def _write_random(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(CHUNK, left)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def _write_safetensors(path: Path, size: int) -> None:
+    """A safetensors shard of about `size` bytes: 32 MiB F16 matrices and small norm vectors, random data."""
+    tensors, offset, i = {}, 0, 0
+    while offset + 32 * MiB + 8192 <= size - 4096:
+        tensors[f"model.layers.{i}.mlp.weight"] = ("F16", [4096, 4096], 32 * MiB)
+        tensors[f"model.layers.{i}.norm.weight"] = ("BF16", [4096], 8192)
+        offset += 32 * MiB + 8192
+        i += 1
+    rest = max(2, (size - offset - 4096) // 2 * 2)
+    tensors["lm_head.weight"] = ("F16", [rest // 2], rest)
+    header, pos = {}, 0
+    for name, (dtype, shape, nbytes) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [pos, pos + nbytes]}
+        pos += nbytes
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+    with open(path, "ab") as f:
+        left = pos
+        while left:
+            n = min(CHUNK, left)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def make_dataset(root: Path, size: int) -> dict:
+    """Shards take 85% (three of them), small files the rest (log-uniform 1 KiB..2 MiB). Reused when present."""
+    marker = root / ".bench-dataset.json"
+    if marker.exists() and json.loads(marker.read_text()).get("size") == size:
+        return json.loads(marker.read_text())
+    shutil.rmtree(root, ignore_errors=True)
+    src = root / "model"
+    rng = random.Random(7)  # noqa: S311 - file sizes, not secrets
+    shard = int(size * 0.85) // 3
+    for i in range(3):
+        _write_safetensors(src / f"model-{i + 1:05d}-of-00003.safetensors", shard)
+    small_total, count = size - 3 * shard, 0
+    while small_total > 0:
+        n = min(small_total, int(math.exp(rng.uniform(math.log(1024), math.log(2 * MiB)))))
+        _write_random(src / ("tokenizer", "extra", "configs", "assets")[count % 4] / f"file-{count:04d}.bin", n)
+        small_total -= n
+        count += 1
+    (src / "config.json").write_text('{"architectures": ["BenchForCausalLM"], "hidden_size": 4096}\n')
+    _age(src)
+    info = {"size": size, "files": count + 4, "bytes": sum(p.stat().st_size for p in src.rglob("*") if p.is_file())}
+    marker.write_text(json.dumps(info))
+    return info
+
+
+def _age(root: Path) -> None:
+    """An hour-old mtime, as weights at rest have (fresh files are never trusted by the incremental cache)."""
+    past = time.time() - 3600
+    for p in root.rglob("*"):
+        os.utime(p, (past, past))
+
+
+def make_big_file(root: Path) -> Path:
+    big = root / "single" / "weights.bin"
+    if not big.exists() or big.stat().st_size != 4 * GiB:
+        _write_random(big, 4 * GiB)
+        _age(big.parent)
+    return big.parent
+
+
+# -- the tools ------------------------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, work: Path, src: Path, repeat: int):
+        self.work = work
+        self.src = src
+        self.repeat = repeat
+        self.env = {**os.environ, "DRTOOL_CACHE_DIR": str(work / "cache"), "DRTOOL_LAB_DIR": str(work / "no-lab")}
+        self.env.pop("DRTOOL_CONFIG", None)
+
+    def scratch(self, name: str) -> Path:
+        path = self.work / name
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
+    def drtool(self, name: str, *args: str, env: dict | None = None) -> tuple[Run, dict]:
+        out = self.work / "last.json"
+        r = run(name, [DRTOOL, *args, "--json"], env=env or self.env, stdout_path=out)
+        return r, json.loads(out.read_text())
+
+    def fresh_create(self, store_url: str, env: dict | None = None, src: Path | None = None) -> tuple[Run, dict]:
+        shutil.rmtree((env or self.env)["DRTOOL_CACHE_DIR"], ignore_errors=True)
+        return self.drtool("drtool create", "snapshot", "create", str(src or self.src), "--store", store_url,
+                           "--model", "bench", "--recheck-share", "0", env=env)
+
+    def durable(self, r: Run) -> Run:
+        """The same run plus the `sync` that makes its writes durable (drtool fsyncs before it returns)."""
+        t0 = time.perf_counter()
+        os.sync()
+        return Run(r.name + " + sync", r.seconds + time.perf_counter() - t0, r.cpu_seconds, r.max_rss_mib, 0)
+
+
+def median_run(samples: list[Run]) -> dict:
+    ordered = sorted(samples, key=lambda r: r.seconds)
+    mid = ordered[len(ordered) // 2]
+    return {**asdict(mid), "all_seconds": [round(r.seconds, 3) for r in samples],
+            "min_seconds": round(ordered[0].seconds, 3)}
+
+
+def bench_local(b: Bench) -> dict:
+    files = sorted(str(p) for p in b.src.rglob("*") if p.is_file())
+    samples: dict[str, list[Run]] = {k: [] for k in ("drtool_create", "sha256sum_cp", "sha256sum_cp_sync", "rclone",
+                                                      "rclone_sync", "drtool_rerun")}
+    first_json, rerun_json = {}, {}
+    for _ in range(b.repeat):
+        store = b.scratch("store")
+        r, first_json = b.fresh_create(f"file://{store}")
+        samples["drtool_create"].append(r)
+        r, rerun_json = b.drtool("drtool create (unchanged)", "snapshot", "create", str(b.src), "--store",
+                                 f"file://{store}", "--model", "bench", "--recheck-share", "0")
+        samples["drtool_rerun"].append(r)
+
+        dst = b.scratch("cp-dst")
+        steps = [run("sha256sum", ["sha256sum", *files]), run("cp -a", ["cp", "-a", str(b.src), str(dst)])]
+        samples["sha256sum_cp"].append(runs("sha256sum then cp -a", steps))
+        samples["sha256sum_cp_sync"].append(b.durable(samples["sha256sum_cp"][-1]))
+        b.scratch("cp-dst")
+
+        dst = b.scratch("rclone-dst")
+        samples["rclone"].append(run("rclone copy", ["rclone", "copy", "--config", os.devnull, str(b.src), str(dst)]))
+        samples["rclone_sync"].append(b.durable(samples["rclone"][-1]))
+        b.scratch("rclone-dst")
+    result = {k: median_run(v) for k, v in samples.items()}
+    result["create_json"] = first_json
+    result["rerun_json"] = rerun_json
+    return result
+
+
+def bench_restore(b: Bench) -> dict:
+    store = b.scratch("store")
+    _, created = b.fresh_create(f"file://{store}")
+    restic_env = {**os.environ, "RESTIC_PASSWORD": "bench", "RESTIC_REPOSITORY": str(b.scratch("restic-repo")),
+                  "RESTIC_CACHE_DIR": str(b.work / "restic-cache")}
+    run("restic init", ["restic", "init", "-q"], env=restic_env)
+    backup = run("restic backup", ["restic", "backup", "-q", "--no-cache", str(b.src)], env=restic_env)
+    samples: dict[str, list[Run]] = {k: [] for k in ("drtool_restore", "restic_restore", "restic_restore_sync",
+                                                      "restic_restore_verify")}
+    for _ in range(b.repeat):
+        dst = b.scratch("restore-dst")
+        samples["drtool_restore"].append(b.drtool("drtool restore", "snapshot", "restore", created["id"], str(dst),
+                                                  "--store", f"file://{store}")[0])
+        b.scratch("restore-dst")
+        samples["restic_restore"].append(run("restic restore", ["restic", "restore", "-q", "latest", "--target",
+                                                                str(b.scratch("restic-dst"))], env=restic_env))
+        samples["restic_restore_sync"].append(b.durable(samples["restic_restore"][-1]))
+        samples["restic_restore_verify"].append(run("restic restore --verify", [
+            "restic", "restore", "-q", "--verify", "latest", "--target", str(b.scratch("restic-dst"))],
+            env=restic_env))
+        b.scratch("restic-dst")
+    result = {k: median_run(v) for k, v in samples.items()}
+    result["restic_backup"] = asdict(backup)
+    b.scratch("restic-repo")
+    return result
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_s3(b: Bench, aws: str, size: int) -> dict:
+    """drtool and aws-cli against one moto server (a separate process on this machine: it shares the two cores
+    and is the ceiling for both)."""
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        env = {**b.env, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+               "AWS_DEFAULT_REGION": "us-east-1", "DRTOOL_CACHE_DIR": str(b.work / "cache-s3")}
+        import boto3
+
+        os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")  # credentials from env below
+        samples: dict[str, list[Run]] = {k: [] for k in ("drtool_create", "aws_up", "drtool_restore", "aws_down")}
+        for i in range(b.repeat):
+            s3.create_bucket(Bucket=f"bench-{i}")
+            r, created = b.fresh_create(f"s3://bench-{i}/drtool", env=env)
+            samples["drtool_create"].append(r)
+            samples["aws_up"].append(run("aws s3 cp up", [aws, "s3", "cp", "--recursive", "--quiet", str(b.src),
+                                                          f"s3://bench-{i}/aws/"], env=env))
+            samples["drtool_restore"].append(b.drtool("drtool restore (s3)", "snapshot", "restore", created["id"],
+                                                      str(b.scratch("s3-dst")), "--store", f"s3://bench-{i}/drtool",
+                                                      env=env)[0])
+            b.scratch("s3-dst")
+            samples["aws_down"].append(run("aws s3 cp down", [aws, "s3", "cp", "--recursive", "--quiet",
+                                                              f"s3://bench-{i}/aws/", str(b.scratch("s3-dst"))],
+                                           env=env))
+            b.scratch("s3-dst")
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=f"bench-{i}"):
+                for obj in page.get("Contents", []):
+                    s3.delete_object(Bucket=f"bench-{i}", Key=obj["Key"])
+        result = {k: median_run(v) for k, v in samples.items()}
+        gb = size / 1e9
+        for k in samples:
+            result[k]["cpu_seconds_per_gb"] = round(result[k]["cpu_seconds"] / gb, 3)
+        return result
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def bench_rss(b: Bench, big_dir: Path) -> dict:
+    store = b.scratch("big-store")
+    create, created = b.fresh_create(f"file://{store}", src=big_dir)
+    restore, _ = b.drtool("drtool restore 4 GiB", "snapshot", "restore", created["id"], str(b.scratch("big-dst")),
+                          "--store", f"file://{store}")
+    b.scratch("big-dst")
+    b.scratch("big-store")
+    return {"create": asdict(create), "restore": asdict(restore)}
+
+
+# -- report ---------------------------------------------------------------------------------------------------
+def ratios(report: dict) -> list[tuple[str, float | None, str, bool | None]]:
+    """(what, value, target, met)"""
+    rows = []
+
+    def add(name, value, target, ok):
+        rows.append((name, None if value is None else round(value, 3), target, ok))
+
+    local = report.get("local")
+    if local:
+        c = local["drtool_create"]["seconds"]
+        v = local["sha256sum_cp"]["seconds"] / c
+        add("create: sha256sum+cp time / drtool time", v, ">= 1.3", v >= 1.3)
+        add("  (baseline + sync, durable like drtool)", local["sha256sum_cp_sync"]["seconds"] / c, "", None)
+        v = local["rclone"]["seconds"] / c
+        add("create: rclone copy time / drtool time", v, ">= 1.0", v >= 1.0)
+        add("  (baseline + sync, durable like drtool)", local["rclone_sync"]["seconds"] / c, "", None)
+        v = local["drtool_rerun"]["seconds"] / c
+        add("unchanged re-run / first run (process wall)", v, "<= 0.02", v <= 0.02)
+        v = local["rerun_json"]["seconds"] / local["create_json"]["seconds"]
+        add("unchanged re-run / first run (engine time)", v, "<= 0.02", v <= 0.02)
+        add("unchanged re-run bytes read", local["rerun_json"]["bytes_read"], "== 0",
+            local["rerun_json"]["bytes_read"] == 0)
+    restore = report.get("restore")
+    if restore:
+        d = restore["drtool_restore"]["seconds"]
+        v = restore["restic_restore"]["seconds"] / d
+        add("restore+verify: restic restore time / drtool time", v, ">= 1.0", v >= 1.0)
+        add("  (vs restic restore + sync)", restore["restic_restore_sync"]["seconds"] / d, "", None)
+        add("  (vs restic restore --verify)", restore["restic_restore_verify"]["seconds"] / d, "", None)
+    s3 = report.get("s3")
+    if s3:
+        v = s3["aws_up"]["seconds"] / s3["drtool_create"]["seconds"]
+        add("S3 up: aws s3 cp time / drtool create time", v, ">= 1.0", v >= 1.0)
+        v = s3["aws_down"]["seconds"] / s3["drtool_restore"]["seconds"]
+        add("S3 down: aws s3 cp time / drtool restore time", v, ">= 1.0", v >= 1.0)
+        v = s3["drtool_create"]["cpu_seconds_per_gb"] / s3["aws_up"]["cpu_seconds_per_gb"]
+        add("S3 up: drtool CPU/GB / aws CPU/GB", v, "<= 0.75", v <= 0.75)
+        v = s3["drtool_restore"]["cpu_seconds_per_gb"] / s3["aws_down"]["cpu_seconds_per_gb"]
+        add("S3 down: drtool CPU/GB / aws CPU/GB", v, "<= 0.75", v <= 0.75)
+    rss = report.get("rss")
+    if rss:
+        for k in ("create", "restore"):
+            v = rss[k]["max_rss_mib"]
+            add(f"peak RSS, {k} of one 4 GiB file (MiB)", v, "<= 300", v <= 300)
+    return rows
+
+
+def print_report(report: dict) -> None:
+    print(f"\ndata: {report['dataset']['files']} files, {report['dataset']['bytes'] / GiB:.2f} GiB; "
+          f"median of {report['repeat']} runs; {report['cpus']} CPUs\n")
+    print(f"{'step':52} {'wall s':>8} {'cpu s':>8} {'rss MiB':>8}")
+    for section in ("local", "restore", "s3"):
+        for name, r in (report.get(section) or {}).items():
+            if isinstance(r, dict) and "seconds" in r and "cpu_seconds" in r:
+                print(f"{section + ': ' + name:52} {r['seconds']:8.2f} {r['cpu_seconds']:8.2f} {r['max_rss_mib']:8.0f}")
+    for name, r in (report.get("rss") or {}).items():
+        print(f"{'4 GiB file: ' + name:52} {r['seconds']:8.2f} {r['cpu_seconds']:8.2f} {r['max_rss_mib']:8.0f}")
+    print(f"\n{'ratio':52} {'value':>8}  target   met")
+    for name, value, target, ok in report["ratios"]:
+        met = "" if ok is None else ("yes" if ok else "NO")
+        print(f"{name:52} {value if value is not None else '':>8}  {target:8} {met}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-gib", type=float, default=2.0, help="dataset size (default 2)")
+    parser.add_argument("--data-dir", type=Path, default=REPO / ".bench-data", help="where data and scratch go")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per step; the median is reported")
+    parser.add_argument("--only", default="local,restore,s3,rss", help="comma-separated sections to run")
+    parser.add_argument("--aws", default=shutil.which("aws"), help="aws-cli executable (default: on PATH)")
+    parser.add_argument("--json-out", type=Path, help="report path (default DATA_DIR/snapshot_bench.json)")
+    args = parser.parse_args()
+    for tool in ("sha256sum", "rclone", "restic"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is not installed (apt-get install {tool})")
+    work = args.data_dir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    size = int(args.size_gib * GiB)
+    dataset = make_dataset(work / "data", size)
+    b = Bench(work, work / "data" / "model", args.repeat)
+    only = set(args.only.split(","))
+    report = {"dataset": dataset, "repeat": args.repeat, "cpus": os.cpu_count(), "started": time.time()}
+    if "local" in only:
+        report["local"] = bench_local(b)
+    if "restore" in only:
+        report["restore"] = bench_restore(b)
+    if "s3" in only:
+        if not args.aws:
+            raise SystemExit("aws-cli not found: pip install awscli, or pass --aws, or leave s3 out of --only")
+        report["s3"] = bench_s3(b, args.aws, dataset["bytes"])
+    if "rss" in only:
+        report["rss"] = bench_rss(b, make_big_file(work / "data"))
+    report["ratios"] = ratios(report)
+    report["self_rusage_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = args.json_out or work / "snapshot_bench.json"
+    out.write_text(json.dumps(report, indent=2))
+    print_report(report)
+    print(f"\nreport: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Bring a registered version up on one host and prove it: pull by digest, restore verified weights, start the
+container, wait for readiness, check /version against the registry and the canary output. Failover, failback
+and the lab's production set-up are made of these steps."""
+
+from __future__ import annotations
+
+from drtool.actions.canary import store_vars
+from drtool.config import Config, Host, Model, Site
+from drtool.errors import VerificationError
+from drtool.execute.ansible import run_playbook
+from drtool.execute.serving import base_url, predict, version, wait_ready
+from drtool.model_registry.entries import VersionEntry, compare_output
+
+
+def pull(config: Config, site: Site, host: Host, entry: VersionEntry, progress=None) -> dict:
+    ref = entry.image.at(site.registry_url)
+    res = run_playbook(config, "pull_image.yml", progress=progress,
+                       extravars={"drtool_targets": host.name, "serving_image_ref": ref})
+    return {"image": ref, **res.results.get(host.name, {}), "seconds": res.seconds}
+
+
+def restore(config: Config, site: Site, host: Host, model: Model, entry: VersionEntry, progress=None) -> dict:
+    res = run_playbook(config, "restore_weights.yml", progress=progress, extravars={
+        "drtool_targets": host.name, **store_vars(site, "model_weights"),
+        "model_weights_snapshot_id": entry.snapshot_id, "model_weights_dest": model.weights_path})
+    data = res.results.get(host.name, {})
+    return {"snapshot_id": entry.snapshot_id, "store": site.object_stores[0].url,
+            "restore": data.get("restore", {}), "seconds": res.seconds}
+
+
+def start(config: Config, site: Site, host: Host, model: Model, entry: VersionEntry, progress=None) -> dict:
+    res = run_playbook(config, "model_server.yml", progress=progress, extravars={
+        "drtool_targets": host.name, "model_server_action": "deploy", "model_server_model": model.name,
+        "model_server_image_ref": entry.image.at(site.registry_url), "model_server_weights": model.weights_path,
+        "model_server_port": site.serving_port, "model_server_gpu": site.gpu,
+        "model_server_labels": {"io.drtool.version": entry.version, "io.drtool.snapshot": entry.snapshot_id}})
+    return {**res.results.get(host.name, {}), "gpu_requested": site.gpu, "seconds": res.seconds}
+
+
+def stop(config: Config, host: Host, model: Model, progress=None) -> dict:
+    res = run_playbook(config, "model_server.yml", progress=progress, extravars={
+        "drtool_targets": host.name, "model_server_action": "stop", "model_server_model": model.name})
+    return res.results.get(host.name, {})
+
+
+def wait(site: Site, host: Host, timeout: float = 300) -> dict:
+    body = wait_ready(base_url(host.address, site.serving_port), timeout=timeout)
+    return {"readyz": body}
+
+
+def check(site: Site, host: Host, entry: VersionEntry) -> dict:
+    """/version equals the registry's entry and the canary output matches; VerificationError naming the check."""
+    url = base_url(host.address, site.serving_port)
+    served = version(url)
+    expected = {"model": entry.model, "version": entry.version, "snapshot_id": entry.snapshot_id}
+    got = {k: served.get(k) for k in expected}
+    if got != expected:
+        raise VerificationError(f"{host.name} serves {got}, the registry's production entry is {expected}",
+                                hint="the host runs another version or weights; DNS stays where it is")
+    outputs = predict(url, entry.canary.input)["outputs"]
+    ok, evidence = compare_output(entry.canary.expected, outputs, entry.canary.tolerance)
+    if not ok:
+        raise VerificationError(f"canary output of {host.name} does not match the registry's: {evidence}",
+                                hint="the serving stack computes something else than what was registered")
+    return {"version": served, "canary": evidence}

@@ -1,0 +1,183 @@
+"""drtool snapshot ...: open the store, run the engine with a progress bar, return a result dict for the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from drtool.config import ObjectStore
+from drtool.errors import UsageError
+from drtool.output import Output
+from drtool.snapshot.chunking import MiB
+from drtool.snapshot.stores import BlobStore, open_store
+
+
+def store_settings(url: str, config_path: str | None) -> ObjectStore:
+    """An s3:// URL takes endpoint, region and credentials from the drtool config's matching object_stores entry
+    when a config is found; otherwise the standard AWS variables (AWS_ENDPOINT_URL, AWS_PROFILE, ...) apply."""
+    if not url.startswith("s3://"):
+        return ObjectStore(url=url)
+    from drtool.config import load_config
+
+    try:
+        config = load_config(config_path)
+    except UsageError:
+        if config_path:
+            raise
+        return ObjectStore(url=url)
+    for site in config.sites.values():
+        for entry in site.object_stores:
+            base = entry.url.rstrip("/")
+            if url == base or url.startswith(base + "/"):
+                return ObjectStore(url=url, endpoint_url=entry.endpoint_url, region=entry.region,
+                                   credentials_file=entry.credentials_file, profile=entry.profile)
+    return ObjectStore(url=url)
+
+
+@contextlib.contextmanager
+def opened(url: str, config_path: str | None, create: bool = False) -> Iterator[BlobStore]:
+    store = open_store(store_settings(url, config_path), create=create)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+class RichProgress:
+    """A byte progress bar on stderr; hidden for --json and when stderr is not a terminal."""
+
+    def __init__(self, out: Output):
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                  TransferSpeedColumn(), TimeRemainingColumn(), console=out.err,
+                                  disable=out.json_mode or not out.err.is_terminal)
+        self._task = None
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def start(self, description: str, total_bytes: int) -> None:
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(description, total=total_bytes)
+
+    def advance(self, nbytes: int) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, nbytes)
+
+
+def create(out: Output, config_path: str | None, src: str, store: str, model: str, version: str | None,
+           source_host: str | None, wait: float, recheck_share: float, part_size_mib: int) -> dict:
+    from drtool.snapshot.create import CreateOptions, create_snapshot
+
+    opts = CreateOptions(source=Path(src), model=model, version=version, source_host=source_host, wait=wait,
+                         recheck_share=recheck_share, part_size=part_size_mib * MiB)
+    with opened(store, config_path, create=True) as blob_store, RichProgress(out) as progress:
+        result = create_snapshot(blob_store, opts, progress)
+    for line in result["skipped"]:
+        out.info(f"[yellow]skipped[/] {line}")
+    for path in result["recheck_mismatches"]:
+        out.info(f"[yellow]warning:[/] {path} changed content without a change to its size or times "
+                 "(bit rot, or a write that kept its mtime); the snapshot holds what is on disk now")
+    return result
+
+
+def list_snapshots(out: Output, config_path: str | None, store: str, model: str | None) -> dict:
+    from drtool.snapshot.catalog import list_refs, load_many
+
+    with opened(store, config_path) as blob_store:
+        loaded = load_many(blob_store, list_refs(blob_store, model))
+    snapshots = [m.summary(ref.id) for ref, m, err in loaded if m is not None]
+    invalid = [{"id": ref.id, "model": ref.model, "error": err.message} for ref, _, err in loaded if err is not None]
+    snapshots.sort(key=lambda s: (s["model"], s["created"]))
+    return {"store": store, "snapshots": snapshots, "invalid": invalid}
+
+
+def show(out: Output, config_path: str | None, store: str, snapshot_id: str) -> dict:
+    from drtool.snapshot.catalog import load, resolve
+
+    with opened(store, config_path) as blob_store:
+        ref = resolve(blob_store, snapshot_id)
+        manifest, data = load(blob_store, ref)
+    return {**manifest.summary(ref.id), "store": store, "manifest_bytes": len(data), "manifest": manifest.to_json()}
+
+
+def diff(out: Output, config_path: str | None, store: str, a: str, b: str) -> dict:
+    from drtool.snapshot.catalog import load, resolve
+    from drtool.snapshot.diff import diff_manifests
+
+    with opened(store, config_path) as blob_store:
+        ref_a, ref_b = resolve(blob_store, a), resolve(blob_store, b)
+        ma, mb = load(blob_store, ref_a)[0], load(blob_store, ref_b)[0]
+    return {"from": ma.summary(ref_a.id), "to": mb.summary(ref_b.id), **diff_manifests(ma, mb)}
+
+
+def verify(out: Output, config_path: str | None, store: str, snapshot_id: str, read_data: bool,
+           sample: float | None) -> dict:
+    from drtool.snapshot.verify import verify_snapshot
+
+    if read_data and sample is not None:
+        raise UsageError("give --read-data or --sample, not both")
+    if sample is not None and not 0 < sample <= 100:
+        raise UsageError(f"--sample {sample} is not a percentage in (0, 100]")
+    with opened(store, config_path) as blob_store, RichProgress(out) as progress:
+        return verify_snapshot(blob_store, snapshot_id, read_data=read_data, sample_percent=sample,
+                               progress=progress)
+
+
+def restore(out: Output, config_path: str | None, store: str, snapshot_id: str, dest: str,
+            manifest_out: str | None = None) -> dict:
+    from drtool.fsutil import write_atomic
+    from drtool.snapshot.catalog import load, resolve
+    from drtool.snapshot.restore import restore_snapshot
+
+    with opened(store, config_path) as blob_store, RichProgress(out) as progress:
+        result = restore_snapshot(blob_store, snapshot_id, Path(dest), progress)
+        if manifest_out:
+            # The exact stored bytes: a model server checks the weights against them, and their SHA-256 is the id.
+            _, data = load(blob_store, resolve(blob_store, result["id"]))
+            write_atomic(Path(manifest_out), data, 0o644)
+            result["manifest"] = manifest_out
+    return result
+
+
+def sums(out: Output, config_path: str | None, store: str, snapshot_id: str) -> dict:
+    from drtool.snapshot.catalog import load, resolve
+
+    with opened(store, config_path) as blob_store:
+        ref = resolve(blob_store, snapshot_id)
+        manifest, _ = load(blob_store, ref)
+    return {"id": ref.id, "lines": manifest.sha256sum_lines()}
+
+
+def prune(out: Output, config_path: str | None, store: str, model: str | None, keep_last: int, keep_daily: int,
+          keep_weekly: int, keep_monthly: int, protect: tuple[str, ...], dry_run: bool, wait: float) -> dict:
+    from drtool.snapshot.prune import RetentionPolicy, prune_store
+
+    policy = RetentionPolicy(last=keep_last, daily=keep_daily, weekly=keep_weekly, monthly=keep_monthly)
+    with opened(store, config_path) as blob_store, out.working("pruning"):
+        return prune_store(blob_store, policy, model=model, protect=protect, dry_run=dry_run, wait=wait)
+
+
+def replicate(out: Output, config_path: str | None, snapshot_id: str, source: str, target: str, wait: float) -> dict:
+    from drtool.snapshot.replicate import replicate_snapshot
+
+    if source.rstrip("/") == target.rstrip("/"):
+        raise UsageError("--from and --to are the same store")
+    with (opened(source, config_path) as src, opened(target, config_path, create=True) as dst,
+          RichProgress(out) as progress):
+        return replicate_snapshot(src, dst, snapshot_id, wait=wait, progress=progress)
+

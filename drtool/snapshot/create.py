@@ -1,0 +1,324 @@
+"""snapshot create: read changed files once, hash whole and in parts, store missing parts, write the manifest last."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import stat
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from drtool.errors import OperationFailed, UsageError
+from drtool.snapshot.cache import DEFAULT_RECHECK_SHARE, IncrementalCache, StatSignature, in_recheck_bucket
+from drtool.snapshot.chunking import DEFAULT_PART_SIZE, DEFAULT_WORKERS, BufferPool, part_sizes, read_into
+from drtool.snapshot.lease import Lease, live_prune
+from drtool.snapshot.manifest import EMPTY_SHA256, MODEL_NAME_RE, PATH_PATTERN, FileEntry, PartRef, SnapshotManifest
+from drtool.snapshot.progress import NO_PROGRESS, ProgressSink
+from drtool.snapshot.safetensors import TensorHasher, is_safetensors, read_layout
+from drtool.snapshot.stores import BlobStore, blob_key, manifest_key
+
+
+@dataclass(frozen=True)
+class CreateOptions:
+    source: Path
+    model: str
+    version: str | None = None
+    source_host: str | None = None
+    wait: float = 0.0
+    recheck_share: float = DEFAULT_RECHECK_SHARE
+    part_size: int = DEFAULT_PART_SIZE
+    workers: int = DEFAULT_WORKERS
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # relative, '/'-separated: the manifest path
+    abspath: str
+    signature: StatSignature
+    mode: int
+
+
+@dataclass
+class Counters:
+    """Totals updated from worker threads."""
+
+    bytes_read: int = 0
+    bytes_uploaded: int = 0
+    blobs_uploaded: int = 0
+    blobs_present: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def uploaded(self, n: int) -> None:
+        with self.lock:
+            self.bytes_uploaded += n
+            self.blobs_uploaded += 1
+
+    def present(self) -> None:
+        with self.lock:
+            self.blobs_present += 1
+
+
+def validate_options(opts: CreateOptions) -> Path:
+    if not MODEL_NAME_RE.match(opts.model):
+        raise UsageError(f"model name {opts.model!r} is not valid",
+                         hint="letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128")
+    if not 0.0 <= opts.recheck_share <= 1.0:
+        raise UsageError(f"--recheck-share {opts.recheck_share} is not between 0 and 1")
+    if opts.part_size < 1 << 16:
+        raise UsageError(f"part size {opts.part_size} is too small (at least 64 KiB)")
+    src = Path(opts.source).expanduser()
+    if not src.exists():
+        raise UsageError(f"source {src} does not exist")
+    if not src.is_dir():
+        raise UsageError(f"source {src} is not a directory", hint="snapshot the directory that holds the weights")
+    return src.resolve()
+
+
+def scan_source(src: Path) -> tuple[list[SourceFile], list[str]]:
+    """Regular files under src (symlinks to files are read through), sorted; and what was skipped, with why."""
+
+    def walk_error(exc: OSError):
+        raise OperationFailed(f"cannot read directory {exc.filename}: {exc.strerror}",
+                              hint="fix its permissions, or snapshot a directory drtool can read") from None
+
+    unsafe = re.compile(PATH_PATTERN)
+    files: list[SourceFile] = []
+    skipped: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(src, onerror=walk_error):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, src).replace(os.sep, "/")
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        for d in list(dirnames):
+            if os.path.islink(os.path.join(dirpath, d)):
+                skipped.append(f"{prefix}{d}: symlink to a directory")
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            rel = prefix + name
+            if not unsafe.match(rel):
+                raise UsageError(f"file name {rel!r} has a control character or a backslash",
+                                 hint="rename it: manifest paths must print as one line for `sha256sum -c`")
+            try:
+                st = os.stat(full)
+            except FileNotFoundError:
+                raise OperationFailed(f"{full}: broken symlink or vanished while scanning") from None
+            except OSError as exc:
+                raise OperationFailed(f"cannot stat {full}: {exc.strerror}") from None
+            if not stat.S_ISREG(st.st_mode):
+                skipped.append(f"{rel}: not a regular file")
+                continue
+            if not os.access(full, os.R_OK):
+                raise OperationFailed(f"cannot read {full}: permission denied",
+                                      hint="fix its permissions (nothing was uploaded yet)")
+            files.append(SourceFile(rel, full, StatSignature.of(st), stat.S_IMODE(st.st_mode)))
+    files.sort(key=lambda f: f.path)
+    return files, skipped
+
+
+def create_snapshot(store: BlobStore, opts: CreateOptions, progress: ProgressSink = NO_PROGRESS) -> dict:
+    t0 = time.monotonic()
+    run_started = time.time()
+    src = validate_options(opts)
+    files, skipped = scan_source(src)
+    if not files:
+        raise UsageError(f"source {src} holds no files", hint="point SRC at the directory with the weights")
+    lease = Lease(store, opts.model, f"snapshot create {opts.model}")
+    lease.acquire(opts.wait, blocked_by=lambda: live_prune(store))
+    try:
+        result = _create_holding_lease(store, opts, src, files, lease, run_started, progress)
+    except BaseException:
+        try:
+            lease.release()
+        except Exception:  # noqa: S110 - the original error matters more; a stale lease is taken over later
+            pass
+        raise
+    lease.release()
+    result.update(skipped=skipped, seconds=round(time.monotonic() - t0, 3))
+    return result
+
+
+def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: Path, files: list[SourceFile], lease: Lease,
+                          run_started: float, progress: ProgressSink) -> dict:
+    cache = IncrementalCache(store.url, opts.model, src, opts.part_size).load()
+    counters = Counters()
+    entries: dict[str, FileEntry] = {}
+    cached_before: dict[str, FileEntry] = {}
+    to_read: list[SourceFile] = []
+    for sf in files:
+        entry = cache.lookup(sf.path, sf.signature)
+        if entry is None:
+            to_read.append(sf)
+        elif in_recheck_bucket(sf.path, opts.recheck_share):
+            cached_before[sf.path] = entry
+            to_read.append(sf)
+        else:
+            entries[sf.path] = FileEntry(sf.path, entry.size, sf.mode, entry.sha256, entry.parts, entry.tensors)
+
+    with (ThreadPoolExecutor(opts.workers, thread_name_prefix="snapshot") as executor,
+          ThreadPoolExecutor(1, thread_name_prefix="snapshot-whole") as whole_thread,
+          ThreadPoolExecutor(1, thread_name_prefix="snapshot-tensors") as tensor_thread):
+        # A cached file is reused only when all its blobs are still in the store (a prune may have freed them).
+        # The cache's entries all come from its last snapshot; while that manifest exists its blobs do (prune
+        # frees only unreferenced blobs), so one look at it replaces a look at every blob.
+        needed = sorted({(p.sha256, p.size) for e in entries.values() for p in e.parts})
+        if cache.last_snapshot and store.size(manifest_key(opts.model, cache.last_snapshot)) is not None:
+            present = {d for d, _ in needed}
+        else:
+            present = {d for (d, size), got in zip(needed, executor.map(lambda ds: store.size(blob_key(ds[0])),
+                                                                        needed), strict=True) if got == size}
+        by_path = {sf.path: sf for sf in files}
+        for path, entry in list(entries.items()):
+            if not all(p.sha256 in present for p in entry.parts):
+                del entries[path]
+                to_read.append(by_path[path])
+        files_cached = len(entries)
+        progress.start(f"snapshot {opts.model}", sum(sf.signature.size for sf in to_read))
+        reader = _PartWriter(store, executor, whole_thread, tensor_thread, opts, counters, progress)
+        for sf, entry in reader.read_all(sorted(to_read, key=lambda f: f.path)):
+            entries[sf.path] = entry
+    mismatches = sorted(p for p, old in cached_before.items() if entries[p].sha256 != old.sha256)
+
+    for sf in files:
+        cache.record(entries[sf.path], sf.signature, run_started)
+    manifest = SnapshotManifest(
+        model=opts.model, version=opts.version,
+        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        source_host=opts.source_host or socket.gethostname(), source_path=str(src), part_size=opts.part_size,
+        files=tuple(entries[sf.path] for sf in files))
+    data = manifest.encode()
+    snapshot_id = hashlib.sha256(data).hexdigest()
+    store.flush()
+    lease.check_held()
+    # Conditional: an existing key holds these very bytes (the key is their digest), so losing the race is fine.
+    store.put_if_absent(manifest_key(opts.model, snapshot_id), data)
+    cache.save(snapshot_id)
+    return {
+        "id": snapshot_id, "store": store.url, "model": opts.model, "version": opts.version,
+        "created": manifest.created, "files": len(files), "files_cached": files_cached,
+        "files_read": len(files) - files_cached, "bytes_total": manifest.bytes_total,
+        "bytes_read": counters.bytes_read, "bytes_uploaded": counters.bytes_uploaded,
+        "blobs_uploaded": counters.blobs_uploaded, "blobs_present": counters.blobs_present,
+        "recheck_mismatches": mismatches, "cache_note": cache.problem,
+    }
+
+
+class _PartWriter:
+    """Reads files in order on the calling thread (one pass, large buffers) and hands each part to the workers,
+    which hash it, check whether the store has it and store it if not. The whole-file digest of a multi-part file
+    and the per-tensor digests of a safetensors file need the bytes in file order: each is fed by its own
+    single-thread executor (FIFO, so in order), so that neither serial chain is longer than half the work and
+    both cores stay busy (hashlib releases the GIL; measured in docs/benchmarks.md)."""
+
+    def __init__(self, store: BlobStore, executor: ThreadPoolExecutor, whole_thread: ThreadPoolExecutor,
+                 tensor_thread: ThreadPoolExecutor, opts: CreateOptions, counters: Counters, progress: ProgressSink):
+        self.store = store
+        self.executor = executor
+        self.whole_thread = whole_thread
+        self.tensor_thread = tensor_thread
+        self.part_size = opts.part_size
+        self.counters = counters
+        self.progress = progress
+        self.pool = BufferPool(opts.workers + 2, opts.part_size)
+        self.failed = threading.Event()
+
+    def _store_part(self, buf: bytearray, length: int) -> str:
+        try:
+            view = memoryview(buf)[:length]
+            digest = hashlib.sha256(view).hexdigest()
+            if self.store.store_blob(digest, view):
+                self.counters.uploaded(length)
+            else:
+                self.counters.present()
+            return digest
+        except BaseException:
+            self.failed.set()
+            raise
+        finally:
+            self.pool.release(buf)
+
+    def _update_whole(self, whole, buf: bytearray, length: int) -> None:
+        try:
+            whole.update(memoryview(buf)[:length])
+        finally:
+            self.pool.release(buf)
+
+    def _update_tensors(self, tensor_hasher: TensorHasher, buf: bytearray, offset: int, length: int) -> None:
+        try:
+            tensor_hasher.update(offset, memoryview(buf)[:length])
+        finally:
+            self.pool.release(buf)
+
+    def read_all(self, files: list[SourceFile]):
+        pending = []
+        for sf in files:
+            if self.failed.is_set():
+                break
+            pending.append(self._read_file(sf))
+        for sf, whole, tensors, futures in pending:
+            digests = [f.result() for f in futures]
+            sizes = part_sizes(sf.signature.size, self.part_size)
+            sha = whole.result() if whole else (digests[0] if digests else EMPTY_SHA256)
+            yield sf, FileEntry(sf.path, sf.signature.size, sf.mode, sha,
+                                tuple(PartRef(d, s) for d, s in zip(digests, sizes, strict=True)),
+                                tensors.result() if tensors else None)
+
+    def _read_file(self, sf: SourceFile):
+        try:
+            fd = os.open(sf.abspath, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
+        except PermissionError:
+            fd = os.open(sf.abspath, os.O_RDONLY)  # O_NOATIME needs ownership; it only saves an inode write
+        except OSError as exc:
+            raise OperationFailed(f"cannot read {sf.abspath}: {exc.strerror}") from None
+        try:
+            before = StatSignature.of(os.fstat(fd))
+            if before != sf.signature:
+                raise _changed(sf)
+            sizes = part_sizes(before.size, self.part_size)
+            tensor_hasher = None
+            if is_safetensors(sf.path):
+                layout, header_bytes = read_layout(fd, before.size, sf.abspath)
+                self._count_read(header_bytes)
+                tensor_hasher = TensorHasher(layout)
+            whole = hashlib.sha256() if len(sizes) > 1 else None  # one part: its digest is the file's
+            users = 1 + (whole is not None) + (tensor_hasher is not None)
+            futures: list[Future[str]] = []
+            offset = 0
+            for size in sizes:
+                buf = self.pool.acquire(users)
+                try:
+                    got = len(read_into(fd, buf, offset, size))
+                except BaseException:
+                    for _ in range(users):
+                        self.pool.release(buf)
+                    raise
+                if whole is not None:
+                    self.whole_thread.submit(self._update_whole, whole, buf, size)
+                if tensor_hasher is not None:
+                    self.tensor_thread.submit(self._update_tensors, tensor_hasher, buf, offset, size)
+                futures.append(self.executor.submit(self._store_part, buf, size))
+                if got != size:
+                    raise _changed(sf)
+                self._count_read(size)
+                self.progress.advance(size)
+                offset += size
+            if StatSignature.of(os.fstat(fd)) != before:
+                raise _changed(sf)
+        except OSError as exc:
+            raise OperationFailed(f"cannot read {sf.abspath}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        return (sf, self.whole_thread.submit(whole.hexdigest) if whole else None,
+                self.tensor_thread.submit(tensor_hasher.results) if tensor_hasher else None, futures)
+
+    def _count_read(self, n: int) -> None:
+        self.counters.bytes_read += n  # only the reading thread writes this counter
+
+
+def _changed(sf: SourceFile) -> OperationFailed:
+    return OperationFailed(f"{sf.abspath} changed while it was being snapshotted",
+                           hint="snapshot weights that are not being written; no snapshot was recorded")

@@ -1,0 +1,216 @@
+"""Leases: one running writer per model, and prune excluded while any create runs, via conditional puts."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from drtool.errors import BusyError, OperationFailed
+from drtool.snapshot.stores import LEASES, BlobStore, lease_key
+
+# A lease is renewed every TTL/3 while its run is alive; a run that died stops renewing and its lease
+# expires TTL later. A holder on this host whose pid is gone is known dead at once and taken over.
+LEASE_TTL = 120.0
+PRUNE_LEASE = "_prune"  # model names start with a letter or digit, so this never collides with a model's lease
+# After taking over an expired lease, wait this long and read it back: a second taker racing the same
+# delete + conditional put would have overwritten it by then, and the loser backs off.
+TAKEOVER_SETTLE = 0.5
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    purpose: str
+    host: str
+    pid: int
+    boot_id: str
+    started: str
+    expires: float  # epoch seconds
+    token: str
+
+    def describe(self) -> str:
+        return f"{self.purpose} on {self.host} (pid {self.pid}, started {self.started})"
+
+    def is_stale(self, now: float) -> bool:
+        """Expired, or a process of this machine that no longer exists (or existed before its last boot)."""
+        if now > self.expires:
+            return True
+        if self.host == socket.gethostname() and self.boot_id:
+            if self.boot_id != _boot_id():
+                return True
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+    @classmethod
+    def parse(cls, data: bytes) -> LeaseHolder | None:
+        try:
+            doc = json.loads(data)
+            return cls(purpose=str(doc["purpose"]), host=str(doc["host"]), pid=int(doc["pid"]),
+                       boot_id=str(doc.get("boot_id", "")), started=str(doc["started"]),
+                       expires=float(doc["expires"]), token=str(doc["token"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class Lease:
+    """A named lease in a store, held by this process until released; renewed by a background thread."""
+
+    def __init__(self, store: BlobStore, name: str, purpose: str, ttl: float = LEASE_TTL):
+        self.store = store
+        self.name = name
+        self.key = lease_key(name)
+        self.purpose = purpose
+        self.ttl = ttl
+        self._token = secrets.token_hex(16)
+        self._started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._renewed_at = 0.0  # monotonic time of the last successful write
+        self._lost: str | None = None
+        self._renew_error = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        holder = LeaseHolder(self.purpose, socket.gethostname(), os.getpid(), _boot_id(), self._started,
+                             time.time() + self.ttl, self._token)
+        return json.dumps(asdict(holder), sort_keys=True).encode()
+
+    def holder(self) -> LeaseHolder | None:
+        data = self.store.get(self.key)
+        return None if data is None else LeaseHolder.parse(data)
+
+    def try_acquire(self) -> LeaseHolder | None:
+        """Take the lease if it is free or stale; None on success, else the live holder."""
+        while True:
+            written_at = time.monotonic()
+            if self.store.put_if_absent(self.key, self._body()):
+                self._renewed_at = written_at
+                return None
+            data = self.store.get(self.key)
+            if data is None:
+                continue  # released between our put and our get: try again
+            current = LeaseHolder.parse(data)
+            if current is not None and not current.is_stale(time.time()):
+                return current
+            # Dead holder (or an unreadable lease): take it over. Delete + conditional put, then confirm we won.
+            self.store.delete(self.key)
+            written_at = time.monotonic()
+            if not self.store.put_if_absent(self.key, self._body()):
+                continue
+            time.sleep(TAKEOVER_SETTLE)
+            now_holder = self.holder()
+            if now_holder is not None and now_holder.token == self._token:
+                self._renewed_at = written_at
+                return None
+            if now_holder is not None:
+                return now_holder
+
+    def acquire(self, wait: float, blocked_by: Callable[[], LeaseHolder | None] = lambda: None) -> None:
+        """Take the lease, waiting up to `wait` seconds for a live holder to finish; BusyError naming it if not.
+
+        `blocked_by` is asked after taking the lease: a live holder it returns (a conflicting run) makes us give
+        the lease back and wait too. Both sides write their own lease before looking for the other's, so with
+        S3's read-after-write consistency two conflicting runs can never both go ahead."""
+        deadline = time.monotonic() + max(0.0, wait)
+        while True:
+            holder = self.try_acquire()
+            if holder is None:
+                holder = blocked_by()
+                if holder is None:
+                    self._start_heartbeat()
+                    return
+                self.store.delete(self.key)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise busy(self.key, holder)
+            time.sleep(min(1.0, left))
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._heartbeat, name=f"lease-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                current = self.holder()
+                if current is None or current.token != self._token:
+                    self._lost = f"lease {self.key} was taken over by " + (current.describe() if current else "nobody")
+                    return
+                written_at = time.monotonic()
+                self.store.put(self.key, self._body())
+                self._renewed_at = written_at
+            except Exception as exc:  # a failed renewal is retried next beat; check_held() judges a lapse
+                self._renew_error = str(exc)
+
+    def check_held(self) -> None:
+        """Before an irreversible step (writing a manifest, deleting blobs): fail if the lease was lost, or lapsed:
+        not renewed for most of its TTL (a paused or cut-off process), so that others may have seen it expired
+        and acted (a prune freeing our unreferenced blobs). The next run redoes only what is missing."""
+        if self._lost:
+            raise OperationFailed(self._lost, hint="another run took over; run again")
+        if time.monotonic() - self._renewed_at > self.ttl * 0.8:
+            raise OperationFailed(f"lease {self.key} was not renewed for {self.ttl * 0.8:.0f}s and may have been "
+                                  "seen as expired; stopping before the irreversible step",
+                                  hint="run again" + (f" (last renewal error: {self._renew_error})"
+                                                      if self._renew_error else ""))
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        current = self.holder()
+        if current is not None and current.token == self._token:
+            self.store.delete(self.key)
+
+
+def busy(key: str, holder: LeaseHolder) -> BusyError:
+    left = max(0, int(holder.expires - time.time()))
+    return BusyError(f"busy: {holder.describe()} holds {key}",
+                     hint=f"wait for it (--wait SECONDS); if that run is dead its lease expires in {left}s "
+                          "(or at once, when it ran on this host)")
+
+
+def live_holders(store: BlobStore, exclude: str) -> list[LeaseHolder]:
+    """Live leases in the store other than `exclude`: what a prune must wait for."""
+    now = time.time()
+    found = []
+    for obj in store.list(LEASES):
+        if obj.key == lease_key(exclude):
+            continue
+        data = store.get(obj.key)
+        holder = LeaseHolder.parse(data) if data is not None else None
+        if holder is not None and not holder.is_stale(now):
+            found.append(holder)
+    return found
+
+
+def live_prune(store: BlobStore) -> LeaseHolder | None:
+    """The running prune's lease, if any: what a create must wait for."""
+    data = store.get(lease_key(PRUNE_LEASE))
+    holder = LeaseHolder.parse(data) if data is not None else None
+    return holder if holder is not None and not holder.is_stale(time.time()) else None
+
+
+def first_live_writer(store: BlobStore) -> LeaseHolder | None:
+    holders = live_holders(store, exclude=PRUNE_LEASE)
+    return holders[0] if holders else None

@@ -1,0 +1,23 @@
+"""How the engine reports progress: a sink told the total bytes of a phase, then each chunk of bytes done."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class ProgressSink(Protocol):
+    def start(self, description: str, total_bytes: int) -> None: ...
+
+    def advance(self, nbytes: int) -> None:
+        """Called from worker threads too: implementations must be thread-safe."""
+
+
+class _NoProgress:
+    def start(self, description: str, total_bytes: int) -> None:
+        pass
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+
+NO_PROGRESS: ProgressSink = _NoProgress()

@@ -1,0 +1,230 @@
+"""snapshot restore: refuse unsafe manifests before writing; write files to temp names, rename each once it matches."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+import stat
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from drtool.errors import OperationFailed, UsageError, VerificationError
+from drtool.snapshot.catalog import load, resolve
+from drtool.snapshot.chunking import DEFAULT_WORKERS, ordered_map
+from drtool.snapshot.manifest import EMPTY_SHA256, FileEntry, SnapshotManifest
+from drtool.snapshot.progress import NO_PROGRESS, ProgressSink
+from drtool.snapshot.stores import BlobStore, MissingBlob, write_all
+
+TEMP_PREFIX = ".drtool-restore-"
+MAX_OPEN_FILES = 64  # files written but not yet fsynced and renamed
+
+
+def preflight(dest: Path, manifest: SnapshotManifest) -> Path:
+    """Check every target path before anything is written: no existing symlink anywhere on the way (it could lead
+    outside DEST), no file where a directory must go and no directory where a file must go. The absolute
+    destination, with DEST's own symlinks (the user's choice) resolved."""
+    dest = Path(os.path.abspath(dest))
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"destination {dest} exists and is not a directory")
+    root = dest.resolve()
+    checked: set[Path] = set()
+    for f in manifest.files:
+        cur = root
+        components = f.path.split("/")
+        for i, name in enumerate(components):
+            cur = cur / name
+            last = i == len(components) - 1
+            if cur in checked and not last:
+                continue
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                break
+            if stat.S_ISLNK(st.st_mode):
+                raise VerificationError(f"refusing to restore {f.path}: {cur} is a symlink in the destination",
+                                        hint="a symlink could lead the restore outside DEST; remove it or restore "
+                                             "into an empty directory")
+            if not last and not stat.S_ISDIR(st.st_mode):
+                raise UsageError(f"cannot restore {f.path}: {cur} exists and is not a directory")
+            if last and stat.S_ISDIR(st.st_mode):
+                raise UsageError(f"cannot restore {f.path}: {cur} is a directory")
+            checked.add(cur)
+    return root
+
+
+def _check_space(root: Path, needed: int) -> None:
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    st = os.statvfs(probe)
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise OperationFailed(f"not enough space under {probe}: the snapshot needs {needed} bytes, {free} are free",
+                              hint="free space or restore elsewhere; nothing was written")
+
+
+def restore_snapshot(store: BlobStore, snapshot_id: str, dest: Path, progress: ProgressSink = NO_PROGRESS,
+                     workers: int = DEFAULT_WORKERS) -> dict:
+    t0 = time.monotonic()
+    ref = resolve(store, snapshot_id)
+    manifest, _ = load(store, ref)
+    root = preflight(dest, manifest)
+    _check_space(root, manifest.bytes_total)
+    root.mkdir(parents=True, exist_ok=True)
+    writer = _Writer(root)
+    progress.start(f"restore {ref.id[:12]}", manifest.bytes_total)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="restore") as executor:
+            _restore_files(store, manifest, writer, executor, workers, progress)
+    except BaseException:
+        writer.discard()
+        raise
+    writer.sync_dirs()
+    return {"id": ref.id, "model": manifest.model, "version": manifest.version, "dest": str(root),
+            "files": len(manifest.files), "bytes": manifest.bytes_total,
+            "seconds": round(time.monotonic() - t0, 3)}
+
+
+def _fetch(store: BlobStore, f: FileEntry, index: int) -> tuple[bytes, str | None]:
+    """A part's bytes; for a one-part file also their digest (which is the file's), computed here in parallel."""
+    part = f.parts[index]
+    try:
+        data = store.read_blob(part.sha256)
+    except MissingBlob:
+        raise VerificationError(f"{f.path}: blob {part.sha256} (part {index}) is missing from the store",
+                                hint="restore another snapshot; run `drtool snapshot verify` on this one") from None
+    return data, hashlib.sha256(data).hexdigest() if len(f.parts) == 1 else None
+
+
+def _restore_files(store: BlobStore, manifest: SnapshotManifest, writer: _Writer, executor: ThreadPoolExecutor,
+                   workers: int, progress: ProgressSink) -> None:
+    items = [(f, i) for f in manifest.files for i in range(len(f.parts))]
+    fetched = ordered_map(executor, lambda item: _fetch(store, *item), items, window=workers + 2)
+    finals: list[Future] = []
+    for f in manifest.files:
+        tmp = writer.open(f)
+        whole = hashlib.sha256() if len(f.parts) > 1 else None
+        actual = EMPTY_SHA256
+        for part in f.parts:
+            data, digest = next(fetched)
+            if len(data) != part.size:
+                raise _mismatch(f, f"(a {len(data)}-byte part where {part.size} bytes were expected)",
+                                [f"blob {part.sha256} has the wrong size"])
+            writer.write(tmp, data)
+            if whole is not None:
+                whole.update(data)
+            else:
+                actual = digest
+            progress.advance(len(data))
+        if whole is not None:
+            actual = whole.hexdigest()
+        if actual != f.sha256:
+            raise _mismatch(f, actual, writer.bad_parts(tmp, f))
+        finals.append(executor.submit(writer.commit, tmp, f))
+    for fut in finals:
+        fut.result()
+
+
+def _mismatch(f: FileEntry, actual: str, bad_parts: list[str]) -> VerificationError:
+    return VerificationError(f"{f.path}: sha256 mismatch: expected {f.sha256}, actual {actual}",
+                             details=bad_parts, hint="the store holds damaged data for this file; nothing was "
+                                                     "renamed into place for it. Restore another snapshot")
+
+
+class _TempFile:
+    def __init__(self, fd: int, path: Path, final: Path):
+        self.fd = fd
+        self.path = path
+        self.final = final
+
+
+class _Writer:
+    """Temp files in their final directory; renamed into place only after fsync. Tracks them to clean up on error."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._open: dict[Path, _TempFile] = {}
+        self._dirs: set[Path] = set()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(MAX_OPEN_FILES)
+
+    def open(self, f: FileEntry) -> _TempFile:
+        final = self.root / f.path
+        parent = final.parent
+        try:
+            if parent not in self._dirs:
+                parent.mkdir(parents=True, exist_ok=True)
+                if Path(os.path.realpath(parent)) != parent:
+                    raise VerificationError(f"refusing to restore {f.path}: {parent} resolves elsewhere "
+                                            f"({os.path.realpath(parent)})")
+                self._dirs.add(parent)
+            self._slots.acquire()
+            path = parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise _write_error(f.path, exc) from None
+        tmp = _TempFile(fd, path, final)
+        with self._lock:
+            self._open[path] = tmp
+        return tmp
+
+    def write(self, tmp: _TempFile, data: bytes) -> None:
+        try:
+            write_all(tmp.fd, data)
+        except OSError as exc:
+            raise _write_error(str(tmp.final.relative_to(self.root)), exc) from None
+
+    def commit(self, tmp: _TempFile, f: FileEntry) -> None:
+        try:
+            os.fchmod(tmp.fd, f.mode)
+            os.fsync(tmp.fd)
+            os.close(tmp.fd)
+            os.replace(tmp.path, tmp.final)
+        except OSError as exc:
+            raise _write_error(f.path, exc) from None
+        finally:
+            self._slots.release()
+        with self._lock:
+            del self._open[tmp.path]
+
+    def bad_parts(self, tmp: _TempFile, f: FileEntry) -> list[str]:
+        """Which parts of a mismatching multi-part file differ from their blob digest (read back from the temp)."""
+        if len(f.parts) < 2:
+            return []  # the file digest is the part digest: the message already names both
+        found = []
+        offset = 0
+        for i, part in enumerate(f.parts):
+            got = hashlib.sha256(os.pread(tmp.fd, part.size, offset)).hexdigest()
+            if got != part.sha256:
+                found.append(f"part {i} at offset {offset} (blob {part.sha256}): expected {part.sha256}, actual {got}")
+            offset += part.size
+        return found
+
+    def discard(self) -> None:
+        with self._lock:
+            leftovers = list(self._open.values())
+            self._open.clear()
+        for tmp in leftovers:
+            with contextlib.suppress(OSError):
+                os.close(tmp.fd)
+            tmp.path.unlink(missing_ok=True)
+
+    def sync_dirs(self) -> None:
+        for d in sorted(self._dirs | {self.root}):
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _write_error(path: str, exc: OSError) -> OperationFailed:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OperationFailed(f"disk full while restoring {path}: {exc.strerror}",
+                               hint="free space and run the restore again; unfinished files were removed")
+    return OperationFailed(f"cannot write {path}: {exc.strerror}")

@@ -1,0 +1,400 @@
+"""Where snapshots live: one BlobStore interface over a local directory (file://) or an S3 bucket (s3://)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from drtool.config import ObjectStore
+from drtool.errors import OperationFailed, UsageError
+
+BLOBS = "blobs/sha256"
+SNAPSHOTS = "snapshots"
+LEASES = "leases"
+TEMP_PREFIX = ".tmp-"
+SMALL_BLOB = 1 << 20  # S3: blobs up to this size are stored with one conditional PUT, no HEAD first
+
+
+def blob_key(digest: str) -> str:
+    return f"{BLOBS}/{digest[:2]}/{digest}"
+
+
+def manifest_key(model: str, snapshot_id: str) -> str:
+    return f"{SNAPSHOTS}/{model}/{snapshot_id}.json"
+
+
+def lease_key(name: str) -> str:
+    return f"{LEASES}/{name}.json"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    mtime: float  # seconds since the epoch
+
+
+class BlobStore(ABC):
+    """Immutable content-addressed blobs plus small objects (manifests, leases) under one root.
+
+    Every write is atomic: a reader sees a whole object or none. `put_if_absent` is the only coordination
+    primitive (a conditional create), as S3 offers nothing stronger across AWS, MinIO, Ceph RGW and R2.
+    """
+
+    url: str
+
+    @abstractmethod
+    def get(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create `key` unless it exists; True when this call created it."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete `key`; a key that is already gone is not an error."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[StoredObject]: ...
+
+    @abstractmethod
+    def size(self, key: str) -> int | None:
+        """The object's size, or None when it does not exist."""
+
+    @abstractmethod
+    def put_blob(self, digest: str, data: memoryview) -> None: ...
+
+    def store_blob(self, digest: str, data: memoryview) -> bool:
+        """Store the blob unless the store has it (with the right size); True when it was uploaded."""
+        if self.size(blob_key(digest)) == len(data):
+            return False
+        self.put_blob(digest, data)
+        return True
+
+    @abstractmethod
+    def read_blob(self, digest: str) -> bytes:
+        """The blob's bytes as stored (not checked here); MissingBlob when it is not there."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Make every blob written so far durable before a manifest may reference it."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+
+class MissingBlob(Exception):
+    def __init__(self, digest: str):
+        super().__init__(digest)
+        self.digest = digest
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: memoryview | bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class FileStore(BlobStore):
+    """A directory tree: one file per object. Writes go to a temp file in the same directory, are fsynced,
+    then renamed (or hard-linked, for a conditional create) into place."""
+
+    def __init__(self, url: str, root: Path, create: bool):
+        self.url = url
+        self.root = root
+        if not root.is_dir():
+            if not create:
+                raise UsageError(f"store {url}: {root} does not exist",
+                                 hint="check --store, or create a snapshot first")
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OperationFailed(f"store {url}: cannot create {root}: {exc.strerror}") from None
+        self._made_dirs: set[Path] = set()
+        self._dirty_dirs: set[Path] = set()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def _parent(self, path: Path) -> Path:
+        parent = path.parent
+        if parent not in self._made_dirs:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(parent)
+        return parent
+
+    def _write_temp(self, path: Path, data: memoryview | bytes) -> Path:
+        tmp = self._parent(path) / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return tmp
+
+    def get(self, key):
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def put(self, key, data):
+        path = self._path(key)
+        os.replace(self._write_temp(path, data), path)
+        _fsync_dir(path.parent)
+
+    def put_if_absent(self, key, data):
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
+            os.link(tmp, path)  # atomic, and fails if the name exists: a conditional create
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+        return True
+
+    def delete(self, key):
+        path = self._path(key)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            self._dirty_dirs.add(path.parent)
+
+    def list(self, prefix):
+        top = self._path(prefix)
+        for dirpath, _dirs, names in os.walk(top):
+            for name in names:
+                if name.startswith(TEMP_PREFIX):
+                    continue
+                path = Path(dirpath, name)
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                yield StoredObject(path.relative_to(self.root).as_posix(), st.st_size, st.st_mtime)
+
+    def size(self, key):
+        try:
+            return self._path(key).stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def put_blob(self, digest, data):
+        path = self._path(blob_key(digest))
+        os.replace(self._write_temp(path, data), path)
+        self._dirty_dirs.add(path.parent)
+
+    def read_blob(self, digest):
+        try:
+            with open(self._path(blob_key(digest)), "rb", buffering=0) as f:
+                return f.readall()
+        except FileNotFoundError:
+            raise MissingBlob(digest) from None
+
+    def flush(self):
+        # Blob files were fsynced before their rename; the renames become durable with their directories.
+        for d in sorted(self._dirty_dirs):
+            with contextlib.suppress(FileNotFoundError):
+                _fsync_dir(d)
+        self._dirty_dirs.clear()
+
+    def close(self):
+        pass  # nothing held open between calls
+
+    def remove_stale_temps(self, older_than: float) -> int:
+        """Delete temp files that crashed writers left behind (they are never visible as objects)."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for dirpath, _dirs, names in os.walk(self.root):
+            for name in names:
+                path = Path(dirpath, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if name.startswith(TEMP_PREFIX) and path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+        return removed
+
+
+class S3Store(BlobStore):
+    """An S3 bucket and prefix, through standard calls only (PutObject with If-None-Match for conditional creates)."""
+
+    def __init__(self, url: str, settings: ObjectStore, max_pool: int):
+        from drtool.execute.s3 import parse_s3_url, transfer_client
+
+        self.url = url
+        self.location = parse_s3_url(url)
+        self.endpoint = settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+            "AWS_ENDPOINT_URL") or "AWS S3"
+        self.client = transfer_client(settings, max_pool)
+
+    def _key(self, key: str) -> str:
+        return self.location.key(key)
+
+    def get(self, key):
+        with s3_errors(self):
+            try:
+                return self.client.get_object(Bucket=self.location.bucket, Key=self._key(key))["Body"].read()
+            except self.client.exceptions.NoSuchKey:
+                return None
+
+    def put(self, key, data):
+        with s3_errors(self):
+            self.client.put_object(Bucket=self.location.bucket, Key=self._key(key), Body=data,
+                                   ChecksumSHA256=_b64_sha256(data))
+
+    def put_if_absent(self, key, data):
+        from botocore.exceptions import ClientError
+
+        with s3_errors(self):
+            try:
+                self.client.put_object(Bucket=self.location.bucket, Key=self._key(key), Body=data, IfNoneMatch="*",
+                                       ChecksumSHA256=_b64_sha256(data))
+            except ClientError as exc:
+                # 412: the key exists. 409: another conditional write to the key is in flight (AWS): it wins.
+                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return False
+                raise
+            return True
+
+    def delete(self, key):
+        with s3_errors(self):
+            self.client.delete_object(Bucket=self.location.bucket, Key=self._key(key))
+
+    def list(self, prefix):
+        base = self._key("")
+        strip = len(base) + 1 if base else 0
+        with s3_errors(self):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.location.bucket, Prefix=self._key(prefix) + "/")
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield StoredObject(obj["Key"][strip:], obj["Size"], obj["LastModified"].timestamp())
+
+    def size(self, key):
+        from botocore.exceptions import ClientError
+
+        with s3_errors(self):
+            try:
+                return self.client.head_object(Bucket=self.location.bucket, Key=self._key(key))["ContentLength"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+
+    def put_blob(self, digest, data):
+        # botocore takes bytes or a bytearray, not a memoryview; a view of a whole pooled bytearray is sent as is
+        # (measured: the cheapest body botocore sends), a partial one is copied once.
+        body = data.obj if isinstance(data.obj, bytearray) and data.nbytes == len(data.obj) else bytes(data)
+        with s3_errors(self):
+            self.client.put_object(Bucket=self.location.bucket, Key=self._key(blob_key(digest)), Body=body,
+                                   ContentLength=len(data),
+                                   ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode())
+
+    def store_blob(self, digest, data):
+        if len(data) > SMALL_BLOB:
+            return super().store_blob(digest, data)  # a HEAD is cheap next to re-sending a big part
+        # Small: one conditional PUT instead of HEAD + PUT (botocore spends ~3 ms of CPU per request, which
+        # dominates for small files). A store that ignores If-None-Match rewrites identical bytes: harmless.
+        body = bytes(data)
+        with s3_errors(self):
+            try:
+                self.client.put_object(Bucket=self.location.bucket, Key=self._key(blob_key(digest)), Body=body,
+                                       IfNoneMatch="*", ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode())
+            except self.client.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return False
+                raise
+        return True
+
+    def read_blob(self, digest):
+        with s3_errors(self):
+            try:
+                return self.client.get_object(Bucket=self.location.bucket,
+                                              Key=self._key(blob_key(digest)))["Body"].read()
+            except self.client.exceptions.NoSuchKey:
+                raise MissingBlob(digest) from None
+
+    def flush(self):
+        pass  # a completed PutObject is durable
+
+    def close(self):
+        self.client.close()
+
+
+def _b64_sha256(data: bytes) -> str:
+    import hashlib
+
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+@contextlib.contextmanager
+def s3_errors(store: S3Store):
+    """Turn botocore's exceptions into drtool errors that say which store and what to check."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    where = f"store {store.url} ({store.endpoint})"
+    try:
+        yield
+    except (NoCredentialsError, PartialCredentialsError):
+        raise UsageError(f"{where}: no usable S3 credentials",
+                         hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the store's "
+                              "credentials_file in drtool.yaml") from None
+    except EndpointConnectionError:
+        raise OperationFailed(f"{where}: cannot reach the S3 endpoint",
+                              hint="check AWS_ENDPOINT_URL (or the store's endpoint_url) and the network") from None
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        message = exc.response.get("Error", {}).get("Message", "")
+        if code == "NoSuchBucket":
+            raise UsageError(f"{where}: bucket {store.location.bucket!r} does not exist",
+                             hint="create the bucket, or fix --store") from None
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
+            raise OperationFailed(f"{where}: access refused ({code})",
+                                  hint="check the credentials and the bucket policy") from None
+        raise OperationFailed(f"{where}: S3 error {code}: {message}") from None
+    except BotoCoreError as exc:
+        raise OperationFailed(f"{where}: {exc}") from None
+
+
+def open_store(settings: ObjectStore, *, create: bool = False, workers: int = 8) -> BlobStore:
+    """The store for a `file:///abs/path` or `s3://bucket/prefix` URL. `create` makes a missing file:// root."""
+    url = settings.url
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            raise UsageError(f"{url!r}: a file store URL is file:///absolute/path")
+        return FileStore(url, Path(unquote(parsed.path)), create)
+    if parsed.scheme == "s3":
+        return S3Store(url, settings, max_pool=workers + 2)
+    raise UsageError(f"{url!r} is not a store URL", hint="use file:///absolute/path or s3://bucket/prefix")

@@ -1,0 +1,231 @@
+"""What a snapshot must refuse: hostile or damaged manifests, corrupted blobs, bad sources and stores.
+Every refusal exits with its code and writes nothing outside (or inside) the destination."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+
+import pytest
+
+from drtool.snapshot.manifest import FORMAT, canonical_json
+
+from .snapshot_helpers import DRTOOL, MiB, model_dir, write_random
+
+pytest_plugins = ["tests.snapshot_fixtures"]  # the s3_endpoint and snap_env fixtures
+
+PAYLOAD = b"pwned\n"
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def _entry(path: str) -> dict:
+    return {"path": path, "size": len(PAYLOAD), "mode": 0o644, "sha256": PAYLOAD_SHA,
+            "parts": [{"sha256": PAYLOAD_SHA, "size": len(PAYLOAD)}]}
+
+
+def _plant(store_root, files: list[dict] | None = None, raw: bytes | None = None, as_id: str | None = None) -> str:
+    """Write a manifest (and the payload blob) straight into a directory store, as an attacker with write access
+    to the bucket could. Returns the id it is stored under."""
+    doc = {"format": FORMAT, "model": "evil", "version": None, "created": "2024-01-01T00:00:00.000000Z",
+           "source_host": "attacker", "source_path": "/x", "part_size": 16 * MiB, "files": files or []}
+    data = raw if raw is not None else canonical_json(doc)
+    sid = as_id or hashlib.sha256(data).hexdigest()
+    (store_root / "snapshots" / "evil").mkdir(parents=True, exist_ok=True)
+    (store_root / "snapshots" / "evil" / f"{sid}.json").write_bytes(data)
+    blob = store_root / "blobs" / "sha256" / PAYLOAD_SHA[:2] / PAYLOAD_SHA
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(PAYLOAD)
+    return sid
+
+
+def _error(proc: subprocess.CompletedProcess, code: int) -> dict:
+    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def outside(snap_env):
+    d = snap_env.tmp / "outside"
+    d.mkdir()
+    return d
+
+
+@pytest.mark.parametrize("hostile", ["absolute", "dotdot", "nested-dotdot", "duplicate", "file-and-dir"])
+def test_hostile_manifest_paths_exit_3_before_writing_anything(snap_env, outside, hostile):
+    store_root = snap_env.tmp / "store"
+    files = {
+        "absolute": [_entry(str(outside / "evil.txt"))],
+        "dotdot": [_entry("../outside/evil.txt")],
+        "nested-dotdot": [_entry("a/../../outside/evil.txt")],
+        "duplicate": [_entry("a.txt"), _entry("a.txt")],
+        "file-and-dir": [_entry("a"), _entry("a/b")],
+    }[hostile]
+    sid = _plant(store_root, files)
+    dest = snap_env.tmp / "dest"
+    err = _error(snap_env.run("snapshot", "restore", sid, str(dest), "--store", f"file://{store_root}", "--json"), 3)
+    assert err["error"] == "VerificationError"
+    assert list(outside.iterdir()) == [] and not dest.exists()
+    _error(snap_env.run("snapshot", "verify", sid, "--store", f"file://{store_root}", "--json"), 3)
+
+
+def test_symlink_in_dest_is_refused_before_writing(snap_env, outside):
+    store_root = snap_env.tmp / "store"
+    sid = _plant(store_root, [_entry("a-first.txt"), _entry("link/evil.txt")])
+    dest = snap_env.tmp / "dest"
+    dest.mkdir()
+    (dest / "link").symlink_to(outside)
+    err = _error(snap_env.run("snapshot", "restore", sid, str(dest), "--store", f"file://{store_root}", "--json"), 3)
+    assert "symlink" in err["message"] and "link/evil.txt" in err["message"]
+    assert list(outside.iterdir()) == []
+    assert sorted(p.name for p in dest.iterdir()) == ["link"]  # not even the harmless first file
+
+
+def test_manifest_not_json_or_not_matching_its_id_exits_3(snap_env):
+    store_root = snap_env.tmp / "store"
+    store = f"file://{store_root}"
+    garbage = _plant(store_root, raw=b"this is not json {")
+    err = _error(snap_env.run("snapshot", "restore", garbage, str(snap_env.tmp / "d1"), "--store", store, "--json"), 3)
+    assert "not valid JSON" in err["message"]
+
+    honest = canonical_json({"format": FORMAT, "model": "evil", "version": None, "source_host": "h",
+                             "created": "2024-01-01T00:00:00.000000Z", "source_path": "/x", "part_size": 1 << 20,
+                             "files": [_entry("ok.txt")]})
+    forged_id = hashlib.sha256(b"something else").hexdigest()
+    _plant(store_root, raw=honest, as_id=forged_id)
+    err = _error(snap_env.run("snapshot", "restore", forged_id, str(snap_env.tmp / "d2"), "--store", store, "--json"),
+                 3)
+    assert "sha256 mismatch" in err["message"] and forged_id in err["message"]
+    assert not (snap_env.tmp / "d1").exists() and not (snap_env.tmp / "d2").exists()
+    listed = snap_env.json("snapshot", "list", "--store", store)
+    assert {b["id"] for b in listed["invalid"]} == {garbage, forged_id} and listed["snapshots"] == []
+
+
+def _blob_path(store_root, digest: str):
+    return store_root / "blobs" / "sha256" / digest[:2] / digest
+
+
+def _flip(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_byte_in_a_blob_fails_verify_and_restore_naming_file_and_digests(snap_env):
+    src = model_dir(snap_env.tmp / "src")
+    store_root = snap_env.tmp / "store"
+    store = f"file://{store_root}"
+    created = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m", "--part-size", "1")
+    manifest = snap_env.json("snapshot", "show", created["id"], "--store", store)["manifest"]
+    vocab = next(f for f in manifest["files"] if f["path"] == "tokenizer/vocab.bin")
+    blob = _blob_path(store_root, vocab["sha256"])
+    _flip(blob)
+    actual = hashlib.sha256(blob.read_bytes()).hexdigest()
+
+    snap_env.json("snapshot", "verify", created["id"], "--store", store)  # sizes alone cannot see it
+    err = _error(snap_env.run("snapshot", "verify", created["id"], "--store", store, "--read-data", "--json"), 3)
+    assert "tokenizer/vocab.bin" in err["message"]
+    assert vocab["sha256"] in err["message"] and actual in err["message"]
+    sample = snap_env.run("snapshot", "verify", created["id"], "--store", store, "--sample", "100")
+    assert sample.returncode == 3 and actual in sample.stderr
+
+    dest = snap_env.tmp / "dest"
+    err = _error(snap_env.run("snapshot", "restore", created["id"], str(dest), "--store", store, "--json"), 3)
+    assert "tokenizer/vocab.bin" in err["message"]
+    assert f"expected {vocab['sha256']}" in err["message"] and f"actual {actual}" in err["message"]
+    assert not (dest / "tokenizer" / "vocab.bin").exists()
+    assert not [p for p in dest.rglob(".drtool-restore-*")]
+
+
+def test_flipped_byte_in_a_multi_part_file_names_file_part_and_digests(snap_env):
+    src = model_dir(snap_env.tmp / "src")
+    store_root = snap_env.tmp / "store"
+    store = f"file://{store_root}"
+    created = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m", "--part-size", "1")
+    manifest = snap_env.json("snapshot", "show", created["id"], "--store", store)["manifest"]
+    shard = next(f for f in manifest["files"] if f["path"].startswith("model-"))
+    part = shard["parts"][2]["sha256"]
+    _flip(_blob_path(store_root, part))
+    actual_part = hashlib.sha256(_blob_path(store_root, part).read_bytes()).hexdigest()
+
+    err = _error(snap_env.run("snapshot", "verify", created["id"], "--store", store, "--read-data", "--json"), 3)
+    assert shard["path"] in err["message"] and "part 2" in err["message"]
+    assert part in err["message"] and actual_part in err["message"]
+
+    dest = snap_env.tmp / "dest"
+    err = _error(snap_env.run("snapshot", "restore", created["id"], str(dest), "--store", store, "--json"), 3)
+    assert shard["path"] in err["message"] and f"expected {shard['sha256']}" in err["message"]
+    assert any(part in d and actual_part in d for d in err["details"])
+    assert not (dest / shard["path"]).exists() and not [p for p in dest.rglob(".drtool-restore-*")]
+
+
+def test_missing_blob_fails_plain_verify(snap_env):
+    src = model_dir(snap_env.tmp / "src")
+    store_root = snap_env.tmp / "store"
+    created = snap_env.json("snapshot", "create", str(src), "--store", f"file://{store_root}", "--model", "m")
+    manifest = snap_env.json("snapshot", "show", created["id"], "--store", f"file://{store_root}")["manifest"]
+    cfg = next(f for f in manifest["files"] if f["path"] == "config.json")
+    _blob_path(store_root, cfg["sha256"]).unlink()
+    err = _error(snap_env.run("snapshot", "verify", created["id"], "--store", f"file://{store_root}", "--json"), 3)
+    assert "config.json" in err["message"] and "missing" in err["message"]
+
+
+def test_malformed_safetensors_header_is_named(snap_env):
+    src = snap_env.tmp / "src"
+    write_random(src / "ok.bin", 100)
+    bad = src / "model.safetensors"
+    header = (b'{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},'
+              b'"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}')
+    bad.write_bytes(len(header).to_bytes(8, "little") + header + bytes(16))
+    store = snap_env.store("file")
+    err = _error(snap_env.run("snapshot", "create", str(src), "--store", store, "--model", "m", "--json"), 3)
+    assert "model.safetensors" in err["message"] and "overlaps" in err["message"]
+    bad.write_bytes((10**6).to_bytes(8, "little") + b"{}")
+    err = _error(snap_env.run("snapshot", "create", str(src), "--store", store, "--model", "m", "--json"), 3)
+    assert "model.safetensors" in err["message"] and "header length" in err["message"]
+    assert snap_env.json("snapshot", "list", "--store", store)["snapshots"] == []
+
+
+def test_source_and_store_errors(snap_env):
+    empty = snap_env.tmp / "empty"
+    (empty / "only-dirs").mkdir(parents=True)
+    store = snap_env.store("file")
+    err = _error(snap_env.run("snapshot", "create", str(empty), "--store", store, "--model", "m", "--json"), 2)
+    assert "holds no files" in err["message"]
+    err = _error(snap_env.run("snapshot", "create", str(snap_env.tmp / "nope"), "--store", store, "--model", "m",
+                              "--json"), 2)
+    assert "does not exist" in err["message"]
+    err = _error(snap_env.run("snapshot", "list", "--store", f"file://{snap_env.tmp / 'no-store'}", "--json"), 2)
+    assert "does not exist" in err["message"]
+    err = _error(snap_env.run("snapshot", "restore", "0123456789", str(snap_env.tmp / "d"), "--store", store,
+                              "--json"), 2)
+
+    src = model_dir(snap_env.tmp / "src")
+    err = _error(snap_env.run("snapshot", "create", str(src), "--store", "s3://no-such-bucket-here/x", "--model", "m",
+                              "--json"), 2)
+    assert "no-such-bucket-here" in err["message"] and "does not exist" in err["message"]
+    unreachable = {**snap_env.vars, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
+    proc = subprocess.run([DRTOOL, "snapshot", "list", "--store", "s3://b/x", "--json"], capture_output=True,
+                          text=True, env=unreachable, timeout=120)
+    err = _error(proc, 1)
+    assert "cannot reach" in err["message"] and "127.0.0.1:9" in err["message"]
+    assert "testing" not in proc.stdout + proc.stderr  # the secret key never shows
+
+
+def test_restore_without_room_fails_cleanly(snap_env):
+    small = snap_env.tmp / "small-fs"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        src = snap_env.tmp / "src"
+        write_random(src / "weights.bin", 3 * MiB)
+        store = snap_env.store("file")
+        created = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m")
+        err = _error(snap_env.run("snapshot", "restore", created["id"], str(small / "dest"), "--store", store,
+                                  "--json"), 1)
+        assert "space" in err["message"]
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
