@@ -183,15 +183,36 @@ def lab_power(app: App, host: str, state: str, state_dir: str | None):
 @command(main_group, "backup")
 @click.option("--site", help="Site whose serving hosts are snapshotted (default: the primary).")
 @click.option("--model", help="Only this model (default: all).")
-@click.option("--install-schedule", is_flag=True, help="Install the nightly snapshot cron job instead.")
-@click.option("--dry-run", is_flag=True, help="Show what would be snapshotted; change nothing.")
-def backup_cmd(app: App, site: str | None, model: str | None, install_schedule: bool, dry_run: bool):
-    """Snapshot model weights on every serving host of a site into its object stores, replicate, verify."""
-    if site:
-        app.config.site(site)
-    if model:
-        app.config.model(model)
-    not_built("drtool backup", 3)
+@click.option("--install-schedule", is_flag=True, help="Install the nightly snapshot job on the site's hosts instead.")
+@click.option("--remove-schedule", is_flag=True, help="Remove the nightly snapshot job.")
+@click.option("--dry-run", is_flag=True, help="Show what would be snapshotted and where it would be copied.")
+def backup_cmd(app: App, site: str | None, model: str | None, install_schedule: bool, remove_schedule: bool,
+               dry_run: bool):
+    """Snapshot model weights on every serving host of a site (next to the weights, with drtool there), replicate
+    each snapshot to the site's other stores and every DR site's store, and read back a sample at each."""
+    from drtool.actions import backup
+
+    if install_schedule or remove_schedule:
+        result = backup.schedule(app.config, app.out, site, model, remove=remove_schedule)
+        app.out.result(result, lambda c: c.print(f"nightly snapshot job {result['schedule']} on "
+                                                   f"{', '.join(result['hosts'])}"))
+        return
+    result = backup.run(app.config, app.out, site, model, dry_run)
+
+    def render(console):
+        if result.get("dry_run"):
+            console.print(f"[bold]dry run[/]: would snapshot {', '.join(m['name'] for m in result['models'])} on "
+                          f"{', '.join(result['hosts'])} into {result['store']}, then copy to "
+                          f"{', '.join(result['replicate_to']) or 'no other store'}")
+            return
+        console.print(table(f"Backup of {result['site']}", ["model", "host", "snapshot", "size", "uploaded", "s"],
+                            [[s["model"], s["host"], s["id"][:16], _bytes(s["bytes_total"]),
+                              _bytes(s["bytes_uploaded"]), f"{s['seconds']:.1f}"] for s in result["snapshots"]]))
+        console.print(table("Copies", ["snapshot", "to", "copied", "verify"],
+                            [[c["snapshot"][:16], c["to"], _bytes(c["bytes_copied"] or 0),
+                              f"{c['verify']} ({c['blobs_checked']} blobs)"] for c in result["copies"]]))
+
+    app.out.result(result, render)
 
 
 @main_group.group("snapshot", cls=DrtoolGroup)
@@ -226,12 +247,17 @@ def _bytes(n: int) -> str:
               help="Share of unchanged files re-read anyway (by path hash and day: all within 1/F days). 0: none.")
 @click.option("--part-size", "part_size_mib", type=click.IntRange(1, 1024), default=16, show_default=True,
               metavar="MiB", help="Part size; changing it stops dedupe against snapshots made with another.")
-def snapshot_create(app: App, src, store, model, model_version, source_host, wait, recheck_share, part_size_mib):
+@click.option("--verify-sample", type=click.FloatRange(0, 100), metavar="PCT",
+              help="After writing, read back and hash this percentage of the snapshot's blobs.")
+@click.option("--metrics-file", type=click.Path(dir_okay=False),
+              help="Write Prometheus textfile metrics here (last success, duration, bytes, verify failures).")
+def snapshot_create(app: App, src, store, model, model_version, source_host, wait, recheck_share, part_size_mib,
+                    verify_sample, metrics_file):
     """Snapshot SRC into STORE; the manifest is written last, so a snapshot is visible only when complete."""
     from drtool.actions import snapshot
 
     result = snapshot.create(app.out, app.config_path, src, store, model, model_version, source_host, wait,
-                             recheck_share, part_size_mib)
+                             recheck_share, part_size_mib, verify_sample, metrics_file)
     app.out.result(result, lambda c: c.print(
         f"snapshot [bold]{result['id']}[/] of {result['model']}: {result['files']} files, "
         f"{_bytes(result['bytes_total'])}; read {_bytes(result['bytes_read'])}, "
@@ -513,20 +539,55 @@ def registry_verify(app: App, site, model, read_data):
 @click.option("--run-id", help="Use this run id (set by `drtool serve` so a re-launch resumes the same run).")
 @click.option("--approve", "approve_run", metavar="RUN",
               help="Start a failover that `drtool serve` queued for approval.")
-def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, approve_run):
-    """Provision a standby at SITE, restore and verify the production model, then flip DNS to it."""
-    app.config.site(site)
-    not_built("drtool failover", 5)
+@click.option("--model", help="The model to fail over (default: the only one configured).")
+def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, approve_run, model):
+    """Provision a standby at SITE, restore and verify the production model, then flip DNS to it.
+
+    Steps: preflight, lease, provision, pull_image, restore, start, wait_ready, verify, fence_primary,
+    flip_dns, confirm_dns; each is journaled, so `--resume RUN` finishes an interrupted run without doing
+    anything twice. DNS never points at a standby that has not passed verify."""
+    from drtool.actions import failover
+
+    result = failover.run(app.config, app.out, site, model, dry_run, yes, resume_run, reason, run_id, approve_run)
+    app.out.result(result, _render_move(result))
+
+
+def _render_move(result: dict):
+    def render(console):
+        console.print(table(f"{result['kind'].capitalize()} {result['run_id']} to {result['site']}: {result['status']}",
+                            ["step", "status", "seconds", "evidence"],
+                            [[s["name"], s["status"], f"{s['seconds']:.2f}" if s["seconds"] is not None else "",
+                              _summary(s["evidence"])] for s in result["steps"]]))
+        if result["already_serving"]:
+            console.print(f"[bold]nothing changed[/]: {result['already_serving']}")
+        dns = result["dns"]
+        console.print(f"DNS {dns['record']}: {(dns['before'] or {}).get('addresses')} -> {dns['after']}")
+        if result["rto_s"] is not None:
+            console.print(f"[bold]RTO {result['rto_s']:.1f}s[/] (command start to DNS confirmed)")
+
+    return render
+
+
+def _summary(evidence: dict) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in evidence.items() if not isinstance(v, (dict, list)))
+    return text[:100]
 
 
 @command(main_group, "failback")
 @click.option("--site", required=True, help="The primary site to return to.")
-@click.option("--dry-run", is_flag=True)
-@click.option("--yes", is_flag=True)
-def failback_cmd(app: App, site, dry_run, yes):
-    """Bring the primary back to the production version, verify it, flip DNS back, cool the standby."""
-    app.config.site(site)
-    not_built("drtool failback", 5)
+@click.option("--dry-run", is_flag=True, help="Print the plan and run read-only preflight only.")
+@click.option("--yes", is_flag=True, help="Do not ask before the first change.")
+@click.option("--resume", "resume_run", metavar="RUN", help="Finish an interrupted failback run.")
+@click.option("--reason", help="Why (recorded in the journal and report).")
+@click.option("--model", help="The model (default: the only one configured).")
+def failback_cmd(app: App, site, dry_run, yes, resume_run, reason, model):
+    """Bring the primary back to the registry's production version and current weights, verify it the same way,
+    flip DNS back, and return the standby to cold."""
+    from drtool.actions import failover
+
+    result = failover.run(app.config, app.out, site, model, dry_run, yes, resume_run, reason, None, None,
+                          plan=failover.Failback)
+    app.out.result(result, _render_move(result))
 
 
 @command(main_group, "drill")

@@ -24,6 +24,14 @@ def build_inventory(config: Config) -> dict:
         "drtool_bin": str(Path(interpreter).parent / "drtool"),
         "drtool_ca_file": config.ca_file,
     }
+    if config.lab_state_dir:
+        # Lab hosts share the machine's root filesystem but each has its own /srv: keep what the nightly job
+        # installs per host there instead of in the machine's /etc/cron.d.
+        all_vars.update(weights_backup_cron_file="/srv/drtool/cron.d/drtool-backup",
+                        weights_backup_script="/srv/drtool/sbin/drtool-nightly-snapshot",
+                        weights_backup_log="/srv/drtool/log/drtool-backup.log",
+                        weights_backup_lock="/srv/drtool/drtool-backup.lock",
+                        weights_backup_textfile_dir="/srv/drtool/textfile")
     if ssh.private_key_file:
         all_vars["ansible_ssh_private_key_file"] = ssh.private_key_file
     children: dict = {}

@@ -7,6 +7,8 @@ the interrupted one runs again. Steps therefore check before they act (idempoten
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,6 +18,7 @@ from drtool.errors import DrtoolError, UsageError
 from drtool.fsutil import write_json_atomic
 
 PENDING, RUNNING, DONE, FAILED, SKIPPED = "pending", "running", "done", "failed", "skipped"
+KILL_AFTER_ENV = "DRTOOL_FAULT_KILL_AFTER_STEP"
 
 
 @dataclass
@@ -28,6 +31,7 @@ class StepRecord:
     seconds: float | None = None
     evidence: dict = field(default_factory=dict)
     error: str | None = None
+    error_class: str | None = None
     attempts: int = 0
 
 
@@ -111,7 +115,7 @@ def run_steps(journal: Journal, steps: list[Step], ctx: dict, progress: Progress
             rec.status = SKIPPED
             rec.evidence = {"dry_run": "would run"}
             continue
-        rec.status, rec.started, rec.error = RUNNING, time.time(), None
+        rec.status, rec.started, rec.error, rec.error_class = RUNNING, time.time(), None, None
         rec.attempts += 1
         journal.save()
         if progress:
@@ -122,6 +126,7 @@ def run_steps(journal: Journal, steps: list[Step], ctx: dict, progress: Progress
             rec.status, rec.ended = FAILED, time.time()
             rec.seconds = round(rec.ended - rec.started, 3)
             rec.error = exc.message if isinstance(exc, DrtoolError) else f"{type(exc).__name__}: {exc}"
+            rec.error_class = type(exc).__name__
             journal.status, journal.ended = FAILED, rec.ended
             journal.save()
             if progress:
@@ -132,6 +137,9 @@ def run_steps(journal: Journal, steps: list[Step], ctx: dict, progress: Progress
         journal.save()
         if progress:
             progress("done", rec)
+        if os.environ.get(KILL_AFTER_ENV) == step.name:
+            # Fault injection for drills and tests: die like a crashed host right after a step boundary.
+            os.kill(os.getpid(), signal.SIGKILL)
     if not dry_run:
         journal.status, journal.ended = DONE, time.time()
     journal.save()

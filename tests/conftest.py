@@ -24,6 +24,7 @@ def lab():
     from drtool.lab import Lab
 
     the_lab = Lab()
+    the_lab.down()  # start from the canonical lab: its stores keep objects only while it runs
     the_lab.up()
     yield the_lab
     if not os.environ.get("DRTOOL_KEEP_LAB"):

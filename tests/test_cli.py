@@ -44,7 +44,7 @@ def test_wrong_flag_is_usage_error():
 
 
 def test_commands_not_built_yet_say_so_with_exit_1():
-    proc = run_cli("--config", EXAMPLE, "failover", "--site", "dr-east")
+    proc = run_cli("--config", EXAMPLE, "drill", "--site", "dr-east")
     assert proc.returncode == 1
     assert "not built yet" in proc.stderr
 

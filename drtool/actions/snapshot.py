@@ -80,13 +80,31 @@ class RichProgress:
 
 
 def create(out: Output, config_path: str | None, src: str, store: str, model: str, version: str | None,
-           source_host: str | None, wait: float, recheck_share: float, part_size_mib: int) -> dict:
+           source_host: str | None, wait: float, recheck_share: float, part_size_mib: int,
+           verify_sample: float | None = None, metrics_file: str | None = None) -> dict:
+    import time
+
+    from drtool.errors import DrtoolError, VerificationError
     from drtool.snapshot.create import CreateOptions, create_snapshot
+    from drtool.snapshot.metrics import write_backup_metrics
+    from drtool.snapshot.verify import verify_snapshot
 
     opts = CreateOptions(source=Path(src), model=model, version=version, source_host=source_host, wait=wait,
                          recheck_share=recheck_share, part_size=part_size_mib * MiB)
-    with opened(store, config_path, create=True) as blob_store, RichProgress(out) as progress:
-        result = create_snapshot(blob_store, opts, progress)
+    t0 = time.monotonic()
+    result = None
+    try:
+        with opened(store, config_path, create=True) as blob_store, RichProgress(out) as progress:
+            result = create_snapshot(blob_store, opts, progress)
+            if verify_sample:
+                result["verify"] = verify_snapshot(blob_store, result["id"], sample_percent=verify_sample)
+    except DrtoolError as exc:
+        if metrics_file:
+            write_backup_metrics(Path(metrics_file), model, False, time.monotonic() - t0, result,
+                                 verify_failed=isinstance(exc, VerificationError) and result is not None)
+        raise
+    if metrics_file:
+        write_backup_metrics(Path(metrics_file), model, True, time.monotonic() - t0, result)
     for line in result["skipped"]:
         out.info(f"[yellow]skipped[/] {line}")
     for path in result["recheck_mismatches"]:

@@ -81,6 +81,16 @@ def _failure_message(res: dict) -> str:
     if res.get("censored"):
         return "output hidden (no_log task); see the task's role for what it checks"
     parts = [str(res.get("msg", "")).strip()]
+    if isinstance(res.get("rc"), int) and res["rc"] != 0:
+        parts[0] += f" (exit {res['rc']})"
+        out = str(res.get("stdout") or "").strip()
+        if out.startswith("{") and '"message"' in out:  # a drtool --json error: its message says what was wrong
+            try:
+                import json
+
+                parts.append(json.loads(out).get("message", ""))
+            except ValueError:
+                pass
     for key in ("stderr", "module_stderr"):
         text = str(res.get(key) or "").strip()
         if text and text not in parts[0]:

@@ -77,15 +77,25 @@ class Rfc2136Dns:
                 ttl = rrset.ttl
         return ARecord(name.to_text(omit_final_dot=True), sorted(addrs), ttl)
 
+    def check_credentials(self) -> None:
+        """Send a signed update that changes nothing (its only prerequisite is that the zone's SOA exists):
+        the server checks the TSIG signature and the update policy, so a wrong key is found before a flip."""
+        update = dns.update.UpdateMessage(self.zone, keyring=load_tsig_key(self.target.tsig_key_file))
+        update.present(self.zone, "SOA")
+        self._send(update, self.zone)
+
     def replace_a(self, addresses: list[str], ttl: int | None = None, record: str | None = None) -> None:
         """Replace the record's A set in one signed update (atomic on the server)."""
         name = dns.name.from_text(record) if record else self.fqdn
-        key = load_tsig_key(self.target.tsig_key_file)
-        update = dns.update.UpdateMessage(self.zone, keyring=key)
+        update = dns.update.UpdateMessage(self.zone, keyring=load_tsig_key(self.target.tsig_key_file))
         rel = name.relativize(self.zone)
         update.delete(rel, "A")
         for addr in addresses:
             update.add(rel, ttl or self.target.ttl, "A", addr)
+        self._send(update, name)
+
+    def _send(self, update: dns.update.UpdateMessage, name: dns.name.Name) -> None:
+        key = update.keyring
         try:
             resp = dns.query.tcp(update, self.target.server, port=self.target.port, timeout=self.timeout)
         except dns.tsig.PeerError as exc:
@@ -117,6 +127,10 @@ class Route53Dns:
         # Endpoint and credentials the standard AWS ways (AWS_ENDPOINT_URL, profiles, instance roles).
         self.client = boto3.client("route53")
         self.fqdn = target.record.rstrip(".") + "."
+
+    def check_credentials(self) -> None:
+        """The zone can be read with these credentials (before anything changes)."""
+        self._call("get_hosted_zone", Id=self.target.zone_id)
 
     def read_a(self, record: str | None = None) -> ARecord:
         name = (record.rstrip(".") + ".") if record else self.fqdn

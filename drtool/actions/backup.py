@@ -1,0 +1,84 @@
+"""drtool backup: snapshot every serving host's weights next to them, replicate to the site's other stores and
+to every DR site's store, then read back a sample at each; or install / remove the nightly job."""
+
+from __future__ import annotations
+
+from drtool.actions.canary import store_vars
+from drtool.config import Config, Site
+from drtool.errors import DrtoolError, OperationFailed, VerificationError
+from drtool.execute.ansible import run_playbook
+from drtool.inventory import group_name
+from drtool.output import Output
+from drtool.snapshot.replicate import replicate_snapshot
+from drtool.snapshot.stores import open_store
+from drtool.snapshot.verify import verify_snapshot
+
+VERIFY_SAMPLE_PCT = 5.0
+
+
+def _models(config: Config, model: str | None) -> list[dict]:
+    chosen = [config.model(model)] if model else list(config.models.values())
+    return [{"name": m.name, "weights_path": m.weights_path} for m in chosen]
+
+
+def _targets(site: Site) -> list[str]:
+    return [store.url for store in site.object_stores[1:]]
+
+
+def plan(config: Config, site_name: str | None, model: str | None) -> dict:
+    site = config.site(site_name) if site_name else config.primary
+    dr_stores = [s.object_stores[0].url for s in config.sites.values() if s.role == "dr" and s.name != site.name]
+    return {"site": site.name, "hosts": [h.name for h in site.hosts], "models": _models(config, model),
+            "store": site.object_stores[0].url, "replicate_to": _targets(site) + dr_stores}
+
+
+def run(config: Config, out: Output, site_name: str | None, model: str | None, dry_run: bool) -> dict:
+    p = plan(config, site_name, model)
+    if dry_run:
+        out.step("dry run: nothing is snapshotted, copied or changed")
+        return {**p, "dry_run": True}
+    site = config.site(p["site"])
+    if site.is_standby:
+        raise OperationFailed(f"site {site.name} has only cold standbys: there is nothing serving to snapshot",
+                              hint="back up the site that serves (the primary)")
+    with out.working(f"snapshotting on {', '.join(p['hosts'])}"):
+        res = run_playbook(config, "backup.yml", progress=out.ansible_progress(), extravars={
+            "drtool_targets": group_name(site.name), "weights_backup_action": "snapshot",
+            "weights_backup_models": p["models"], **store_vars(site, "weights_backup")})
+    snapshots = [dict(s, host=h) for h, data in res.results.items() for s in data.get("snapshots", [])]
+    source = open_store(site.object_stores[0])
+    copies, problems = [], []
+    try:
+        for target_url in p["replicate_to"]:
+            target_site = next(s for s in config.sites.values() if any(o.url == target_url for o in s.object_stores))
+            target_store = open_store(next(o for o in target_site.object_stores if o.url == target_url))
+            try:
+                for snap in snapshots:
+                    with out.working(f"replicating {snap['id'][:12]} to {target_url}"):
+                        rep = replicate_snapshot(source, target_store, snap["id"])
+                        ver = verify_snapshot(target_store, snap["id"], sample_percent=VERIFY_SAMPLE_PCT)
+                    copies.append({"snapshot": snap["id"], "model": snap["model"], "to": target_url,
+                                   "bytes_copied": rep.get("bytes_copied"), "verify": ver["mode"],
+                                   "blobs_checked": ver["blobs_checked"]})
+            except DrtoolError as exc:
+                problems.append(f"{target_url}: {exc.message}")
+            finally:
+                target_store.close()
+    finally:
+        source.close()
+    result = {**p, "snapshots": snapshots, "copies": copies, "problems": problems, "seconds": res.seconds}
+    if problems:
+        cls = VerificationError if any("verif" in x for x in problems) else OperationFailed
+        raise cls(f"backup of {site.name} finished with {len(problems)} problem(s) in replication or verify",
+                  details=problems, hint="the snapshots are in the site's own store; re-run `drtool backup`")
+    return result
+
+
+def schedule(config: Config, out: Output, site_name: str | None, model: str | None, remove: bool) -> dict:
+    p = plan(config, site_name, model)
+    site = config.site(p["site"])
+    action = "unschedule" if remove else "schedule"
+    res = run_playbook(config, "backup.yml", progress=out.ansible_progress(), extravars={
+        "drtool_targets": group_name(site.name), "weights_backup_action": action,
+        "weights_backup_models": p["models"], **store_vars(site, "weights_backup")})
+    return {**p, "schedule": "removed" if remove else "installed", "hosts": sorted(res.results or p["hosts"])}

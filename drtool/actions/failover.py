@@ -1,0 +1,359 @@
+"""drtool failover: from a dead primary to verified serving at a DR site, and only then DNS.
+
+Ordered, individually timed steps, each journaled (locally and in the DR store) before the next starts:
+preflight -> lease -> provision -> pull_image -> restore -> start -> wait_ready -> verify -> fence_primary
+-> flip_dns -> confirm_dns. A crash at any step boundary is finished by `--resume RUN`; every step checks
+before it acts, so nothing is done twice. DNS is never pointed at a target that has not passed `verify`."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import click
+
+from drtool.actions import deploy
+from drtool.actions.registry import site_registry
+from drtool.actions.registry import verify as registry_verify
+from drtool.config import Config, Host, Model, Site
+from drtool.errors import DrtoolError, OperationFailed, UsageError, VerificationError
+from drtool.execute.ansible import run_playbook
+from drtool.execute.dns import dns_for
+from drtool.output import Output, table
+from drtool.paths import state_dir
+from drtool.providers import get_provider
+from drtool.providers.base import ssh_banner
+from drtool.runbook import DONE, Journal, Step, run_steps
+from drtool.snapshot.lease import Lease
+from drtool.snapshot.stores import open_store
+
+RUNS = "runs"
+
+
+class AlreadyServing(Exception):
+    """The site already serves the production version behind the record: nothing to change."""
+
+
+def new_run_id(site: str) -> str:
+    return f"fo-{site}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+
+
+def pick_model(config: Config, name: str | None) -> Model:
+    if name:
+        return config.model(name)
+    if len(config.models) != 1:
+        raise UsageError("this configuration has several models", hint="choose one with --model")
+    return next(iter(config.models.values()))
+
+
+class Failover:
+    """One failover run: the plan, its journal, and the step functions."""
+
+    kind = "failover"
+
+    def __init__(self, config: Config, out: Output, site: Site, model: Model, run_id: str, reason: str | None):
+        self.check_site(site)
+        self.config, self.out, self.site, self.model = config, out, site, model
+        self.primary = config.primary
+        self.dr_store = open_store(site.object_stores[0])
+        self.dns = dns_for(site.dns)
+        self.lease: Lease | None = None
+        path = state_dir() / RUNS / f"{run_id}.json"
+        if path.exists():
+            self.journal = Journal.load(path)
+        else:
+            self.journal = Journal(run_id, self.kind, site.name, time.time(), reason=reason, path=path,
+                                   context={"model": model.name, "tried": []})
+        self.journal.mirror = lambda data: self.dr_store.put(f"{RUNS}/{run_id}.json", data)
+
+    @staticmethod
+    def check_site(site: Site) -> None:
+        if site.role != "dr" or not site.is_standby:
+            raise UsageError(f"site {site.name} is not a DR site with a standby pool",
+                             hint="fail over TO the DR site, e.g. `drtool failover --site dr-east`")
+
+    # -- the plan -------------------------------------------------------------------------------------
+    def steps(self) -> list[Step]:
+        return [
+            Step("preflight", "Preflight: DR registry, store and DNS reachable; registry verified", self.preflight,
+                 changes_things=False),
+            Step("lease", "Take the site's failover lease", self.take_lease),
+            Step("provision", "Power on a standby and wait for SSH", self.provision),
+            Step("pull_image", "Pull the production image by digest from the DR registry", self.pull_image),
+            Step("restore", "Restore the production snapshot from the DR store (every byte verified)", self.restore),
+            Step("start", "Start the serving container", self.start),
+            Step("wait_ready", "Wait for /readyz", self.wait_ready),
+            Step("verify", "Verify /version against the registry and the canary output", self.verify),
+            Step("fence_primary", "Fence the primary (best effort)", self.fence_primary),
+            Step("flip_dns", "Point the service record at the verified standby", self.flip_dns),
+            Step("confirm_dns", "Confirm the authoritative server answers the new address", self.confirm_dns),
+        ]
+
+    @property
+    def ctx(self) -> dict:
+        return self.journal.context
+
+    def entry(self):
+        return site_registry(self.config, self.site).require_version(self.model.name, self.ctx["version"])
+
+    def host(self) -> Host:
+        return next(h for h in self.site.hosts if h.name == self.ctx["host"])
+
+    # -- steps --------------------------------------------------------------------------------------
+    def preflight(self, _ctx) -> dict:
+        record = self.dns.read_a()
+        self.dns.check_credentials()  # a wrong TSIG key fails here, before anything changes
+        checked = registry_verify(self.config, self.out, self.site.name, self.model.name, read_data=False)
+        info = checked["models"][self.model.name]
+        self.ctx.setdefault("dns_before", {"addresses": record.addresses, "ttl": record.ttl})
+        self.ctx["version"] = info["version"]
+        entry = self.entry()
+        self.ctx["image"] = entry.image.at(self.site.registry_url)
+        self.ctx["snapshot_id"] = entry.snapshot_id
+        pool = {h.address: h for h in self.site.hosts}
+        serving = [pool[a] for a in record.addresses if a in pool]
+        if serving and not self.ctx.get("host"):
+            try:
+                deploy.check(self.site, serving[0], entry)
+            except DrtoolError:
+                pass  # the record points at a standby that does not serve correctly: fail over properly
+            else:
+                raise AlreadyServing(f"{self.site.dns.record} already points at {serving[0].name}, which serves "
+                                     f"{self.model.name} {entry.version} correctly")
+        return {"dns_before": record.addresses, "production": info, "standby_pool": list(pool)}
+
+    def take_lease(self, _ctx) -> dict:
+        self.lease = Lease(self.dr_store, f"failover-{self.site.name}", f"failover {self.journal.run_id}")
+        self.lease.acquire(wait=0)
+        return {"lease": f"failover-{self.site.name}"}
+
+    def provision(self, _ctx) -> dict:
+        provider = get_provider(self.config, self.site)
+        tried = self.ctx.setdefault("tried", [])
+        for host in self.site.hosts:
+            if any(t["host"] == host.name and not t["ok"] for t in tried):
+                continue
+            t0 = time.monotonic()
+            try:
+                provider.power_on(host)
+                waited = provider.wait_ready(host, timeout=120)
+                run_playbook(self.config, "status.yml", extravars={"drtool_targets": host.name})
+            except DrtoolError as exc:
+                tried.append({"host": host.name, "ok": False, "error": exc.message})
+                self.journal.save()
+                self.out.step(f"standby {host.name} failed: {exc.message}; trying the next one")
+                try:
+                    provider.power_off(host)
+                except DrtoolError:
+                    pass
+                continue
+            tried.append({"host": host.name, "ok": True, "seconds": round(time.monotonic() - t0, 3)})
+            self.ctx["host"] = host.name
+            return {"host": host.name, "address": host.address, "ssh_wait_s": waited, "tried": tried}
+        raise OperationFailed(f"no standby of {self.site.name} came up", details=[f"{t['host']}: {t.get('error')}"
+                                                                                 for t in tried])
+
+    def pull_image(self, _ctx) -> dict:
+        return deploy.pull(self.config, self.site, self.host(), self.entry())
+
+    def restore(self, _ctx) -> dict:
+        return deploy.restore(self.config, self.site, self.host(), self.model, self.entry())
+
+    def start(self, _ctx) -> dict:
+        return deploy.start(self.config, self.site, self.host(), self.model, self.entry())
+
+    def wait_ready(self, _ctx) -> dict:
+        return deploy.wait(self.site, self.host())
+
+    def verify(self, _ctx) -> dict:
+        return deploy.check(self.site, self.host(), self.entry())
+
+    def fence_primary(self, _ctx) -> dict:
+        fenced = {}
+        for host in self.primary.hosts:
+            if not ssh_banner(host.address, host.port, timeout=3):
+                fenced[host.name] = "unreachable: not fenced (down or partitioned); DNS moves anyway"
+                continue
+            res = run_playbook(self.config, "model_server.yml", raise_on_failure=False, extravars={
+                "drtool_targets": host.name, "model_server_action": "stop", "model_server_model": self.model.name})
+            fenced[host.name] = ("serving container stopped" if not res.failed and not res.unreachable
+                                 else f"fencing failed: {(res.failed or [None])[0] or res.unreachable}")
+        return {"primary": self.primary.name, "fenced": fenced}
+
+    def flip_dns(self, _ctx) -> dict:
+        if self.journal.record("verify").status != DONE:  # never point DNS at an unverified target
+            raise VerificationError("refusing to flip DNS: the standby has not passed verify")
+        target = self.host().address
+        before = self.dns.read_a()
+        if before.addresses == [target]:
+            return {"record": self.site.dns.record, "before": before.addresses, "after": [target], "changed": False}
+        self.dns.replace_a([target], self.site.dns.ttl)
+        return {"record": self.site.dns.record, "before": before.addresses, "after": [target], "changed": True}
+
+    def confirm_dns(self, _ctx) -> dict:
+        target = self.host().address
+        deadline = time.monotonic() + 30
+        while True:
+            got = self.dns.read_a()
+            if got.addresses == [target]:
+                return {"server": f"{self.site.dns.server}:{self.site.dns.port}", "answer": got.addresses,
+                        "ttl": got.ttl}
+            if time.monotonic() > deadline:
+                raise OperationFailed(f"{self.site.dns.server} still answers {got.addresses} for "
+                                      f"{self.site.dns.record}, expected {target}")
+            time.sleep(0.5)
+
+    # -- running ------------------------------------------------------------------------------------
+    def run(self, dry_run: bool) -> dict:
+        def progress(kind, rec):
+            if kind == "start":
+                self.out.step(rec.title)
+            elif kind == "done":
+                self.out.info(f"  [green]done[/] {rec.name} [dim]{rec.seconds:.1f}s[/]")
+            elif kind == "failed":
+                self.out.info(f"  [red]failed[/] {rec.name}: {rec.error}")
+
+        already = None
+        try:
+            run_steps(self.journal, self.steps(), {}, progress=progress, dry_run=dry_run)
+        except AlreadyServing as exc:
+            already = str(exc)
+            rec = self.journal.record("preflight")
+            rec.status, rec.error, rec.evidence = DONE, None, {"already_serving": already}
+            for other in self.journal.steps[1:]:
+                other.status = "skipped"
+            self.journal.status, self.journal.ended = "done", time.time()
+            self.journal.context["already_serving"] = already
+            self.journal.save()
+        finally:
+            if self.lease is not None:
+                self.lease.release()
+            report = self.report(dry_run)
+            self.write_report(report)
+            self.dr_store.close()
+        return report
+
+    def report(self, dry_run: bool) -> dict:
+        j = self.journal
+        steps = [{"name": s.name, "title": s.title, "status": s.status, "start": s.started, "end": s.ended,
+                  "seconds": s.seconds, "evidence": s.evidence, "error": s.error, "error_class": s.error_class,
+                  "attempts": s.attempts}
+                 for s in j.steps]
+        confirm = next((s for s in j.steps if s.name == "confirm_dns" and s.status == DONE), None)
+        flip = next((s for s in j.steps if s.name == "flip_dns"), None)
+        return {
+            "run_id": j.run_id, "kind": j.kind, "site": j.site, "model": self.model.name, "status": j.status,
+            "dry_run": dry_run, "reason": j.reason, "started": j.started, "ended": j.ended,
+            "already_serving": j.context.get("already_serving"),
+            "production": {"version": j.context.get("version"), "image": j.context.get("image"),
+                           "snapshot_id": j.context.get("snapshot_id")},
+            "standby": j.context.get("host"), "standbys_tried": j.context.get("tried", []),
+            "dns": {"record": self.site.dns.record, "before": j.context.get("dns_before"),
+                    "after": (flip.evidence.get("after") if flip and flip.status == DONE else None)},
+            "rto_s": round(confirm.ended - j.started, 3) if confirm else None,
+            "steps": steps,
+            "journal": str(j.path), "journal_mirror_error": j.mirror_error,
+        }
+
+    def write_report(self, report: dict) -> None:
+        from drtool.fsutil import write_json_atomic
+
+        write_json_atomic(state_dir() / RUNS / f"{self.journal.run_id}.report.json", report, 0o644)
+
+
+class Failback(Failover):
+    """The reverse, as its own verified plan: the primary serves the production version again (current weights
+    from its own store), DNS points back at it, and the standby returns to cold."""
+
+    kind = "failback"
+
+    @staticmethod
+    def check_site(site: Site) -> None:
+        if site.role != "primary":
+            raise UsageError(f"site {site.name} is not the primary", hint="fail back TO the primary site")
+
+    def steps(self) -> list[Step]:
+        by_name = {s.name: s for s in super().steps()}
+        return [
+            by_name["preflight"],
+            by_name["lease"],
+            Step("provision", "The primary host answers SSH and its engine", self.provision),
+            by_name["pull_image"], by_name["restore"], by_name["start"], by_name["wait_ready"], by_name["verify"],
+            by_name["flip_dns"], by_name["confirm_dns"],
+            Step("cool_standby", "Stop the standby's container, remove its weights, power it off", self.cool_standby),
+        ]
+
+    def provision(self, _ctx) -> dict:
+        host = self.site.hosts[0]
+        if self.site.is_standby:
+            get_provider(self.config, self.site).power_on(host)
+        run_playbook(self.config, "status.yml", extravars={"drtool_targets": host.name})
+        self.ctx["host"] = host.name
+        return {"host": host.name, "address": host.address}
+
+    def cool_standby(self, _ctx) -> dict:
+        cooled = {}
+        for dr in (s for s in self.config.sites.values() if s.role == "dr" and s.is_standby):
+            provider = get_provider(self.config, dr)
+            for host in dr.hosts:
+                if provider.state(host) != "on":
+                    continue
+                if ssh_banner(host.address, host.port, timeout=3):
+                    deploy.stop(self.config, host, self.model)
+                    run_playbook(self.config, "restore_weights.yml", extravars={
+                        "drtool_targets": host.name, "model_weights_action": "remove",
+                        "model_weights_dest": self.model.weights_path})
+                provider.power_off(host)
+                cooled[host.name] = "container stopped, weights removed, powered off"
+        return {"cooled": cooled}
+
+
+def confirm_plan(out: Output, fo: Failover, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError("failover changes things and needs confirmation",
+                         hint="re-run with --yes (non-interactive), or --dry-run to see the plan")
+    if not click.confirm(f"{fo.kind.capitalize()} {fo.model.name} to {fo.site.name} and point "
+                         f"{fo.site.dns.record} there?", err=True):
+        raise UsageError(f"{fo.kind} not confirmed; nothing was changed")
+
+
+def run(config: Config, out: Output, site_name: str, model: str | None, dry_run: bool, yes: bool,
+        resume: str | None, reason: str | None, run_id: str | None, approve: str | None,
+        plan: type[Failover] = Failover) -> dict:
+    site = config.site(site_name)
+    chosen = pick_model(config, model)
+    if approve:
+        from drtool.alerts.decisions import DecisionBook
+
+        base = Path(config.alerts.state_dir) if config.alerts.state_dir else state_dir()
+        rec = DecisionBook(config, base, lambda *a: None).approval(approve)
+        if rec is None:
+            raise UsageError(f"no failover awaiting approval with run id {approve}")
+        run_id, reason = approve, reason or rec.get("reason")
+    if resume:
+        path = state_dir() / RUNS / f"{resume}.json"
+        if not path.exists():
+            raise UsageError(f"no journal for run {resume} in {path.parent}",
+                             hint="give the run id printed by the interrupted failover")
+        run_id = resume
+    run_id = run_id or new_run_id(site.name).replace("fo-", "fb-" if plan is Failback else "fo-", 1)
+    fo = plan(config, out, site, chosen, run_id, reason)
+    out.info(f"{fo.kind} run [bold]{run_id}[/] to {site.name} ({chosen.name}); journal {fo.journal.path}")
+    if not dry_run and not resume:
+        out.err.print(table("Plan", ["#", "step"], [[i + 1, s.title] for i, s in enumerate(fo.steps())]))
+        confirm_plan(out, fo, yes)
+    report = fo.run(dry_run)
+    failed = next((s for s in report["steps"] if s["status"] == "failed"), None)
+    if failed:
+        verification = failed["name"] in ("verify", "wait_ready") or "(exit 3)" in (failed["error"] or "") or \
+            failed["error_class"] in ("VerificationError", "HostKeyError")
+        cls = VerificationError if verification else OperationFailed
+        raise cls(f"{fo.kind} {run_id} stopped at step {failed['name']}: {failed['error']}",
+                  hint=f"DNS was {'changed' if report['dns']['after'] else 'NOT changed'}; fix the cause and run "
+                       f"`drtool {fo.kind} --site {site.name} --resume {run_id}`",
+                  details=[f"report: {state_dir() / RUNS / (run_id + '.report.json')}"])
+    return report
