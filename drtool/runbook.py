@@ -125,7 +125,10 @@ def run_steps(journal: Journal, steps: list[Step], ctx: dict, progress: Progress
         except BaseException as exc:
             rec.status, rec.ended = FAILED, time.time()
             rec.seconds = round(rec.ended - rec.started, 3)
-            rec.error = exc.message if isinstance(exc, DrtoolError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, DrtoolError):  # the details name what failed (a file and its digests, a host ...)
+                rec.error = "; ".join([exc.message, *(d for d in exc.details if d and d not in exc.message)])
+            else:
+                rec.error = f"{type(exc).__name__}: {exc}"
             rec.error_class = type(exc).__name__
             journal.status, journal.ended = FAILED, rec.ended
             journal.save()

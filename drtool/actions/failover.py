@@ -218,6 +218,8 @@ class Failover:
         already = None
         try:
             run_steps(self.journal, self.steps(), {}, progress=progress, dry_run=dry_run)
+        except DrtoolError:
+            pass  # journaled as the failed step; run() turns it into the error and exit code
         except AlreadyServing as exc:
             already = str(exc)
             rec = self.journal.record("preflight")

@@ -194,6 +194,16 @@ class Lab:
             state["links"][n.short] = "up" if up else "down"
             self._save_state(state)
 
+    def break_engine(self, host: str, broken: bool = True) -> None:
+        """Fault injection: the host's Docker engine will (or will again) start at its next power-on."""
+        host_spec(host)
+        marker = self.layout.host_dir(host) / services.ENGINE_FAULT
+        if broken:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
+
     def engine_url(self, host: str) -> str:
         host_spec(host)
         return f"unix://{self.layout.docker_socket(host)}"
@@ -244,6 +254,8 @@ class Lab:
         """After down, the next up starts the canonical lab: primary on, standbys off, links up,
         the DNS zone as generated. Keys, certs, images and registry storage are kept."""
         self._save_state({"version": 1, "power": {}, "links": {}})
+        for h in HOSTS:  # faults are undone with the lab
+            (self.layout.host_dir(h) / services.ENGINE_FAULT).unlink(missing_ok=True)
         # The generated config names addresses that exist only while the lab is up; with the lab down,
         # drtool must not find it and send traffic to them (they route off the machine).
         self.config_path.unlink(missing_ok=True)

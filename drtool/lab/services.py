@@ -212,6 +212,9 @@ def _name_binds(layout: Layout) -> list[tuple[Path, str]]:
     return [(layout.etc_hosts, "/etc/hosts"), (layout.resolv_conf, "/etc/resolv.conf")]
 
 
+ENGINE_FAULT = "fault-engine-will-not-start"
+
+
 def dockerd_daemon(layout: Layout, host: HostSpec) -> Daemon:
     hd = layout.host_dir(host.name)
     etc = hd / "etc-docker"
@@ -223,7 +226,10 @@ def dockerd_daemon(layout: Layout, host: HostSpec) -> Daemon:
         if len(str(sock)) > 100:
             raise LabError(f"the engine socket path {sock} is too long for a unix socket",
                            hint="use a shorter DRTOOL_LAB_DIR")
-        return write_if_changed(hd / "daemon.json", "{}\n", 0o644)
+        # A drill's "standby will not boot" fault: an option dockerd does not know makes it refuse to start.
+        broken = (hd / ENGINE_FAULT).exists()
+        return write_if_changed(hd / "daemon.json", '{"drtool-lab-fault": "engine will not start"}\n' if broken
+                                else "{}\n", 0o644)
 
     def clear() -> None:
         # A dead engine may leave containerd, shims and (host-network) containers behind in the host's

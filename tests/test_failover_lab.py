@@ -1,0 +1,192 @@
+"""Failover and failback on the lab, for real: standbys powered on, images pulled by digest, weights restored
+and verified, the canary checked, and only then DNS moved (read back with dig from the lab's BIND)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import docker
+import pytest
+import yaml
+
+from drtool.execute.serving import base_url, predict
+from drtool.model_registry.entries import compare_output
+
+from .conftest import MODEL, cli_json, run_cli
+
+pytestmark = pytest.mark.lab
+PRIMARY, STANDBY1, STANDBY2 = "10.77.0.11", "10.77.0.21", "10.77.0.22"
+
+
+def dig() -> str:
+    return subprocess.run(["dig", "@10.77.0.2", "model.drlab.test", "A", "+short"], capture_output=True, text=True,
+                          timeout=20, check=True).stdout.strip()
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    """drtool's own state (journals, reports) in a fresh directory per test."""
+    monkeypatch.setenv("DRTOOL_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def back_to_production(lab, production):
+    """After each test: the primary on and serving, DNS at it, standbys cold, faults undone."""
+    yield
+    for h in ("de-gpu1", "de-gpu2"):
+        lab.break_engine(h, False)
+    lab.set_link("pw-gpu1", True)
+    lab.power_on("pw-gpu1")
+    proc = run_cli("failback", "--site", "prod-west", "--yes")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for h in ("de-gpu1", "de-gpu2"):  # failback cools only standbys it finds on; make sure
+        if lab.is_powered(h):
+            lab.power_off(h)
+    assert dig() == PRIMARY
+
+
+def serves_canary(address: str, entry) -> bool:
+    out = predict(base_url(address, 8080), entry.canary.input)["outputs"]
+    return compare_output(entry.canary.expected, out, entry.canary.tolerance)[0]
+
+
+def test_primary_down_failover_then_failback(lab, production, state, back_to_production):
+    entry = production["entry"]
+    lab.power_off("pw-gpu1")
+    report = cli_json("failover", "--site", "dr-east", "--yes", "--reason", "test: prod-west down")
+    assert dig() == STANDBY1
+    assert serves_canary(STANDBY1, entry)
+    assert report["status"] == "done" and report["standby"] == "de-gpu1"
+    assert report["production"]["version"] == entry.version
+    assert report["dns"]["before"]["addresses"] == [PRIMARY] and report["dns"]["after"] == [STANDBY1]
+    steps = report["steps"]
+    assert [s["status"] for s in steps] == ["done"] * len(steps)
+    # The steps add up: in order, not overlapping, and together within the RTO.
+    for a, b in zip(steps, steps[1:], strict=False):
+        assert a["end"] <= b["start"]
+    assert sum(s["seconds"] for s in steps) <= report["rto_s"] + 0.5
+    assert steps[-1]["end"] - report["started"] == pytest.approx(report["rto_s"], abs=0.01)
+    assert "unreachable" in json.dumps(next(s for s in steps if s["name"] == "fence_primary")["evidence"])
+    assert (state / "runs" / f"{report['run_id']}.report.json").exists()
+
+    # A second failover to a site already serving reports that and changes nothing.
+    again = cli_json("failover", "--site", "dr-east", "--yes")
+    assert again["already_serving"] and dig() == STANDBY1
+    assert [s["status"] for s in again["steps"][1:]] == ["skipped"] * (len(again["steps"]) - 1)
+
+    # Failback: the primary serves again, DNS returns, the standby is cold.
+    lab.power_on("pw-gpu1")
+    back = cli_json("failback", "--site", "prod-west", "--yes")
+    assert back["status"] == "done" and dig() == PRIMARY
+    assert serves_canary(PRIMARY, entry)
+    assert not lab.is_powered("de-gpu1") and not lab.is_powered("de-gpu2")
+
+
+@pytest.mark.parametrize("crash_after", ["provision", "start", "flip_dns"])
+def test_crash_after_a_step_and_resume(lab, production, state, back_to_production, crash_after):
+    lab.power_off("pw-gpu1")
+    proc = run_cli("failover", "--site", "dr-east", "--yes", env={"DRTOOL_FAULT_KILL_AFTER_STEP": crash_after})
+    assert proc.returncode == -9, proc.stderr  # SIGKILL, like a crashed controller
+    journal_path = next((state / "runs").glob("fo-*.json"))
+    run_id = journal_path.stem
+    journal = json.loads(journal_path.read_text())
+    done = [s["name"] for s in journal["steps"] if s["status"] == "done"]
+    assert done[-1] == crash_after
+    report = cli_json("failover", "--site", "dr-east", "--resume", run_id)
+    assert report["status"] == "done" and dig() == STANDBY1
+    by_name = {s["name"]: s for s in report["steps"]}
+    assert by_name["flip_dns"]["attempts"] == 1  # no second DNS change
+    assert all(by_name[n]["attempts"] == 1 for n in done)  # nothing before the crash was redone
+    eng = docker.DockerClient(base_url=lab.engine_url("de-gpu1"))
+    assert len(eng.containers.list(all=True, filters={"name": f"drtool-{MODEL}"})) == 1
+
+
+def test_first_standby_broken_second_serves(lab, production, state, back_to_production):
+    lab.break_engine("de-gpu1")
+    lab.power_off("pw-gpu1")
+    report = cli_json("failover", "--site", "dr-east", "--yes")
+    assert report["standby"] == "de-gpu2" and dig() == STANDBY2
+    tried = report["standbys_tried"]
+    assert tried[0]["host"] == "de-gpu1" and not tried[0]["ok"] and tried[1] == {**tried[1], "host": "de-gpu2",
+                                                                                 "ok": True}
+    assert not lab.is_powered("de-gpu1")
+    assert serves_canary(STANDBY2, production["entry"])
+
+
+def test_corrupt_blob_in_dr_store_no_flip_exit_3(lab, lab_config, production, state, back_to_production):
+    from drtool.execute import s3
+    from drtool.snapshot.stores import blob_key
+
+    store = lab_config.site("dr-east").object_stores[0]
+    loc, client = s3.parse_s3_url(store.url), s3.client(store)
+    manifest = cli_json("snapshot", "show", production["snapshot"]["id"], "--store", store.url)["manifest"]
+    digest = max((p for f in manifest["files"] for p in f["parts"]), key=lambda p: p["size"])["sha256"]
+    key = loc.key(blob_key(digest))
+    good = client.get_object(Bucket=loc.bucket, Key=key)["Body"].read()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0x01
+    client.put_object(Bucket=loc.bucket, Key=key, Body=bytes(bad))
+    try:
+        proc = run_cli("--json", "failover", "--site", "dr-east", "--yes")
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        err = json.loads(proc.stdout)
+        assert "stopped at step restore" in err["message"] and "NOT changed" in err["hint"]
+        assert dig() == PRIMARY
+        report = json.loads(next((state / "runs").glob("*.report.json")).read_text())
+        failed = [s for s in report["steps"] if s["status"] == "failed"]
+        assert [s["name"] for s in failed] == ["restore"]
+        assert "safetensors: sha256 mismatch: expected" in failed[0]["error"] and "actual" in failed[0]["error"]
+        assert report["dns"]["after"] is None
+    finally:
+        client.put_object(Bucket=loc.bucket, Key=key, Body=good)
+
+
+def test_canary_mismatch_no_flip_exit_3(lab, lab_config, production, state, back_to_production):
+    from drtool.actions.registry import site_registry
+    from drtool.model_registry.registry import version_key
+
+    reg = site_registry(lab_config, lab_config.site("dr-east"))
+    key = version_key(MODEL, production["entry"].version)
+    original = reg.store.get(key)
+    doc = json.loads(original)
+    doc["canary"]["expected"] = [[[0.0] * 32] * 20]  # a registry that expects other outputs
+    reg.store.put(key, json.dumps(doc).encode())
+    try:
+        proc = run_cli("failover", "--site", "dr-east", "--yes")
+        assert proc.returncode == 3, proc.stderr
+        assert "stopped at step verify" in proc.stderr and "canary output" in proc.stderr
+        assert dig() == PRIMARY
+    finally:
+        reg.store.put(key, original)
+
+
+def test_wrong_tsig_key_exit_1_nothing_changed(lab, production, state, tmp_path, back_to_production):
+    doc = yaml.safe_load(lab.config_path.read_text())
+    bad = tmp_path / "bad.key"
+    bad.write_text(f'key "drtool-key" {{ algorithm hmac-sha256; secret "{"B" * 43}="; }};\n')
+    doc["sites"]["dr-east"]["dns"]["tsig_key_file"] = str(bad)
+    cfg = tmp_path / "drtool.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    proc = run_cli("--config", str(cfg), "failover", "--site", "dr-east", "--yes")
+    assert proc.returncode == 1, proc.stderr
+    assert "refused the TSIG signature" in proc.stderr and "stopped at step preflight" in proc.stderr
+    assert dig() == PRIMARY
+    assert not lab.is_powered("de-gpu1")
+    assert serves_canary(PRIMARY, production["entry"])
+
+
+def test_dry_run_changes_nothing(lab, production, state):
+    proc = run_cli("--json", "failover", "--site", "dr-east", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["steps"][0]["status"] == "done"
+    assert {s["status"] for s in report["steps"][1:]} == {"skipped"}
+    assert dig() == PRIMARY and not lab.is_powered("de-gpu1")
+
+
+def test_without_yes_non_interactive_exits_2(lab, production, state):
+    proc = run_cli("failover", "--site", "dr-east")
+    assert proc.returncode == 2 and "--yes" in proc.stderr
+    assert dig() == PRIMARY
