@@ -1,14 +1,57 @@
 #!/usr/bin/env bash
-# `make drill`: bring the embedded lab up and run the main job on it.
-# Today: the lab, then `drtool status` (Ansible over SSH to every serving host, engines read),
-# a cold standby powered on and checked, then powered off again. The failover drill replaces this
-# as it lands (issues #5 and #6).
+# `make drill`: the main job on the embedded lab, end to end, with real parts only.
+#   1. a fresh lab (two sites, standbys cold);
+#   2. production as an operator sets it up: image built offline and pushed to both registries, weights
+#      snapshotted on the serving host and copied to the DR store, the version registered (canary computed by
+#      running the image) and promoted, the primary brought to it;
+#   3. the game day: prod-west's serving host goes down, `drtool failover --site dr-east` brings the model
+#      back at dr-east (verified before DNS moves), then `drtool failback` returns it.
+# Prints each command's summary; the failover summary carries the RTO. Reports: $DRILL_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DRTOOL=.venv/bin/drtool
+DRTOOL=${DRTOOL:-.venv/bin/drtool}
+PY=.venv/bin/python
+LAB=${DRTOOL_LAB_DIR:-/var/lib/drtool-lab}
+MODEL=asr-demo
+VERSION=${DRILL_VERSION:-1.0.0}
+DRILL_DIR=${DRILL_DIR:-reports/drill-$(date -u +%Y%m%dT%H%M%SZ)}
+export DRTOOL_STATE_DIR=${DRTOOL_STATE_DIR:-$PWD/$DRILL_DIR/state}
+mkdir -p "$DRILL_DIR"
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+json() { "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {"d": d}))' "$1"; }
+
+say "1. Lab: down (a clean slate), then up"
+$DRTOOL lab down
 $DRTOOL lab up
-$DRTOOL status
-$DRTOOL lab power de-gpu1 on
-$DRTOOL status
-$DRTOOL lab power de-gpu1 off
-$DRTOOL lab status
+
+say "2. Production: build and push the serving image"
+$DRTOOL --json image build --model $MODEL --version "$VERSION" --push >"$DRILL_DIR/image.json"
+IMAGE=$(json 'd["pushed"]["10.77.0.10:5000"]' <"$DRILL_DIR/image.json")
+echo "image: $IMAGE"
+
+say "2. Production: weights on pw-gpu1, snapshotted there and copied to dr-east"
+"$PY" -m drtool.model.demo write "$LAB/hosts/pw-gpu1/srv/models/$MODEL" --size-mb 40 --model $MODEL \
+  --version "$VERSION" --overwrite >/dev/null
+$DRTOOL --json backup >"$DRILL_DIR/backup.json"
+SNAPSHOT=$(json 'd["snapshots"][0]["id"]' <"$DRILL_DIR/backup.json")
+echo "snapshot: $SNAPSHOT"
+
+say "2. Production: register (canary), promote, serve on the primary"
+$DRTOOL registry register --model $MODEL --version "$VERSION" --snapshot "$SNAPSHOT" --image "$IMAGE"
+$DRTOOL registry promote $MODEL "$VERSION" --reason "make drill"
+$DRTOOL failback --site prod-west --yes >/dev/null   # brings the primary to the production version
+$DRTOOL registry verify --site dr-east
+
+say "3. Game day: prod-west's serving host goes down"
+$DRTOOL lab power pw-gpu1 off
+$DRTOOL failover --site dr-east --yes --reason "make drill: primary-down"
+echo "dig model.drlab.test: $(dig @10.77.0.2 model.drlab.test A +short)"
+
+say "3. Fail back to prod-west"
+$DRTOOL lab power pw-gpu1 on
+$DRTOOL failback --site prod-west --yes
+echo "dig model.drlab.test: $(dig @10.77.0.2 model.drlab.test A +short)"
+
+say "Done: reports and journals in $DRTOOL_STATE_DIR/runs"
+ls "$DRTOOL_STATE_DIR/runs"

@@ -48,10 +48,12 @@ def run_cli(*args: str, env: dict | None = None, check: bool = False) -> subproc
 @pytest.fixture(scope="session")
 def moto_server():
     """moto's AWS API server over real HTTP on loopback (EC2, Route 53, S3 ...); yields its endpoint URL."""
+    import logging
     import socket
 
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns test output
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

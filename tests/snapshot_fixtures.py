@@ -4,10 +4,8 @@ environment per test that runs the CLI as a subprocess. Helpers that tests impor
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,21 +14,6 @@ import boto3
 import pytest
 
 from .snapshot_helpers import DRTOOL
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """moto's S3 over HTTP on loopback, for the whole session (buckets are unique per test)."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns test output
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 @dataclass
@@ -70,9 +53,9 @@ class SnapshotEnv:
 
 
 @pytest.fixture
-def snap_env(tmp_path, s3_endpoint) -> SnapshotEnv:
+def snap_env(tmp_path, moto_server) -> SnapshotEnv:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DRTOOL_"))}
-    env.update(AWS_ENDPOINT_URL=s3_endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+    env.update(AWS_ENDPOINT_URL=moto_server, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                AWS_DEFAULT_REGION="us-east-1", DRTOOL_CACHE_DIR=str(tmp_path / "cache"),
                DRTOOL_LAB_DIR=str(tmp_path / "no-lab"))
-    return SnapshotEnv(env, tmp_path, s3_endpoint)
+    return SnapshotEnv(env, tmp_path, moto_server)

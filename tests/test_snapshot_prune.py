@@ -7,7 +7,7 @@ from drtool.snapshot.prune import RetentionPolicy, keep_reasons
 
 from .snapshot_helpers import settle, write_random
 
-pytest_plugins = ["tests.snapshot_fixtures"]  # the s3_endpoint and snap_env fixtures
+pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (moto_server is in conftest)
 
 
 def _snap(created: str) -> SnapshotManifest:

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from .snapshot_helpers import MiB, model_dir, settle, write_random
 
-pytest_plugins = ["tests.snapshot_fixtures"]  # the s3_endpoint and snap_env fixtures
+pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (moto_server is in conftest)
 
 
 def _same_tree(a, b) -> None:

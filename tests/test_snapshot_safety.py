@@ -14,7 +14,7 @@ from drtool.snapshot.manifest import FORMAT, canonical_json
 
 from .snapshot_helpers import DRTOOL, MiB, model_dir, write_random
 
-pytest_plugins = ["tests.snapshot_fixtures"]  # the s3_endpoint and snap_env fixtures
+pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (moto_server is in conftest)
 
 PAYLOAD = b"pwned\n"
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
