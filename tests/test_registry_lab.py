@@ -170,3 +170,10 @@ def test_malformed_canary_input_is_refused(tmp_path, production):
                    production["snapshot"]["id"], "--image", production["image"]["pushed"]["10.77.0.10:5000"],
                    "--canary-input", str(bad))
     assert proc.returncode == 2 and "not readable JSON" in proc.stderr
+
+
+def test_rebuilding_unchanged_sources_gives_the_same_digest(production):
+    again = json.loads(run_cli("--json", "image", "build", "--model", MODEL, "--version", PROD_VERSION,
+                               "--push").stdout)
+    assert again["digest"] == production["image"]["digest"]
+    assert again["labels"]["io.drtool.build-time"] == production["image"]["labels"]["io.drtool.build-time"] != "unknown"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from drtool.snapshot.manifest import SnapshotManifest
 from drtool.snapshot.prune import RetentionPolicy, keep_reasons
 
@@ -65,3 +67,31 @@ def test_prune_deletes_what_the_policy_drops_and_frees_only_unreferenced_blobs(s
     err = snap_env.run("snapshot", "prune", "--store", store, "--json")
     assert err.returncode == 2 and "no retention rule" in err.stdout
 
+
+
+def test_prune_keeps_snapshots_the_registry_names(snap_env):
+    """Retention never deletes what a registered model version points at, whatever the policy says."""
+    from drtool.config import ObjectStore
+    from drtool.model_registry.entries import Canary, ImageRef, VersionEntry
+    from drtool.model_registry.registry import ModelRegistry
+    from drtool.snapshot.stores import open_store
+
+    src = snap_env.tmp / "src"
+    src.mkdir()
+    url = snap_env.store("file")
+    ids = []
+    for i in range(3):
+        (src / "w.bin").write_bytes(bytes([i]) * 4096)
+        res = snap_env.run("--json", "snapshot", "create", str(src), "--store", url, "--model", "m")
+        assert res.returncode == 0, res.stderr
+        ids.append(json.loads(res.stdout)["id"])
+    store = open_store(ObjectStore(url=url))
+    ModelRegistry(store, "test").put_version(VersionEntry(
+        "m", "1.0.0", ImageRef("m-server", "sha256:" + "a" * 64), ids[0], Canary({}, [1.0], 0.0), "t", "t"))
+    res = snap_env.run("--json", "snapshot", "prune", "--store", url, "--keep-last", "1")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    kept = {s["id"]: s["reasons"] for s in out["kept"]}
+    assert set(kept) == {ids[0], ids[2]}
+    assert kept[ids[0]] == ["registry: m 1.0.0"]
+    assert [s["id"] for s in out["removed"]] == [ids[1]]

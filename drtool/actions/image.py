@@ -20,6 +20,16 @@ def source_id() -> str:
         return "unknown"
 
 
+def source_time() -> str:
+    """The source's commit time, recorded as the build time: a rebuild of unchanged sources then hits the layer
+    cache all the way and yields the same image, hence the same digest (a wall-clock label never would)."""
+    try:
+        return subprocess.run(["git", "-C", str(project_root()), "log", "-1", "--format=%cI"],
+                              capture_output=True, text=True, check=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def build(config: Config, out: Output, model_name: str, version: str | None, push: bool) -> dict:
     model = config.model(model_name)
     git_sha = source_id()
@@ -32,6 +42,7 @@ def build(config: Config, out: Output, model_name: str, version: str | None, pus
             "serving_image_model": model.name,
             "serving_image_version": version,
             "serving_image_git_sha": git_sha,
+            "serving_image_build_time": source_time(),
             "serving_image_registries": registries,
             "serving_image_cache_dir": config.build_cache_dir,
             "drtool_push": push,

@@ -100,10 +100,24 @@ def _resolve_protected(protect: tuple[str, ...], refs: list[SnapshotRef]) -> set
     return ids
 
 
+def registry_named(store: BlobStore) -> dict[str, str]:
+    """Snapshots a model version in this store's registry copy names: never pruned while the version exists
+    (a failover to that version must find its weights)."""
+    from drtool.model_registry.registry import ModelRegistry
+
+    registry = ModelRegistry(store, store.url)
+    named: dict[str, str] = {}
+    for model in registry.models():
+        for entry in registry.versions(model):
+            named.setdefault(entry.snapshot_id, f"{model} {entry.version}")
+    return named
+
+
 def _prune(store: BlobStore, policy: RetentionPolicy, model: str | None, protect: tuple[str, ...], dry_run: bool,
            workers: int, lease: Lease | None) -> dict:
     manifests = _load_all(store, workers)
     protected = _resolve_protected(protect, list(manifests))
+    named = registry_named(store)
     by_model: dict[str, list[tuple[str, SnapshotManifest]]] = {}
     for ref, manifest in manifests.items():
         by_model.setdefault(ref.model, []).append((ref.id, manifest))
@@ -113,7 +127,8 @@ def _prune(store: BlobStore, policy: RetentionPolicy, model: str | None, protect
             continue
         reasons = keep_reasons(snaps, policy)
         for sid, manifest in snaps:
-            why = reasons.get(sid, []) + (["protected"] if sid in protected else [])
+            why = reasons.get(sid, []) + (["protected"] if sid in protected else []) + \
+                ([f"registry: {named[sid]}"] if sid in named else [])
             (kept if why else removed).append({**manifest.summary(sid), "reasons": why})
     removed_ids = {s["id"] for s in removed}
 
