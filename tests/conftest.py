@@ -12,6 +12,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that take the lab down or kill its daemons run last: the session's lab (and the production
+    version set up on it) would not survive them."""
+    items.sort(key=lambda item: item.get_closest_marker("lab_reset") is not None)
+
+
 @pytest.fixture(scope="session")
 def lab():
     """The embedded lab, up for the whole session and torn down at its end.

@@ -116,6 +116,7 @@ def test_partition_and_reconnect(lab):
     assert probes.ssh_banner("10.77.0.11", timeout=3) is not None
 
 
+@pytest.mark.lab_reset
 def test_up_repairs_killed_daemons(lab):
     pids = lab.state_dir / "pids"
     for part in ("named", "registry-prod-west", "dockerd-pw-gpu1", "sshd-pw-gpu1"):
@@ -127,6 +128,7 @@ def test_up_repairs_killed_daemons(lab):
     assert all(p.up for n, p in parts.items() if n not in STANDBY_PARTS), parts
 
 
+@pytest.mark.lab_reset
 def test_down_leaves_nothing_behind_and_repeats(lab):
     from drtool.lab import netns, procs
 
