@@ -172,8 +172,23 @@ def test_malformed_canary_input_is_refused(tmp_path, production):
     assert proc.returncode == 2 and "not readable JSON" in proc.stderr
 
 
+def lab_ca() -> str:
+    from drtool.config import load_config
+
+    return load_config().ca_file
+
+
 def test_rebuilding_unchanged_sources_gives_the_same_digest(production):
     again = json.loads(run_cli("--json", "image", "build", "--model", MODEL, "--version", PROD_VERSION,
                                "--push").stdout)
     assert again["digest"] == production["image"]["digest"]
+    # Tagged by version and by source identifier (git describe), both naming that digest in each registry.
+    import requests
+
+    for registry in again["pushed"]:
+        for tag in again["tags"]:
+            resp = requests.head(f"https://{registry}/v2/asr-demo-server/manifests/{tag}", verify=lab_ca(),
+                                 headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+                                 timeout=10)
+            assert resp.headers.get("Docker-Content-Digest") == again["digest"], (registry, tag)
     assert again["labels"]["io.drtool.build-time"] == production["image"]["labels"]["io.drtool.build-time"] != "unknown"

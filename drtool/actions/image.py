@@ -62,5 +62,6 @@ def build(config: Config, out: Output, model_name: str, version: str | None, pus
             raise OperationFailed(f"push of {model.image}:{version} did not report one digest for every registry",
                                   details=[f"{r}: {by_registry.get(r, 'no digest')}" for r in registries])
         digest = digests.pop()
-        result.update(digest=digest, pushed={r: f"{r}/{model.image}@{digest}" for r in registries})
+        result.update(digest=digest, pushed={r: f"{r}/{model.image}@{digest}" for r in registries},
+                      tags=[version, "src-" + "".join(c if c.isalnum() or c in "_.-" else "_" for c in git_sha)])
     return result
