@@ -3,7 +3,7 @@ to every DR site's store, then read back a sample at each; or install / remove t
 
 from __future__ import annotations
 
-from drtool.actions.canary import store_vars
+from drtool.actions.deploy import store_vars
 from drtool.config import Config, Site
 from drtool.errors import DrtoolError, OperationFailed, VerificationError
 from drtool.execute.ansible import run_playbook

@@ -4,12 +4,19 @@ and the lab's production set-up are made of these steps."""
 
 from __future__ import annotations
 
-from drtool.actions.canary import store_vars
 from drtool.config import Config, Host, Model, Site
 from drtool.errors import VerificationError
 from drtool.execute.ansible import run_playbook
 from drtool.execute.serving import base_url, predict, version, wait_ready
 from drtool.model_registry.entries import VersionEntry, compare_output
+
+
+def store_vars(site: Site, prefix: str) -> dict:
+    """Ansible variables naming a site's own store: URL, endpoint, region and the credentials file's path."""
+    store = site.object_stores[0]
+    return {f"{prefix}_store_url": store.url, f"{prefix}_store_endpoint": store.endpoint_url or "",
+            f"{prefix}_store_region": store.region or "",
+            f"{prefix}_store_credentials_file": store.credentials_file or ""}
 
 
 def pull(config: Config, site: Site, host: Host, entry: VersionEntry, progress=None) -> dict:
@@ -19,28 +26,41 @@ def pull(config: Config, site: Site, host: Host, entry: VersionEntry, progress=N
     return {"image": ref, **res.results.get(host.name, {}), "seconds": res.seconds}
 
 
-def restore(config: Config, site: Site, host: Host, model: Model, entry: VersionEntry, progress=None) -> dict:
+def restore(config: Config, site: Site, host: Host, model: Model, entry: VersionEntry, progress=None,
+            dest: str | None = None) -> dict:
     res = run_playbook(config, "restore_weights.yml", progress=progress, extravars={
         "drtool_targets": host.name, **store_vars(site, "model_weights"),
-        "model_weights_snapshot_id": entry.snapshot_id, "model_weights_dest": model.weights_path})
+        "model_weights_snapshot_id": entry.snapshot_id, "model_weights_dest": dest or model.weights_path})
     data = res.results.get(host.name, {})
     return {"snapshot_id": entry.snapshot_id, "store": site.object_stores[0].url,
             "restore": data.get("restore", {}), "seconds": res.seconds}
 
 
-def start(config: Config, site: Site, host: Host, model: Model, entry: VersionEntry, progress=None) -> dict:
+def start(config: Config, site: Site, host: Host, model: Model, entry: VersionEntry, progress=None, *,
+          weights: str | None = None, port: int | None = None, container: str | None = None) -> dict:
+    """The serving container; a canary run passes its own weights copy, port and container name."""
+    gpu = site.gpu and container is None
     res = run_playbook(config, "model_server.yml", progress=progress, extravars={
         "drtool_targets": host.name, "model_server_action": "deploy", "model_server_model": model.name,
-        "model_server_image_ref": entry.image.at(site.registry_url), "model_server_weights": model.weights_path,
-        "model_server_port": site.serving_port, "model_server_gpu": site.gpu,
+        "model_server_container": container or f"drtool-{model.name}",
+        "model_server_image_ref": entry.image.at(site.registry_url),
+        "model_server_weights": weights or model.weights_path, "model_server_port": port or site.serving_port,
+        "model_server_gpu": gpu,
         "model_server_labels": {"io.drtool.version": entry.version, "io.drtool.snapshot": entry.snapshot_id}})
-    return {**res.results.get(host.name, {}), "gpu_requested": site.gpu, "seconds": res.seconds}
+    return {**res.results.get(host.name, {}), "gpu_requested": gpu, "seconds": res.seconds}
 
 
-def stop(config: Config, host: Host, model: Model, progress=None) -> dict:
-    res = run_playbook(config, "model_server.yml", progress=progress, extravars={
-        "drtool_targets": host.name, "model_server_action": "stop", "model_server_model": model.name})
+def stop(config: Config, host: Host, model: Model, progress=None, container: str | None = None,
+         raise_on_failure: bool = True) -> dict:
+    res = run_playbook(config, "model_server.yml", progress=progress, raise_on_failure=raise_on_failure, extravars={
+        "drtool_targets": host.name, "model_server_action": "stop", "model_server_model": model.name,
+        "model_server_container": container or f"drtool-{model.name}"})
     return res.results.get(host.name, {})
+
+
+def remove_weights(config: Config, host: Host, dest: str, raise_on_failure: bool = True) -> None:
+    run_playbook(config, "restore_weights.yml", raise_on_failure=raise_on_failure, extravars={
+        "drtool_targets": host.name, "model_weights_action": "remove", "model_weights_dest": dest})
 
 
 def wait(site: Site, host: Host, timeout: float = 300) -> dict:

@@ -96,7 +96,10 @@ class Failover:
         return self.journal.context
 
     def entry(self):
-        return site_registry(self.config, self.site).require_version(self.model.name, self.ctx["version"])
+        """The production entry chosen in preflight, read once per run (each read opens the site's store)."""
+        if getattr(self, "_entry", None) is None or self._entry.version != self.ctx["version"]:
+            self._entry = site_registry(self.config, self.site).require_version(self.model.name, self.ctx["version"])
+        return self._entry
 
     def host(self) -> Host:
         return next(h for h in self.site.hosts if h.name == self.ctx["host"])
@@ -304,9 +307,7 @@ class Failback(Failover):
                     continue
                 if ssh_banner(host.address, host.port, timeout=3):
                     deploy.stop(self.config, host, self.model)
-                    run_playbook(self.config, "restore_weights.yml", extravars={
-                        "drtool_targets": host.name, "model_weights_action": "remove",
-                        "model_weights_dest": self.model.weights_path})
+                    deploy.remove_weights(self.config, host, self.model.weights_path)
                 provider.power_off(host)
                 cooled[host.name] = "container stopped, weights removed, powered off"
         return {"cooled": cooled}

@@ -38,13 +38,16 @@ class ModelRegistry:
         names = {o.key.split("/")[1] for o in self.store.list(ROOT) if o.key.count("/") >= 3}
         return sorted(names)
 
-    def versions(self, model: str) -> list[VersionEntry]:
-        out = []
-        for obj in self.store.list(f"{ROOT}/{model}/versions"):
+    def _read_all(self, prefix: str, parse):
+        """Every object under prefix, parsed (an object deleted between list and get is skipped)."""
+        for obj in self.store.list(prefix):
             data = self.store.get(obj.key)
             if data is not None:
-                out.append(VersionEntry.from_bytes(data, self._where(obj.key)))
-        return sorted(out, key=lambda v: v.registered_at)
+                yield parse(data, self._where(obj.key))
+
+    def versions(self, model: str) -> list[VersionEntry]:
+        entries = self._read_all(f"{ROOT}/{model}/versions", VersionEntry.from_bytes)
+        return sorted(entries, key=lambda v: v.registered_at)
 
     def version(self, model: str, version: str) -> VersionEntry | None:
         key = version_key(model, version)
@@ -73,12 +76,7 @@ class ModelRegistry:
 
     # -- aliases -------------------------------------------------------------------------------------
     def alias_log(self, model: str, alias: str = PRODUCTION) -> list[AliasEntry]:
-        out = []
-        for obj in self.store.list(f"{ROOT}/{model}/aliases/{alias}"):
-            data = self.store.get(obj.key)
-            if data is not None:
-                out.append(AliasEntry.from_bytes(data, self._where(obj.key)))
-        return sorted(out, key=lambda a: a.seq)
+        return sorted(self._read_all(f"{ROOT}/{model}/aliases/{alias}", AliasEntry.from_bytes), key=lambda a: a.seq)
 
     def alias(self, model: str, alias: str = PRODUCTION) -> AliasEntry | None:
         log = self.alias_log(model, alias)
