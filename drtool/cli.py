@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from drtool import __version__
-from drtool.errors import EXIT_CODES, DrtoolError, OperationFailed
+from drtool.errors import EXIT_CODES, DrtoolError, UsageError, VerificationError
 from drtool.output import Output, table
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
@@ -72,11 +73,6 @@ def command(group: click.Group, *args, **kwargs):
         return cmd
 
     return wrap
-
-
-def not_built(what: str, issue: int) -> None:
-    raise OperationFailed(f"{what} is not built yet in drtool {__version__}",
-                          hint=f"it arrives with issue #{issue}; see docs/roadmap.md")
 
 
 @click.group(cls=DrtoolGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -540,12 +536,30 @@ def registry_verify(app: App, site, model, read_data):
 @click.option("--approve", "approve_run", metavar="RUN",
               help="Start a failover that `drtool serve` queued for approval.")
 @click.option("--model", help="The model to fail over (default: the only one configured).")
-def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, approve_run, model):
+@click.option("--prepare", is_flag=True, help="Only lower the record's TTL now (dns.prepare_ttl), ahead of a failover.")
+@click.option("--ttl", type=click.IntRange(1, 86400), help="With --prepare: the TTL to set (default dns.prepare_ttl).")
+def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, approve_run, model, prepare, ttl):
     """Provision a standby at SITE, restore and verify the production model, then flip DNS to it.
 
     Steps: preflight, lease, provision, pull_image, restore, start, wait_ready, verify, fence_primary,
     flip_dns, confirm_dns; each is journaled, so `--resume RUN` finishes an interrupted run without doing
-    anything twice. DNS never points at a standby that has not passed verify."""
+    anything twice. DNS never points at a standby that has not passed verify. The record a flip replaces is
+    saved (`drtool dns show`, `drtool dns restore`).
+
+    With --prepare, nothing fails over: the record's TTL is lowered now (addresses unchanged, the old record
+    saved) so that resolvers follow a later flip quickly."""
+    if prepare:
+        from drtool.actions import dnsrecord
+
+        if any([resume_run, run_id, approve_run]):
+            raise UsageError("--prepare only lowers the TTL; it takes no --resume, --run-id or --approve")
+        result = dnsrecord.prepare(app.config, app.out, site, ttl, dry_run)
+        ttl_now = result["ttl_after"] if result["changed"] else result["ttl_before"]
+        app.out.result(result, lambda c: c.print(f"{result['record']}: TTL {result['ttl_before']} -> {ttl_now}"
+                                                  f"{' (dry run)' if dry_run else ''}"))
+        return
+    if ttl:
+        raise UsageError("--ttl goes with --prepare")
     from drtool.actions import failover
 
     result = failover.run(app.config, app.out, site, model, dry_run, yes, resume_run, reason, run_id, approve_run)
@@ -590,15 +604,114 @@ def failback_cmd(app: App, site, dry_run, yes, resume_run, reason, model):
     app.out.result(result, _render_move(result))
 
 
-@command(main_group, "drill")
-@click.option("--site", required=True, help="The DR site to drill.")
-@click.option("--scenario", multiple=True, help="primary-down, region-partition, corrupt-latest-snapshot, ...")
+@main_group.group("dns", cls=DrtoolGroup)
+def dns_group():
+    """The service record: what it answers, the records failovers replaced, and putting one back."""
+
+
+@command(dns_group, "show")
+@click.option("--site", required=True, help="Site whose DNS target to read.")
+def dns_show(app: App, site):
+    """The record as the authoritative server answers it now, and every saved previous record."""
+    from drtool.actions import dnsrecord
+
+    result = dnsrecord.show(app.config, site)
+
+    def render(console):
+        console.print(f"{result['record']}: {result['current']['addresses']} TTL {result['current']['ttl']}")
+        console.print(table("Saved previous records (newest first)", ["#", "saved", "addresses", "ttl", "by run"],
+                            [[i, time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(d["saved_at"])), d["addresses"],
+                              d["ttl"], d["run_id"]] for i, d in enumerate(result["saved"])]))
+
+    app.out.result(result, render)
+
+
+@command(dns_group, "restore")
+@click.option("--site", required=True, help="Site whose record to restore.")
+@click.option("--index", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Which saved record (0 = the newest; see `drtool dns show`).")
+@click.option("--model", help="The model that must be served there (default: the only one configured).")
+@click.option("--dry-run", is_flag=True, help="Check the saved record's target serves; change nothing.")
+def dns_restore(app: App, site, index, model, dry_run):
+    """Put a saved previous record back. Refused (exit 3) unless every address in it serves the production
+    version and canary correctly: the record never points where no site would be serving."""
+    from drtool.actions import dnsrecord
+    from drtool.actions.failover import pick_model
+
+    result = dnsrecord.restore(app.config, app.out, site, pick_model(app.config, model).name, index, dry_run)
+    app.out.result(result, lambda c: c.print(
+        f"{result['record']}: {result['current']['addresses']} -> {result['restoring']['addresses']} "
+        f"({'changed' if result['changed'] else 'nothing changed'})"))
+
+
+@command(main_group, "watch")
+@click.option("--site", required=True, help="The primary site to probe.")
+@click.option("--failures", type=click.IntRange(min=1),
+              help="Consecutive failures before the alert path (default watch.failures).")
+@click.option("--interval", type=click.FloatRange(min=0.1), help="Seconds between probes (watch.interval_s).")
+@click.option("--exit-on-trigger", is_flag=True, help="Stop once a failover was started or queued for approval.")
+def watch_cmd(app: App, site, failures, interval, exit_on_trigger):
+    """Probe the primary's health endpoint from here; after N consecutive failures of every host, decide like
+    `drtool serve` does for an alert (policy, firing time, cooldown, exactly once per outage)."""
+    from drtool.actions import watch
+
+    result = watch.run(app.config, app.out, site, failures, interval, exit_on_trigger)
+    app.out.result(result, lambda c: c.print(f"{result['probes']} probes; decisions: "
+                                              f"{[d['action'] for d in result['decisions']]}"))
+
+
+@main_group.group("drill", cls=DrtoolGroup, invoke_without_command=True)
+@click.option("--site", help="The DR site to drill.")
+@click.option("--scenario", "scenarios", multiple=True, metavar="NAME",
+              help="primary-down (default), region-partition, corrupt-latest-snapshot, standby-boot-failure, "
+                   "registry-mismatch; repeatable.")
 @click.option("--live", is_flag=True, help="Flip the real record (then fail back) instead of a drill record.")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Directory for the reports.")
-def drill_cmd(app: App, site, scenario, live, report_dir):
-    """Game-day drill: inject a fault, fail over, measure RTO and RPO, clean up, report."""
-    app.config.site(site)
-    not_built("drtool drill", 6)
+@click.option("--report", "report_dir", type=click.Path(file_okay=False),
+              help="Directory for report.json, junit.xml, report.html (default: the state dir).")
+@click.option("--model", help="The model (default: the only one configured).")
+@json_option
+@click.pass_context
+def drill_group(ctx: click.Context, site, scenarios, live, report_dir, model):
+    """Game-day drill: inject a fault, fail over, measure RTO and RPO, load the DR site, clean up, report.
+
+    Without --live, the drill fails over a drill record (drill.<record>) and leaves production alone.
+    Cleanup always runs, also after a failure or Ctrl-C; production DNS and the primary are compared with what
+    they were before. Exit 0 when every scenario passed, 3 when a check failed."""
+    if ctx.invoked_subcommand is not None:
+        return
+    app: App = ctx.obj
+    if not site:
+        raise UsageError("drill needs --site", hint="e.g. `drtool drill --site dr-east`")
+    from drtool.actions import drill
+    from drtool.drill.report import summary_table
+
+    result = drill.run(app.config, app.out, site, tuple(scenarios), live, report_dir, model)
+
+    def render(console):
+        tables = summary_table(result)
+        for t in tables if isinstance(tables, list) else [tables]:
+            console.print(t)
+        console.print(f"[bold]{'PASSED' if result['passed'] else 'FAILED'}[/]  report: "
+                      f"{result.get('paths', {}).get('html', '(not written)')}")
+
+    app.out.result(result, render)
+    if not result["passed"]:
+        failed = [c["name"] for s in result["scenarios"] for c in s["checks"] if not c["passed"]]
+        errors = [s["error"] for s in result["scenarios"] if s["error"]]
+        raise VerificationError(f"drill {result['drill_id']} failed: " + ", ".join(failed + errors),
+                                hint=f"see {result.get('paths', {}).get('html', 'the report')}")
+
+
+@command(drill_group, "history")
+@click.option("--site", required=True, help="The DR site whose drills to list.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+def drill_history(app: App, site, limit):
+    """Past drills from the reports kept in the DR store, with their RTO/RPO and the trend."""
+    from drtool.actions import drill
+    from drtool.drill.report import render_history_table
+
+    rows = drill.history(app.config, site, limit)
+    app.out.result({"site": site, "drills": rows}, lambda c: c.print(render_history_table(rows)))
 
 
 @command(main_group, "serve")

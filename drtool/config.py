@@ -47,6 +47,7 @@ class DnsTarget:
     zone_id: str | None = None
     ttl: int = 60
     tsig_key_file: str | None = None
+    prepare_ttl: int = 30     # `failover --prepare` lowers the record's TTL to this ahead of a failover
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,41 @@ class AlertSettings:
 
 
 @dataclass(frozen=True)
+class FailoverSettings:
+    snapshot: str = "newest"          # newest: the newest snapshot of the production version; registered: its own
+    fallback_to_older: bool = True    # a snapshot that fails verification: try the next older one of that version
+    fence: bool = True                # stop the primary's serving container when it is reachable
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    interval_s: float = 10.0          # between probes of the primary's health endpoint
+    failures: int = 3                 # consecutive failed probes (every primary host) before the alert path runs
+    timeout_s: float = 3.0            # per probe
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    requests: int = 300
+    concurrency: int = 8
+    slo: dict = field(default_factory=lambda: {"p95_ms": 1000.0, "error_rate": 0.01, "min_rps": 5.0})
+
+
+@dataclass(frozen=True)
+class DrillSettings:
+    record: str | None = None         # the drill's own DNS record (default: drill.<production record>)
+    rto_target_s: float = 300.0
+    rpo_target_s: float = 26 * 3600.0
+    detection_for_s: float = 5.0      # the drill alert rule's `for:`
+    scrape_interval_s: float = 2.0
+    prometheus_bin: str = "prometheus"
+    alertmanager_bin: str = "prometheus-alertmanager"
+    history_keep: int = 100
+    metrics_file: str | None = None   # Prometheus textfile with drill results (node_exporter textfile collector)
+    load: LoadSettings = field(default_factory=LoadSettings)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     sites: dict[str, Site]
@@ -107,6 +143,9 @@ class Config:
     ca_file: str | None
     lab_state_dir: str | None
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    failover: FailoverSettings = field(default_factory=FailoverSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    drill: DrillSettings = field(default_factory=DrillSettings)
     build_engine: str = "unix:///var/run/docker.sock"   # the engine images are built on, seen from here
     build_cache_dir: str = "/var/cache/drtool"
     raw: dict = field(repr=False, compare=False, default_factory=dict)
@@ -321,7 +360,17 @@ def _build(path: Path, doc: dict[str, Any]) -> Config:
         ca_file=doc.get("tls", {}).get("ca_file"),
         lab_state_dir=doc.get("lab", {}).get("state_dir"),
         alerts=AlertSettings(**doc.get("alerts", {})),
+        failover=FailoverSettings(**doc.get("failover", {})),
+        watch=WatchSettings(**doc.get("watch", {})),
+        drill=_drill(doc.get("drill", {})),
         build_engine=doc.get("build", {}).get("docker_host", "unix:///var/run/docker.sock"),
         build_cache_dir=doc.get("build", {}).get("cache_dir", "/var/cache/drtool"),
         raw=doc,
     )
+
+
+def _drill(doc: dict) -> DrillSettings:
+    load = dict(doc.get("load", {}))
+    if "slo" in load:
+        load["slo"] = {**LoadSettings().slo, **load["slo"]}
+    return DrillSettings(**{**doc, "load": LoadSettings(**load)})

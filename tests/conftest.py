@@ -123,3 +123,32 @@ def production(lab, lab_config):
     deploy.wait(prod, host)
     deploy.check(prod, host, entry)
     return {"image": image, "snapshot": snap, "entry": entry, "weights": weights}
+
+
+def dig(name: str = "model.drlab.test") -> str:
+    """The record as the lab's authoritative server answers it."""
+    return subprocess.run(["dig", "@10.77.0.2", name, "A", "+short"], capture_output=True, text=True,
+                          timeout=20, check=True).stdout.strip()
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    """drtool's own state (journals, reports) in a fresh directory per test."""
+    monkeypatch.setenv("DRTOOL_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def back_to_production(lab, production):
+    """After each test: the primary on and serving, DNS at it, standbys cold, faults undone."""
+    yield
+    for h in ("de-gpu1", "de-gpu2"):
+        lab.break_engine(h, False)
+    lab.set_link("pw-gpu1", True)
+    lab.power_on("pw-gpu1")
+    proc = run_cli("failback", "--site", "prod-west", "--yes")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for h in ("de-gpu1", "de-gpu2"):  # failback cools only standbys it finds on; make sure
+        if lab.is_powered(h):
+            lab.power_off(h)
+    assert dig() == "10.77.0.11"

@@ -43,10 +43,18 @@ def test_wrong_flag_is_usage_error():
     assert "No such option" in proc.stderr
 
 
-def test_commands_not_built_yet_say_so_with_exit_1():
-    proc = run_cli("--config", EXAMPLE, "drill", "--site", "dr-east")
-    assert proc.returncode == 1
-    assert "not built yet" in proc.stderr
+def test_drill_and_watch_bad_input_is_exit_2_naming_the_problem():
+    proc = run_cli("--config", EXAMPLE, "drill", "--site", "dr-east", "--scenario", "meteor-strike")
+    assert proc.returncode == 2 and "unknown scenario meteor-strike" in proc.stderr
+    assert "registry-mismatch" in proc.stderr  # the known ones are listed
+    proc = run_cli("--config", EXAMPLE, "drill")
+    assert proc.returncode == 2 and "--site" in proc.stderr
+    proc = run_cli("--config", EXAMPLE, "drill", "--site", "prod-west")
+    assert proc.returncode == 2 and "not a DR site" in proc.stderr
+    proc = run_cli("--config", EXAMPLE, "watch", "--site", "dr-east")
+    assert proc.returncode == 2 and "not a primary site" in proc.stderr
+    proc = run_cli("--config", EXAMPLE, "failover", "--site", "dr-east", "--ttl", "30")
+    assert proc.returncode == 2 and "--ttl goes with --prepare" in proc.stderr
 
 
 def test_status_no_probe_json():

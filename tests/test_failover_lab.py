@@ -4,7 +4,6 @@ and verified, the canary checked, and only then DNS moved (read back with dig fr
 from __future__ import annotations
 
 import json
-import subprocess
 
 import docker
 import pytest
@@ -13,38 +12,10 @@ import yaml
 from drtool.execute.serving import base_url, predict
 from drtool.model_registry.entries import compare_output
 
-from .conftest import MODEL, cli_json, run_cli
+from .conftest import MODEL, cli_json, dig, run_cli
 
 pytestmark = pytest.mark.lab
 PRIMARY, STANDBY1, STANDBY2 = "10.77.0.11", "10.77.0.21", "10.77.0.22"
-
-
-def dig() -> str:
-    return subprocess.run(["dig", "@10.77.0.2", "model.drlab.test", "A", "+short"], capture_output=True, text=True,
-                          timeout=20, check=True).stdout.strip()
-
-
-@pytest.fixture
-def state(tmp_path, monkeypatch):
-    """drtool's own state (journals, reports) in a fresh directory per test."""
-    monkeypatch.setenv("DRTOOL_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def back_to_production(lab, production):
-    """After each test: the primary on and serving, DNS at it, standbys cold, faults undone."""
-    yield
-    for h in ("de-gpu1", "de-gpu2"):
-        lab.break_engine(h, False)
-    lab.set_link("pw-gpu1", True)
-    lab.power_on("pw-gpu1")
-    proc = run_cli("failback", "--site", "prod-west", "--yes")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    for h in ("de-gpu1", "de-gpu2"):  # failback cools only standbys it finds on; make sure
-        if lab.is_powered(h):
-            lab.power_off(h)
-    assert dig() == PRIMARY
 
 
 def serves_canary(address: str, entry) -> bool:

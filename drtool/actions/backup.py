@@ -21,6 +21,23 @@ def _models(config: Config, model: str | None) -> list[dict]:
     return [{"name": m.name, "weights_path": m.weights_path} for m in chosen]
 
 
+def _label_versions(config: Config, site: Site, models: list[dict]) -> list[dict]:
+    """Label each snapshot with the version the site's registry names production: the weights a serving host
+    holds are that version's, and a failover restores the newest snapshot of the production version (RPO).
+    The nightly cron job has no registry at hand and leaves the version empty."""
+    from drtool.actions.registry import site_registry
+
+    try:
+        reg = site_registry(config, site)
+        for m in models:
+            alias = reg.alias(m["name"])
+            if alias is not None:
+                m["version"] = alias.version
+    except DrtoolError:
+        pass  # no registry yet: snapshots without a version label
+    return models
+
+
 def _targets(site: Site) -> list[str]:
     return [store.url for store in site.object_stores[1:]]
 
@@ -44,7 +61,8 @@ def run(config: Config, out: Output, site_name: str | None, model: str | None, d
     with out.working(f"snapshotting on {', '.join(p['hosts'])}"):
         res = run_playbook(config, "backup.yml", progress=out.ansible_progress(), extravars={
             "drtool_targets": group_name(site.name), "weights_backup_action": "snapshot",
-            "weights_backup_models": p["models"], **store_vars(site, "weights_backup")})
+            "weights_backup_models": _label_versions(config, site, p["models"]),
+            **store_vars(site, "weights_backup")})
     snapshots = [dict(s, host=h) for h, data in res.results.items() for s in data.get("snapshots", [])]
     source = open_store(site.object_stores[0])
     copies, problems = [], []

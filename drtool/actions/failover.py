@@ -7,14 +7,16 @@ before it acts, so nothing is done twice. DNS is never pointed at a target that 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import click
 
-from drtool.actions import deploy
+from drtool.actions import deploy, dnsrecord
 from drtool.actions.registry import site_registry
 from drtool.actions.registry import verify as registry_verify
 from drtool.config import Config, Host, Model, Site
@@ -26,6 +28,7 @@ from drtool.paths import state_dir
 from drtool.providers import get_provider
 from drtool.providers.base import ssh_banner
 from drtool.runbook import DONE, Journal, Step, run_steps
+from drtool.snapshot import catalog
 from drtool.snapshot.lease import Lease
 from drtool.snapshot.stores import open_store
 
@@ -96,10 +99,29 @@ class Failover:
         return self.journal.context
 
     def entry(self):
-        """The production entry chosen in preflight, read once per run (each read opens the site's store)."""
+        """The production entry chosen in preflight, read once per run (each read opens the site's store), with
+        the snapshot this run restores (the newest of that version that verifies) in place of the registered one."""
         if getattr(self, "_entry", None) is None or self._entry.version != self.ctx["version"]:
             self._entry = site_registry(self.config, self.site).require_version(self.model.name, self.ctx["version"])
-        return self._entry
+        chosen = self.ctx.get("snapshot_id") or self._entry.snapshot_id
+        return self._entry if chosen == self._entry.snapshot_id else dataclasses.replace(self._entry,
+                                                                                          snapshot_id=chosen)
+
+    def snapshot_candidates(self, registered: str) -> list[dict]:
+        """Snapshots of the production version in the DR store, in the order restore tries them: the newest first
+        (policy `newest`) or the registered one first (`registered`); older ones follow only when the policy lets a
+        failover fall back to them."""
+        refs = catalog.list_refs(self.dr_store, self.model.name)
+        found = []
+        for ref, manifest, _err in catalog.load_many(self.dr_store, refs):
+            if manifest is not None and (manifest.version == self.ctx["version"] or ref.id == registered):
+                found.append({"id": ref.id, "created": manifest.created})
+        if not any(c["id"] == registered for c in found):  # unreadable manifest: restore names the problem
+            found.append({"id": registered, "created": None})
+        found.sort(key=lambda c: c["created"] or "", reverse=True)
+        if self.config.failover.snapshot == "registered":
+            found.sort(key=lambda c: c["id"] != registered)  # stable: the registered one first, then newest first
+        return found if self.config.failover.fallback_to_older else found[:1]
 
     def host(self) -> Host:
         return next(h for h in self.site.hosts if h.name == self.ctx["host"])
@@ -114,7 +136,10 @@ class Failover:
         self.ctx["version"] = info["version"]
         entry = self.entry()
         self.ctx["image"] = entry.image.at(self.site.registry_url)
-        self.ctx["snapshot_id"] = entry.snapshot_id
+        self.ctx["registered_snapshot_id"] = entry.snapshot_id
+        if "snapshot_candidates" not in self.ctx:
+            self.ctx["snapshot_candidates"] = self.snapshot_candidates(entry.snapshot_id)
+            self.ctx["snapshot_id"] = self.ctx["snapshot_candidates"][0]["id"]
         pool = {h.address: h for h in self.site.hosts}
         serving = [pool[a] for a in record.addresses if a in pool]
         if serving and not self.ctx.get("host"):
@@ -125,7 +150,8 @@ class Failover:
             else:
                 raise AlreadyServing(f"{self.site.dns.record} already points at {serving[0].name}, which serves "
                                      f"{self.model.name} {entry.version} correctly")
-        return {"dns_before": record.addresses, "production": info, "standby_pool": list(pool)}
+        return {"dns_before": record.addresses, "production": info, "standby_pool": list(pool),
+                "snapshot_candidates": self.ctx["snapshot_candidates"]}
 
     def take_lease(self, _ctx) -> dict:
         self.lease = Lease(self.dr_store, f"failover-{self.site.name}", f"failover {self.journal.run_id}")
@@ -162,7 +188,31 @@ class Failover:
         return deploy.pull(self.config, self.site, self.host(), self.entry())
 
     def restore(self, _ctx) -> dict:
-        return deploy.restore(self.config, self.site, self.host(), self.model, self.entry())
+        """Restore the first candidate that verifies. A snapshot refused by verification (corrupt blob, bad
+        manifest) is recorded and the next older one of the same version is tried, when the policy allows."""
+        refused = self.ctx.setdefault("snapshots_refused", [])
+        for cand in self.ctx["snapshot_candidates"]:
+            if any(r["id"] == cand["id"] for r in refused):
+                continue
+            self.ctx["snapshot_id"] = cand["id"]
+            self.journal.save()
+            try:
+                done = deploy.restore(self.config, self.site, self.host(), self.model, self.entry())
+            except DrtoolError as exc:
+                if not is_verification(exc):
+                    raise
+                refused.append({"id": cand["id"], "created": cand["created"], "error": exc.message})
+                self.journal.save()
+                self.out.step(f"snapshot {cand['id'][:12]} refused: {exc.message}; trying the next older one")
+                continue
+            self.ctx["snapshot_created"] = cand["created"]
+            return {**done, "created": cand["created"], "refused": refused,
+                    "fallback": bool(refused)}
+        raise VerificationError(f"no snapshot of {self.model.name} {self.ctx['version']} in {self.dr_store.url} "
+                                f"verifies: " + "; ".join(f"{r['id'][:12]}: {r['error']}" for r in refused),
+                                hint="the DR copy is damaged: replicate a good snapshot again "
+                                     "(`drtool backup`) before failing over",
+                                details=[f"{r['id'][:12]}: {r['error']}" for r in refused])
 
     def start(self, _ctx) -> dict:
         return deploy.start(self.config, self.site, self.host(), self.model, self.entry())
@@ -174,6 +224,8 @@ class Failover:
         return deploy.check(self.site, self.host(), self.entry())
 
     def fence_primary(self, _ctx) -> dict:
+        if not self.config.failover.fence:
+            return {"primary": self.primary.name, "fenced": {}, "skipped": "failover.fence is off"}
         fenced = {}
         for host in self.primary.hosts:
             if not ssh_banner(host.address, host.port, timeout=3):
@@ -192,8 +244,10 @@ class Failover:
         before = self.dns.read_a()
         if before.addresses == [target]:
             return {"record": self.site.dns.record, "before": before.addresses, "after": [target], "changed": False}
+        saved = dnsrecord.save_previous(self.site, self.dr_store, before, self.journal.run_id)
         self.dns.replace_a([target], self.site.dns.ttl)
-        return {"record": self.site.dns.record, "before": before.addresses, "after": [target], "changed": True}
+        return {"record": self.site.dns.record, "before": before.addresses, "after": [target], "changed": True,
+                "previous_saved": saved}
 
     def confirm_dns(self, _ctx) -> dict:
         target = self.host().address
@@ -258,9 +312,18 @@ class Failover:
             "dns": {"record": self.site.dns.record, "before": j.context.get("dns_before"),
                     "after": (flip.evidence.get("after") if flip and flip.status == DONE else None)},
             "rto_s": round(confirm.ended - j.started, 3) if confirm else None,
+            "snapshot": {"restored": j.context.get("snapshot_id") if self.restored() else None,
+                         "created": j.context.get("snapshot_created"),
+                         "registered": j.context.get("registered_snapshot_id"),
+                         "refused": j.context.get("snapshots_refused", []),
+                         "age_at_start_s": snapshot_age(j.context.get("snapshot_created"), j.started)},
             "steps": steps,
             "journal": str(j.path), "journal_mirror_error": j.mirror_error,
         }
+
+    def restored(self) -> bool:
+        rec = next((s for s in self.journal.steps if s.name == "restore"), None)
+        return rec is not None and rec.status == DONE
 
     def write_report(self, report: dict) -> None:
         from drtool.fsutil import write_json_atomic
@@ -296,21 +359,79 @@ class Failback(Failover):
             get_provider(self.config, self.site).power_on(host)
         run_playbook(self.config, "status.yml", extravars={"drtool_targets": host.name})
         self.ctx["host"] = host.name
-        return {"host": host.name, "address": host.address}
+        # A primary that came back serving the production version correctly (its container restarted with the
+        # host) is kept as it is: redeploying it would only replace a verified container by an equal one.
+        served = None
+        try:
+            served = deploy.check(self.site, host, self.served_entry(host))
+        except DrtoolError:
+            pass
+        self.ctx["primary_ok"] = served is not None
+        return {"host": host.name, "address": host.address, "already_serving": self.ctx["primary_ok"]}
+
+    def served_entry(self, host: Host):
+        return served_entry(self.site, host, self.entry())
+
+    def _kept(self) -> dict | None:
+        return {"skipped": "the primary already serves the production version correctly"} \
+            if self.ctx.get("primary_ok") else None
+
+    def pull_image(self, _ctx) -> dict:
+        return self._kept() or super().pull_image(_ctx)
+
+    def restore(self, _ctx) -> dict:
+        return self._kept() or super().restore(_ctx)
+
+    def start(self, _ctx) -> dict:
+        return self._kept() or super().start(_ctx)
+
+    def verify(self, _ctx) -> dict:
+        if self.ctx.get("primary_ok"):
+            host = self.host()
+            entry = self.served_entry(host)
+            self.ctx["snapshot_id"] = entry.snapshot_id
+            return deploy.check(self.site, host, entry)
+        return super().verify(_ctx)
 
     def cool_standby(self, _ctx) -> dict:
-        cooled = {}
-        for dr in (s for s in self.config.sites.values() if s.role == "dr" and s.is_standby):
-            provider = get_provider(self.config, dr)
-            for host in dr.hosts:
-                if provider.state(host) != "on":
-                    continue
-                if ssh_banner(host.address, host.port, timeout=3):
-                    deploy.stop(self.config, host, self.model)
-                    deploy.remove_weights(self.config, host, self.model.weights_path)
-                provider.power_off(host)
-                cooled[host.name] = "container stopped, weights removed, powered off"
-        return {"cooled": cooled}
+        return cool_standbys(self.config, self.model)
+
+
+def served_entry(site: Site, host: Host, entry):
+    """The production entry with the snapshot the host serves: the server checked those weights against that
+    snapshot's manifest before turning ready; deploy.check then compares the version and the canary output."""
+    from drtool.execute.serving import base_url, version
+
+    served = version(base_url(host.address, site.serving_port)).get("snapshot_id")
+    return dataclasses.replace(entry, snapshot_id=served) if served else entry
+
+
+def cool_standbys(config: Config, model: Model) -> dict:
+    """Every DR standby that is on: its container stopped, its weights removed, powered off."""
+    cooled = {}
+    for dr in (s for s in config.sites.values() if s.role == "dr" and s.is_standby):
+        provider = get_provider(config, dr)
+        for host in dr.hosts:
+            if provider.state(host) != "on":
+                continue
+            if ssh_banner(host.address, host.port, timeout=3):
+                deploy.stop(config, host, model)
+                deploy.remove_weights(config, host, model.weights_path)
+            provider.power_off(host)
+            cooled[host.name] = "container stopped, weights removed, powered off"
+    return {"cooled": cooled}
+
+
+def is_verification(exc: DrtoolError) -> bool:
+    """A remote drtool that exited 3 (verification) surfaces through Ansible as a failed task naming the code."""
+    return isinstance(exc, VerificationError) or "(exit 3)" in exc.message
+
+
+def snapshot_age(created: str | None, at: float) -> float | None:
+    """Seconds between a manifest's `created` and `at` (epoch): the RPO when `at` is the fault."""
+    if not created:
+        return None
+    return round(at - datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp(), 3)
 
 
 def confirm_plan(out: Output, fo: Failover, yes: bool) -> None:

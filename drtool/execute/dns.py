@@ -94,6 +94,13 @@ class Rfc2136Dns:
             update.add(rel, ttl or self.target.ttl, "A", addr)
         self._send(update, name)
 
+    def delete_a(self, record: str) -> None:
+        """Remove the record's A set (drill records; never the production record)."""
+        name = dns.name.from_text(record)
+        update = dns.update.UpdateMessage(self.zone, keyring=load_tsig_key(self.target.tsig_key_file))
+        update.delete(name.relativize(self.zone), "A")
+        self._send(update, name)
+
     def _send(self, update: dns.update.UpdateMessage, name: dns.name.Name) -> None:
         key = update.keyring
         try:
@@ -160,6 +167,17 @@ class Route53Dns:
             time.sleep(self.poll_s)
             change = self._call("get_change", Id=change_id)
         return change_id
+
+    def delete_a(self, record: str) -> None:
+        """Route 53 deletes only the exact current set: read it, then DELETE it (nothing to do when absent)."""
+        current = self.read_a(record)
+        if not current.addresses:
+            return
+        name = record.rstrip(".") + "."
+        self._call("change_resource_record_sets", HostedZoneId=self.target.zone_id, ChangeBatch={
+            "Comment": "drtool", "Changes": [{"Action": "DELETE", "ResourceRecordSet": {
+                "Name": name, "Type": "A", "TTL": current.ttl,
+                "ResourceRecords": [{"Value": a} for a in current.addresses]}}]})
 
     def _call(self, op: str, **kwargs):
         import botocore.exceptions

@@ -1,0 +1,156 @@
+"""The service record around a failover: lower its TTL ahead of time (`--prepare`), keep every record a flip
+replaced, and put a saved record back (`drtool dns restore`) only when the address it names serves correctly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+from drtool.actions import deploy
+from drtool.actions.registry import site_registry
+from drtool.config import Config, Host, Site
+from drtool.errors import DrtoolError, UsageError, VerificationError
+from drtool.execute.dns import ARecord, dns_for
+from drtool.execute.serving import base_url, version
+from drtool.fsutil import write_json_atomic
+from drtool.output import Output
+from drtool.paths import state_dir
+from drtool.snapshot.stores import BlobStore, open_store
+
+PREFIX = "dns"
+
+
+def _key(record: str) -> str:
+    return f"{PREFIX}/{record.rstrip('.')}"
+
+
+def save_previous(site: Site, store: BlobStore, before: ARecord, run_id: str) -> str:
+    """Keep the record a change is about to replace: in the site's store (seen from anywhere) and locally.
+    Written before the change, so a crash in between leaves the old record saved, never lost."""
+    doc = {"record": site.dns.record, "addresses": before.addresses, "ttl": before.ttl, "run_id": run_id,
+           "saved_at": time.time(), "site": site.name}
+    data = json.dumps(doc, sort_keys=True, indent=2).encode()
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(doc["saved_at"]))
+    key = f"{_key(site.dns.record)}/{stamp}-{run_id}.json"
+    store.put(key, data)
+    write_json_atomic(state_dir() / key, doc, 0o644)
+    return key
+
+
+def saved(config: Config, site: Site) -> list[dict]:
+    """Every saved previous record of the site's service record, newest first."""
+    store = open_store(site.object_stores[0])
+    try:
+        docs = [json.loads(store.get(o.key)) for o in store.list(_key(site.dns.record) + "/")]
+    finally:
+        store.close()
+    return sorted(docs, key=lambda d: d["saved_at"], reverse=True)
+
+
+def show(config: Config, site_name: str) -> dict:
+    site = config.site(site_name)
+    current = dns_for(site.dns).read_a()
+    return {"site": site.name, "record": site.dns.record,
+            "current": {"addresses": current.addresses, "ttl": current.ttl},
+            "configured_ttl": site.dns.ttl, "prepare_ttl": site.dns.prepare_ttl, "saved": saved(config, site)}
+
+
+def prepare(config: Config, out: Output, site_name: str, ttl: int | None, dry_run: bool) -> dict:
+    """Lower the record's TTL now, so resolvers drop the old answer quickly when a failover flips it later.
+    The addresses stay exactly as they are; the record as it was is saved first."""
+    site = config.site(site_name)
+    ttl = ttl or site.dns.prepare_ttl
+    dns = dns_for(site.dns)
+    current = dns.read_a()
+    if not current.addresses:
+        raise UsageError(f"{site.dns.record} has no A record at {site.dns.server or site.dns.zone_id}",
+                         hint="nothing to prepare; check dns.record in the configuration")
+    result = {"site": site.name, "record": site.dns.record, "addresses": current.addresses,
+              "ttl_before": current.ttl, "ttl_after": ttl, "dry_run": dry_run, "changed": False}
+    if current.ttl is not None and current.ttl <= ttl:
+        out.info(f"{site.dns.record} already has TTL {current.ttl}s (<= {ttl}s): nothing to change")
+        return result
+    if dry_run:
+        out.info(f"would lower the TTL of {site.dns.record} from {current.ttl}s to {ttl}s (addresses unchanged)")
+        return result
+    dns.check_credentials()
+    store = open_store(site.object_stores[0])
+    try:
+        result["previous_saved"] = save_previous(site, store, current, f"prepare-{int(time.time())}")
+    finally:
+        store.close()
+    dns.replace_a(current.addresses, ttl)
+    after = dns.read_a()
+    if after.addresses != current.addresses or after.ttl != ttl:
+        raise DrtoolError(f"{site.dns.server} answers {after.addresses} TTL {after.ttl} after the change, "
+                          f"expected {current.addresses} TTL {ttl}")
+    out.info(f"lowered the TTL of {site.dns.record} from {current.ttl}s to {ttl}s; resolvers that cached it pick "
+             f"up a failover within {ttl}s after up to {current.ttl}s. Restore it with `drtool dns restore`.")
+    return {**result, "changed": True}
+
+
+def _host_at(config: Config, address: str) -> tuple[Site, Host] | None:
+    for s in config.sites.values():
+        for h in s.hosts:
+            if h.address == address:
+                return s, h
+    return None
+
+
+def serving_check(config: Config, addresses: list[str], model: str) -> dict:
+    """Every address must be a configured host serving the production version and canary correctly: a record
+    is never pointed where no site would be serving."""
+    evidence = {}
+    for addr in addresses:
+        found = _host_at(config, addr)
+        if found is None:
+            raise VerificationError(f"{addr} is not a host of any configured site",
+                                    hint="refusing to point the record at an address drtool cannot verify")
+        site, host = found
+        try:
+            reg = site_registry(config, site)
+            alias = reg.alias(model)
+            if alias is None:
+                raise UsageError(f"{model} has no production version in {site.name}'s registry")
+            entry = reg.require_version(model, alias.version)
+            # A failover may serve a newer (or fallback) snapshot of the production version: the server checked
+            # those weights against that snapshot's manifest, and the canary below checks what they compute.
+            served = version(base_url(host.address, site.serving_port)).get("snapshot_id")
+            if served and served != entry.snapshot_id:
+                entry = dataclasses.replace(entry, snapshot_id=served)
+            evidence[addr] = {"host": host.name, **deploy.check(site, host, entry)}
+        except DrtoolError as exc:
+            raise VerificationError(f"{host.name} ({addr}) does not serve {model} correctly: {exc.message}",
+                                    hint="refusing: no site would be serving behind the record. Bring it up "
+                                         "first (`drtool failback` or `drtool failover`)") from None
+    return evidence
+
+
+def restore(config: Config, out: Output, site_name: str, model: str, index: int, dry_run: bool) -> dict:
+    """Put back a saved record (the newest by default): refused unless its addresses serve correctly."""
+    site = config.site(site_name)
+    docs = saved(config, site)
+    if not docs:
+        raise UsageError(f"no saved record for {site.dns.record} in {site.object_stores[0].url}",
+                         hint="records are saved by `failover`, `failback` and `failover --prepare`")
+    if index >= len(docs):
+        raise UsageError(f"only {len(docs)} saved record(s) for {site.dns.record}", hint="see `drtool dns show`")
+    doc = docs[index]
+    dns = dns_for(site.dns)
+    current = dns.read_a()
+    result = {"site": site.name, "record": site.dns.record, "restoring": doc,
+              "current": {"addresses": current.addresses, "ttl": current.ttl}, "dry_run": dry_run, "changed": False}
+    result["serving"] = serving_check(config, doc["addresses"], model)
+    if dry_run or (current.addresses == doc["addresses"] and current.ttl == doc["ttl"]):
+        return result
+    dns.check_credentials()
+    store = open_store(site.object_stores[0])
+    try:
+        save_previous(site, store, current, f"restore-{int(time.time())}")
+    finally:
+        store.close()
+    dns.replace_a(doc["addresses"], doc["ttl"])
+    after = dns.read_a()
+    out.info(f"{site.dns.record}: {current.addresses} TTL {current.ttl} -> {after.addresses} TTL {after.ttl}")
+    return {**result, "changed": True, "after": {"addresses": after.addresses, "ttl": after.ttl}}
