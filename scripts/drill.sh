@@ -4,9 +4,11 @@
 #   2. production as an operator sets it up: image built offline and pushed to both registries, weights
 #      snapshotted on the serving host and copied to the DR store, the version registered (canary computed by
 #      running the image) and promoted, the primary brought to it;
-#   3. the game day: prod-west's serving host goes down, `drtool failover --site dr-east` brings the model
-#      back at dr-east (verified before DNS moves), then `drtool failback` returns it.
-# Prints each command's summary; the failover summary carries the RTO. Reports: $DRILL_DIR.
+#   3. the game day: `drtool drill --scenario primary-down`. prod-west's serving host goes down; Prometheus
+#      notices, Alertmanager posts to `drtool serve`, the failover brings the model back at dr-east behind the
+#      drill record (verified before DNS moves), Locust loads it; then cleanup fails back and compares
+#      production with what it was before.
+# Prints the drill's summary (steps, RTO, RPO, checks) and the path of report.html. Reports: $DRILL_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRTOOL=${DRTOOL:-.venv/bin/drtool}
@@ -43,15 +45,12 @@ $DRTOOL registry promote $MODEL "$VERSION" --reason "make drill"
 $DRTOOL failback --site prod-west --yes >/dev/null   # brings the primary to the production version
 $DRTOOL registry verify --site dr-east
 
-say "3. Game day: prod-west's serving host goes down"
-$DRTOOL lab power pw-gpu1 off
-$DRTOOL failover --site dr-east --yes --reason "make drill: primary-down"
-echo "dig model.drlab.test: $(dig @10.77.0.2 model.drlab.test A +short)"
+say "3. Game day: the primary-down drill (Prometheus -> Alertmanager -> drtool serve -> failover), then cleanup"
+set +e
+$DRTOOL drill --site dr-east --scenario primary-down --report "$DRILL_DIR"
+rc=$?
+set -e
+echo "production record: $(dig @10.77.0.2 model.drlab.test A +short)   drill record: $(dig @10.77.0.2 drill.model.drlab.test A +short)"
 
-say "3. Fail back to prod-west"
-$DRTOOL lab power pw-gpu1 on
-$DRTOOL failback --site prod-west --yes
-echo "dig model.drlab.test: $(dig @10.77.0.2 model.drlab.test A +short)"
-
-say "Done: reports and journals in $DRTOOL_STATE_DIR/runs"
-ls "$DRTOOL_STATE_DIR/runs"
+say "Done (exit $rc): open $DRILL_DIR/report.html; JSON and JUnit beside it; journals in $DRTOOL_STATE_DIR/runs"
+exit $rc

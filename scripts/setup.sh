@@ -14,7 +14,8 @@ APT_PACKAGES=(
   bind9 bind9-dnsutils                  # authoritative DNS with TSIG updates; dig
   busybox-static                        # a tiny offline image for registry tests
   debootstrap                           # offline base images (no public registry reachable)
-  prometheus-alertmanager               # the real alert chain drtool serve is tested with
+  prometheus prometheus-alertmanager    # the real alert chain (scrape, rule, webhook) drills run through; promtool
+  chromium                              # headless: the drill report.html screenshot test
 )
 
 missing=()

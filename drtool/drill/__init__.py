@@ -1,0 +1,1 @@
+"""Game-day drills: scenarios, measures, capacity check and reports."""

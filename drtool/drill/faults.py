@@ -1,0 +1,119 @@
+"""The faults drills inject, each with its undo. Host faults go through the lab (power, network link, a Docker
+engine that will not start, registry storage); store faults through the standard store API, so they work on any
+S3. Every inject records what it changed so that undo puts exactly that back."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from drtool.config import Config, Site
+from drtool.errors import UsageError
+from drtool.snapshot import catalog
+from drtool.snapshot.stores import blob_key, open_store
+
+
+def lab_for(config: Config, scenario: str):
+    if not config.lab_state_dir:
+        raise UsageError(f"scenario {scenario} injects its fault through the embedded lab, and this configuration "
+                         "has no lab section", hint="run drills with faults on the lab (`make drill`), or "
+                                                    "corrupt-latest-snapshot, which works on any store")
+    from drtool.lab.manager import Lab
+
+    return Lab(Path(config.lab_state_dir))
+
+
+@dataclass
+class Fault:
+    name: str
+    description: str = ""
+    undo_actions: list = field(default_factory=list)  # (label, callable), undone in reverse order
+    info: dict = field(default_factory=dict)
+
+    def undo(self) -> list[dict]:
+        done = []
+        for label, fn in reversed(self.undo_actions):
+            try:
+                fn()
+                done.append({"action": label, "ok": True, "detail": "done"})
+            except Exception as exc:  # noqa: BLE001 - cleanup records every failure and goes on
+                done.append({"action": label, "ok": False, "detail": f"{type(exc).__name__}: {exc}"})
+        self.undo_actions.clear()
+        return done
+
+
+def primary_down(config: Config, primary: Site) -> Fault:
+    lab = lab_for(config, "primary-down")
+    host = primary.hosts[0]
+    fault = Fault("primary-down", f"powered off {host.name} (the primary's serving host)")
+    fault.undo_actions.append((f"power on {host.name}", lambda: lab.power_on(host.name)))
+    lab.power_off(host.name)
+    return fault
+
+
+def region_partition(config: Config, primary: Site) -> Fault:
+    lab = lab_for(config, "region-partition")
+    fault = Fault("region-partition", "cut the network link of " + ", ".join(h.name for h in primary.hosts))
+    for host in primary.hosts:
+        fault.undo_actions.append((f"restore the link of {host.name}", lambda h=host: lab.set_link(h.name, True)))
+        lab.set_link(host.name, False)
+    return fault
+
+
+def standby_boot_failure(config: Config, dr: Site) -> Fault:
+    lab = lab_for(config, "standby-boot-failure")
+    first = dr.hosts[0]
+    if len(dr.hosts) < 2:
+        raise UsageError(f"standby-boot-failure needs two standbys at {dr.name}; its pool has one")
+    fault = Fault("standby-boot-failure", f"{first.name}'s Docker engine will not start")
+    fault.undo_actions.append((f"repair {first.name}'s engine", lambda: lab.break_engine(first.name, False)))
+    lab.break_engine(first.name, True)
+    return fault
+
+
+def corrupt_latest_snapshot(config: Config, dr: Site, model: str, version: str) -> Fault:
+    """Flip one byte of a blob of the newest snapshot of `version` in the DR store, preferring a blob no other
+    snapshot of that version shares (so an older snapshot can still verify)."""
+    store = open_store(dr.object_stores[0])
+    loaded = [(r, m) for r, m, _ in catalog.load_many(store, catalog.list_refs(store, model))
+              if m is not None and m.version == version]
+    if not loaded:
+        store.close()
+        raise UsageError(f"no snapshot of {model} {version} in {dr.object_stores[0].url} to damage")
+    loaded.sort(key=lambda rm: rm[1].created, reverse=True)
+    newest_ref, newest = loaded[0]
+    others = {p.sha256 for _, m in loaded[1:] for f in m.files for p in f.parts}
+    parts = [p for f in newest.files for p in f.parts]
+    unique = [p for p in parts if p.sha256 not in others]
+    victim = min(unique or parts, key=lambda p: p.size)
+    key = blob_key(victim.sha256)
+    good = store.get(key)
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0x01
+    fault = Fault("corrupt-latest-snapshot",
+                  f"flipped a byte of blob {victim.sha256[:12]} of snapshot {newest_ref.id[:12]} ({newest.created}) "
+                  f"in {dr.object_stores[0].url}" + ("" if unique else " (a blob every snapshot shares)"))
+    fault.info.update(newest=newest_ref.id, shared=not unique)
+
+    def undo():
+        store.put(key, good)
+        store.close()
+
+    fault.undo_actions.append((f"restore blob {victim.sha256[:12]}", undo))
+    store.put(key, bytes(bad))
+    return fault
+
+
+def registry_mismatch(config: Config, dr: Site, repository: str) -> Fault:
+    """The DR registry loses the production image: its repository is moved aside in the registry's storage
+    (the registry reads manifests from disk on each request), and moved back by undo."""
+    lab = lab_for(config, "registry-mismatch")
+    repos = lab.layout.registry_dir(dr.name) / "storage" / "docker" / "registry" / "v2" / "repositories"
+    src, aside = repos / repository, repos.parent / f"drill-hidden-{repository.replace('/', '_')}"
+    if not src.is_dir():
+        raise UsageError(f"the DR registry has no repository {repository} to hide ({src})")
+    fault = Fault("registry-mismatch", f"moved repository {repository} out of {dr.name}'s registry")
+    fault.undo_actions.append((f"put {repository} back into {dr.name}'s registry", lambda: os.rename(aside, src)))
+    os.rename(src, aside)
+    return fault
