@@ -1,0 +1,347 @@
+"""The operations kit (ops/): alert rules, Alertmanager route, Grafana dashboard, EDA rulebook, cron and systemd
+units, checked with the real tools (promtool, amtool, systemd-analyze, yamllint) where they exist."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO
+
+OPS = REPO / "ops"
+BIN = Path(sys.executable).parent
+RULES = OPS / "prometheus" / "drtool-rules.yml"
+RULE_TESTS = OPS / "prometheus" / "drtool-rules.test.yml"
+SCRAPE = OPS / "prometheus" / "scrape-example.yml"
+AM = OPS / "alertmanager" / "drtool-receiver.yml"
+DASHBOARD = OPS / "grafana" / "drtool-dashboard.json"
+RULEBOOK = OPS / "eda" / "drtool-failover.rulebook.yml"
+FAILOVER_PLAYBOOK = "playbooks/failover.yml"
+DRTOOL = "/usr/local/bin/drtool"
+CONFIG_ARGS = ["--config", "/etc/drtool/drtool.yaml"]
+
+# What the drill runner writes to the controller's node_exporter textfile (issue #6): gauges labelled site and
+# scenario, and the standby check labelled site and host.
+DRILL_METRICS = {
+    "drtool_drill_last_run_timestamp_seconds",
+    "drtool_drill_last_success_timestamp_seconds",
+    "drtool_drill_passed",
+    "drtool_drill_rto_seconds",
+    "drtool_drill_rpo_seconds",
+    "drtool_standby_last_verified_timestamp_seconds",
+}
+ALERTS = {"ModelPrimaryDown", "ModelServerNotReady", "DrtoolBackupTooOld", "DrtoolBackupVerifyFailures",
+          "DrtoolDrillOverdue", "DrtoolDrillFailed"}
+
+
+def emitted_metrics() -> set[str]:
+    """Every metric name the code base writes: the backup textfile, the model server, and the drill list."""
+    names = set(DRILL_METRICS)
+    for path in (REPO / "drtool" / "snapshot" / "metrics.py", REPO / "images" / "model-server" / "server.py"):
+        found = set(re.findall(r"""["'](drtool_[a-z0-9_]+)["']""", path.read_text()))
+        assert found, f"no metric names found in {path}: did the code move?"
+        names |= found
+    # prometheus_client exposes a Counter as <name>_total and a Histogram as _bucket, _sum and _count.
+    return names | {n + suffix for n in names for suffix in ("_total", "_bucket", "_sum", "_count")}
+
+
+def metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\bdrtool_[a-z0-9_]+", expr))
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    if not path:
+        pytest.fail(f"{name} is not installed: run `make setup` (Debian package prometheus / prometheus-alertmanager)")
+    return path
+
+
+def run(*argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def load_rules() -> list[dict]:
+    (group,) = yaml.safe_load(RULES.read_text())["groups"]
+    assert group["name"] == "drtool"
+    return group["rules"]
+
+
+# -- Prometheus ---------------------------------------------------------------------------------------------
+def test_promtool_check_rules():
+    proc = run(tool("promtool"), "check", "rules", str(RULES))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_promtool_test_rules():
+    proc = run(tool("promtool"), "test", "rules", RULE_TESTS.name, cwd=RULE_TESTS.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_promtool_check_scrape_example():
+    proc = run(tool("promtool"), "check", "config", str(SCRAPE))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = {j["job_name"]: j for j in yaml.safe_load(SCRAPE.read_text())["scrape_configs"]}
+    assert {"drtool-model-server", "node", "drtool-controller"} <= set(jobs)
+    for job in ("drtool-model-server", "node"):
+        for sc in jobs[job]["static_configs"]:
+            assert {"site", "site_role"} <= set(sc["labels"]), (job, sc)
+    # The drill metrics carry their own `site`; a target label would rename it to exported_site.
+    assert all("site" not in sc.get("labels", {}) for sc in jobs["drtool-controller"]["static_configs"])
+
+
+def test_rules_are_the_expected_alerts_with_labels_and_runbooks():
+    rules = load_rules()
+    assert {r["alert"] for r in rules} == ALERTS
+    runbooks = {"ModelPrimaryDown": "docs/failover.md", "DrtoolBackupTooOld": "docs/snapshots.md",
+                "DrtoolBackupVerifyFailures": "docs/snapshots.md", "DrtoolDrillOverdue": "docs/drills.md",
+                "DrtoolDrillFailed": "docs/drills.md"}
+    for r in rules:
+        assert r["labels"]["severity"] in ("page", "ticket"), r["alert"]
+        assert {"summary", "description", "runbook"} <= set(r["annotations"]), r["alert"]
+        assert r["annotations"]["runbook"].startswith("docs/") and r["annotations"]["runbook"].endswith(".md")
+        if r["alert"] in runbooks:
+            assert r["annotations"]["runbook"] == runbooks[r["alert"]], r["alert"]
+
+
+def test_rule_metrics_are_emitted_by_the_code():
+    known = emitted_metrics()
+    for r in load_rules():
+        unknown = metric_names(r["expr"]) - known
+        assert not unknown, f"{r['alert']} uses metrics nothing emits: {sorted(unknown)}"
+
+
+def test_runbook_docs_exist():
+    missing = sorted({r["annotations"]["runbook"].split("#")[0] for r in load_rules()}
+                     - {str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")})
+    assert not missing, f"runbook annotations point at missing docs: {missing}"
+
+
+def test_model_primary_down_reaches_drtool_serve_with_its_site():
+    """The alert exactly as promtool's unit test expects it, in an Alertmanager v4 webhook, parsed by drtool
+    serve's own parser: it reads `alertname` and `site`, so both must be on the alert."""
+    from drtool.alerts.receiver import parse_webhook
+
+    tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
+    firing = [(case["alertname"], alert["exp_labels"]) for t in tests for case in t.get("alert_rule_test", [])
+              for alert in case.get("exp_alerts") or [] if case["alertname"] == "ModelPrimaryDown"]
+    assert firing, "no promtool test shows ModelPrimaryDown firing"
+    for name, labels in firing:
+        payload = {"version": "4", "status": "firing", "alerts": [{
+            "status": "firing", "labels": {"alertname": name, **labels}, "startsAt": "2026-01-01T00:00:00Z",
+            "fingerprint": "0123456789abcdef"}]}
+        (alert,) = parse_webhook(json.dumps(payload).encode())
+        assert alert.name == "ModelPrimaryDown"
+        assert alert.site == "prod-west"
+
+
+# -- Alertmanager -------------------------------------------------------------------------------------------
+def test_alertmanager_fragment_structure():
+    doc = yaml.safe_load(AM.read_text())
+    (route,) = [r for r in doc["route"]["routes"] if r["receiver"] == "drtool"]
+    # drtool serve fails over whatever site an alert names: only ModelPrimaryDown may reach it.
+    assert route["matchers"] == ['alertname = "ModelPrimaryDown"']
+    assert route["group_by"] == ["alertname", "site"]
+    (receiver,) = [r for r in doc["receivers"] if r["name"] == "drtool"]
+    (hook,) = receiver["webhook_configs"]
+    assert hook["url"].endswith("/alerts")
+    auth = hook["http_config"]["authorization"]
+    assert auth["type"] == "Bearer" and auth["credentials_file"].startswith("/")
+    assert "credentials" not in auth, "the token must come from credentials_file, never inline"
+    assert "bearer_token" not in hook["http_config"]
+
+
+def test_amtool_check_config_and_routing():
+    amtool = shutil.which("amtool") or ("/usr/bin/amtool" if Path("/usr/bin/amtool").exists() else None)
+    if not amtool:  # structure is asserted above; amtool ships with Debian's prometheus-alertmanager
+        return
+    proc = run(amtool, "check-config", str(AM))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for labels, drtool in ((["alertname=ModelPrimaryDown", "site=prod-west", "severity=page"], True),
+                           (["alertname=ModelServerNotReady", "site=prod-west", "severity=page"], False),
+                           (["alertname=DrtoolBackupTooOld", "site=prod-west", "severity=ticket"], False)):
+        proc = run(amtool, "config", "routes", "test", f"--config.file={AM}", *labels)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        receivers = proc.stdout.strip().split(",")
+        assert ("drtool" in receivers) is drtool, (labels, receivers)
+        assert receivers != ["drtool"], "alerts routed to drtool must page people as well"
+
+
+# -- Grafana ------------------------------------------------------------------------------------------------
+def test_grafana_dashboard():
+    dash = json.loads(DASHBOARD.read_text())
+    assert 36 <= dash["schemaVersion"] <= 40
+    (var,) = [v for v in dash["templating"]["list"] if v["name"] == "DS_PROMETHEUS"]
+    assert var["type"] == "datasource" and var["query"] == "prometheus"
+    panels = dash["panels"]
+    titles = [p["title"] for p in panels]
+    assert len(titles) == len(set(titles)), titles
+    assert len({p["id"] for p in panels}) == len(panels)
+    known = emitted_metrics()
+    used = set()
+    for p in panels:
+        assert p["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            assert t["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
+            names = metric_names(t["expr"])
+            assert names, f"{p['title']}: {t['expr']} reads no drtool metric"
+            assert not names - known, f"{p['title']} uses metrics nothing emits: {sorted(names - known)}"
+            used |= names
+    for wanted in ("drtool_backup_last_success_timestamp_seconds", "drtool_backup_bytes_total",
+                   "drtool_backup_duration_seconds", "drtool_drill_rpo_seconds", "drtool_drill_rto_seconds",
+                   "drtool_drill_passed", "drtool_standby_last_verified_timestamp_seconds",
+                   "drtool_model_server_ready"):
+        assert wanted in used, f"no panel shows {wanted}"
+    (rto,) = [p for p in panels if "drtool_drill_rto_seconds" in p["targets"][0]["expr"]]
+    assert rto["type"] == "timeseries"
+    steps = rto["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert any(s["value"] for s in steps), "the RTO trend shows the target as a threshold"
+    assert rto["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
+
+
+# -- Event-Driven Ansible -----------------------------------------------------------------------------------
+# ansible-rulebook is not installed here (it needs a JVM): the rulebook's structure is checked instead, against
+# the keys of ansible-rulebook's ruleset schema.
+RULESET_KEYS = {"name", "hosts", "gather_facts", "sources", "rules", "default_events_ttl", "match_multiple_rules",
+                "execution_strategy"}
+RULE_KEYS = {"name", "condition", "action", "actions", "throttle", "enabled"}
+RUN_PLAYBOOK_KEYS = {"name", "copy_files", "post_events", "set_facts", "ruleset", "verbosity", "var_root",
+                     "json_mode", "retry", "retries", "delay", "extra_vars"}
+
+
+def test_eda_rulebook_structure():
+    example = yaml.safe_load((REPO / "inventory" / "drtool.example.yaml").read_text())["sites"]
+    rulesets = yaml.safe_load(RULEBOOK.read_text())
+    assert isinstance(rulesets, list) and rulesets
+    for rs in rulesets:
+        assert set(rs) <= RULESET_KEYS and {"hosts", "sources", "rules"} <= set(rs)
+        sources = [s for s in rs["sources"] if "ansible.eda.alertmanager" in s]
+        assert sources, "the rulebook listens with ansible.eda.alertmanager"
+        assert isinstance(sources[0]["ansible.eda.alertmanager"]["port"], int)
+        assert rs["rules"]
+        for rule in rs["rules"]:
+            assert set(rule) <= RULE_KEYS, rule["name"]
+            cond = rule["condition"]
+            assert 'event.alert.labels.alertname == "ModelPrimaryDown"' in cond
+            assert 'event.alert.status == "firing"' in cond
+            failing = re.search(r'event\.alert\.labels\.site == "([^"]+)"', cond).group(1)
+            assert example[failing]["role"] == "primary", failing
+            play = rule["action"]["run_playbook"]
+            assert set(play) <= RUN_PLAYBOOK_KEYS
+            assert play["name"] == FAILOVER_PLAYBOOK
+            assert example[play["extra_vars"]["drtool_site"]]["role"] == "dr"
+            assert "event.alert" in play["extra_vars"]["drtool_reason"]
+
+
+def test_failover_playbook_exists():
+    """The rulebook's action runs this playbook (it runs `drtool failover --site {{ drtool_site }} --yes
+    --reason ...` on the controller, the path drtool serve takes too)."""
+    playbook = REPO / FAILOVER_PLAYBOOK
+    assert playbook.is_file(), f"{FAILOVER_PLAYBOOK} is missing: the EDA rulebook runs it"
+    text = playbook.read_text()
+    assert "drtool_site" in text and "drtool_reason" in text
+
+
+# -- cron and systemd ---------------------------------------------------------------------------------------
+CRON_ENV = re.compile(r"^[A-Z_]+=")
+
+
+def cron_entries(path: Path) -> list[tuple[list[str], str, str]]:
+    entries = []
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#") or CRON_ENV.match(line):
+            continue
+        fields = line.split(None, 6)
+        assert len(fields) == 7, f"{path.name}: not 5 time fields + user + command: {line}"
+        entries.append((fields[:5], fields[5], fields[6]))
+    assert entries, f"{path.name} has no entry"
+    return entries
+
+
+@pytest.mark.parametrize("name", ["drtool-backup", "drtool-drill"])
+def test_cron_files(name):
+    path = OPS / "cron" / name
+    assert path.read_text().endswith("\n"), "cron ignores a last line without a newline"
+    assert re.fullmatch(r"[a-z0-9-]+", name), "cron.d skips file names with dots"
+    for times, user, command in cron_entries(path):
+        for field in times:
+            assert re.fullmatch(r"[0-9*,/-]+", field), field
+        assert user == "root"
+        assert "%" not in command.replace(r"\%", ""), "an unescaped % ends a cron command"
+        shell = command.replace(r"\%", "%")
+        proc = run("sh", "-n", "-c", shell)
+        assert proc.returncode == 0, proc.stderr
+        argv = drtool_argv(shell)
+        assert argv[1:3] == CONFIG_ARGS
+        assert argv[3] == name.removeprefix("drtool-")
+        assert ">>/var/log/drtool/" in shell
+        if name == "drtool-backup":
+            assert "flock -n" in shell and "shuf" in shell  # one run at a time, random delay
+        else:
+            assert argv[4:6] == ["--site", "dr-east"] and "--report" in argv
+
+
+def drtool_argv(shell: str) -> list[str]:
+    """The words from drtool on, looking into `sh -c '...'` strings too."""
+    argv = shlex.split(shell)
+    if DRTOOL in argv:
+        return argv[argv.index(DRTOOL):]
+    (inner,) = [word for word in argv if DRTOOL in word and word != DRTOOL]
+    return drtool_argv(inner)
+
+
+def unit(path: Path) -> configparser.ConfigParser:
+    # systemd units are INI-like enough for configparser (keys kept case-sensitive, repeats allowed).
+    cp = configparser.ConfigParser(strict=False, interpolation=None, comment_prefixes=("#", ";"))
+    cp.optionxform = str
+    cp.read_string(path.read_text())
+    return cp
+
+
+@pytest.mark.parametrize("name", ["drtool-backup", "drtool-drill"])
+def test_systemd_units_structure(name):
+    service, timer = unit(OPS / "systemd" / f"{name}.service"), unit(OPS / "systemd" / f"{name}.timer")
+    assert service["Service"]["Type"] == "oneshot"
+    argv = drtool_argv(service["Service"]["ExecStart"])
+    assert argv[1:4] == [*CONFIG_ARGS, name.removeprefix("drtool-")]
+    assert "[Install]" not in (OPS / "systemd" / f"{name}.service").read_text(), "started by its timer only"
+    t = timer["Timer"]
+    assert t["OnCalendar"] and t["RandomizedDelaySec"] and t["Persistent"] == "true"
+    assert timer["Install"]["WantedBy"] == "timers.target"
+
+
+def test_systemd_analyze_verify(tmp_path):
+    """systemd-analyze verify works without systemd as PID 1 (checked in this container). It also checks that
+    ExecStart's program exists: drtool is installed at /usr/local/bin on a controller but lives in .venv here, so
+    copies of the units naming the venv's drtool are verified."""
+    analyze = shutil.which("systemd-analyze")
+    if not analyze:  # then test_systemd_units_structure is what checks the units
+        return
+    venv_drtool = BIN / "drtool"
+    assert venv_drtool.exists()
+    for src in (OPS / "systemd").iterdir():
+        (tmp_path / src.name).write_text(src.read_text().replace(DRTOOL, str(venv_drtool)))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["drtool-backup.service", "drtool-backup.timer", "drtool-drill.service", "drtool-drill.timer"]
+    proc = run(analyze, "verify", *[f"./{n}" for n in names], cwd=tmp_path)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stdout + proc.stderr
+    for name in names:
+        if name.endswith(".timer"):
+            spec = unit(tmp_path / name)["Timer"]["OnCalendar"]
+            proc = run(analyze, "calendar", spec)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- YAML lint ----------------------------------------------------------------------------------------------
+def test_yamllint_ops():
+    proc = run(str(BIN / "yamllint"), "-s", "ops")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
