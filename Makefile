@@ -1,5 +1,5 @@
 # The two commands of the README: `make drill` (the main job on the embedded lab) and `make test`.
-.PHONY: setup drill test lint lab-down clean
+.PHONY: setup drill test test-nightly lint lab-down clean
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,6 +12,10 @@ drill: setup
 
 test: setup
 	$(BIN)/pytest
+
+# Every drill scenario on the lab (about 10 minutes more; see docs/drills.md).
+test-nightly: setup
+	$(BIN)/pytest -m 'nightly or not nightly'
 
 lint: setup
 	$(BIN)/ruff check drtool tests bench images inventory

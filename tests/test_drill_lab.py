@@ -77,6 +77,7 @@ def test_primary_down_drill_through_the_alert_chain(lab, production, drill_state
     assert result["drill_id"] in [r["drill_id"] for r in history["drills"]]
 
 
+@pytest.mark.nightly
 @pytest.mark.parametrize("scenario", ["region-partition", "standby-boot-failure", "registry-mismatch"])
 def test_fault_scenarios(lab, production, drill_state, scenario):
     code, result = run_drill(drill_state, scenario)
@@ -94,6 +95,7 @@ def test_fault_scenarios(lab, production, drill_state, scenario):
     assert_production_as_before(lab, result)
 
 
+@pytest.mark.nightly
 def test_corrupt_latest_snapshot_falls_back_and_states_the_rpo(lab, lab_config, production, drill_state):
     # A newer nightly snapshot of the same version, with one file of its own (so an older one can still verify).
     extra = production["weights"] / "NOTES.txt"
