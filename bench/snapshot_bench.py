@@ -189,8 +189,10 @@ class Bench:
 def median_run(samples: list[Run]) -> dict:
     ordered = sorted(samples, key=lambda r: r.seconds)
     mid = ordered[len(ordered) // 2]
+    cpu = sorted(r.cpu_seconds for r in samples)
     return {**asdict(mid), "all_seconds": [round(r.seconds, 3) for r in samples],
-            "min_seconds": round(ordered[0].seconds, 3)}
+            "min_seconds": round(ordered[0].seconds, 3),
+            "all_cpu_seconds": [round(r.cpu_seconds, 3) for r in samples], "median_cpu_seconds": cpu[len(cpu) // 2]}
 
 
 def bench_local(b: Bench) -> dict:
@@ -295,7 +297,8 @@ def bench_s3(b: Bench, aws: str, size: int) -> dict:
         result = {k: median_run(v) for k, v in samples.items()}
         gb = size / 1e9
         for k in samples:
-            result[k]["cpu_seconds_per_gb"] = round(result[k]["cpu_seconds"] / gb, 3)
+            # CPU ratios use each step's median CPU (not the CPU of its median-wall run): CPU varies less.
+            result[k]["cpu_seconds_per_gb"] = round(result[k]["median_cpu_seconds"] / gb, 3)
         return result
     finally:
         server.terminate()

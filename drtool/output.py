@@ -6,13 +6,16 @@ import json
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from drtool.errors import DrtoolError
-from drtool.execute.ansible import TaskEvent
+
+if TYPE_CHECKING:  # only a type: importing the Ansible layer costs every command's start-up
+    from drtool.execute.ansible import TaskEvent
 
 STATUS_STYLE = {"ok": "green", "changed": "yellow", "failed": "red", "unreachable": "red", "skipped": "dim"}
 

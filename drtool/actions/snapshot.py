@@ -5,20 +5,24 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from drtool.config import ObjectStore
 from drtool.errors import UsageError
-from drtool.output import Output
 from drtool.snapshot.chunking import MiB
 from drtool.snapshot.stores import BlobStore, open_store
 
+if TYPE_CHECKING:
+    from drtool.config import ObjectStore
+    from drtool.output import Output
 
-def store_settings(url: str, config_path: str | None) -> ObjectStore:
+
+def store_settings(url: str, config_path: str | None) -> ObjectStore | str:
     """An s3:// URL takes endpoint, region and credentials from the drtool config's matching object_stores entry
-    when a config is found; otherwise the standard AWS variables (AWS_ENDPOINT_URL, AWS_PROFILE, ...) apply."""
+    when a config is found; otherwise the standard AWS variables (AWS_ENDPOINT_URL, AWS_PROFILE, ...) apply.
+    A file:// URL needs nothing more (and so not the config module, which is slow to import)."""
     if not url.startswith("s3://"):
-        return ObjectStore(url=url)
-    from drtool.config import load_config
+        return url
+    from drtool.config import ObjectStore, load_config
 
     try:
         config = load_config(config_path)
@@ -48,6 +52,10 @@ class RichProgress:
     """A byte progress bar on stderr; hidden for --json and when stderr is not a terminal."""
 
     def __init__(self, out: Output):
+        self._progress = None
+        self._task = None
+        if out.json_mode or not out.err.is_terminal:
+            return  # hidden: and rich.progress is not even imported (it costs start-up time on every run)
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -58,18 +66,20 @@ class RichProgress:
         )
 
         self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                  TransferSpeedColumn(), TimeRemainingColumn(), console=out.err,
-                                  disable=out.json_mode or not out.err.is_terminal)
-        self._task = None
+                                  TransferSpeedColumn(), TimeRemainingColumn(), console=out.err)
 
     def __enter__(self) -> RichProgress:
-        self._progress.start()
+        if self._progress is not None:
+            self._progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._progress.stop()
+        if self._progress is not None:
+            self._progress.stop()
 
     def start(self, description: str, total_bytes: int) -> None:
+        if self._progress is None:
+            return
         if self._task is not None:
             self._progress.remove_task(self._task)
         self._task = self._progress.add_task(description, total=total_bytes)
@@ -86,9 +96,9 @@ def create(out: Output, config_path: str | None, src: str, store: str, model: st
 
     from drtool.errors import DrtoolError, VerificationError
     from drtool.snapshot.create import CreateOptions, create_snapshot
-    from drtool.snapshot.metrics import write_backup_metrics
-    from drtool.snapshot.verify import verify_snapshot
 
+    if metrics_file:
+        from drtool.snapshot.metrics import write_backup_metrics  # prometheus_client: ~60 ms, only when asked
     opts = CreateOptions(source=Path(src), model=model, version=version, source_host=source_host, wait=wait,
                          recheck_share=recheck_share, part_size=part_size_mib * MiB)
     t0 = time.monotonic()
@@ -97,6 +107,8 @@ def create(out: Output, config_path: str | None, src: str, store: str, model: st
         with opened(store, config_path, create=True) as blob_store, RichProgress(out) as progress:
             result = create_snapshot(blob_store, opts, progress)
             if verify_sample:
+                from drtool.snapshot.verify import verify_snapshot
+
                 result["verify"] = verify_snapshot(blob_store, result["id"], sample_percent=verify_sample)
     except DrtoolError as exc:
         if metrics_file:

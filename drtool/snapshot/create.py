@@ -20,8 +20,9 @@ from drtool.snapshot.chunking import DEFAULT_PART_SIZE, DEFAULT_WORKERS, BufferP
 from drtool.snapshot.lease import Lease, live_prune
 from drtool.snapshot.manifest import EMPTY_SHA256, MODEL_NAME_RE, PATH_PATTERN, FileEntry, PartRef, SnapshotManifest
 from drtool.snapshot.progress import NO_PROGRESS, ProgressSink
+from drtool.snapshot.restore import TEMP_PREFIX as RESTORE_TEMP_PREFIX
 from drtool.snapshot.safetensors import TensorHasher, is_safetensors, read_layout
-from drtool.snapshot.stores import BlobStore, blob_key, manifest_key
+from drtool.snapshot.stores import PRESENT, REPAIRED, BlobStore, blob_key, manifest_key
 
 
 @dataclass(frozen=True)
@@ -52,16 +53,17 @@ class Counters:
     bytes_uploaded: int = 0
     blobs_uploaded: int = 0
     blobs_present: int = 0
+    blobs_repaired: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def uploaded(self, n: int) -> None:
+    def stored(self, outcome: str, n: int) -> None:
         with self.lock:
+            if outcome == PRESENT:
+                self.blobs_present += 1
+                return
             self.bytes_uploaded += n
             self.blobs_uploaded += 1
-
-    def present(self) -> None:
-        with self.lock:
-            self.blobs_present += 1
+            self.blobs_repaired += outcome == REPAIRED
 
 
 def validate_options(opts: CreateOptions) -> Path:
@@ -81,7 +83,8 @@ def validate_options(opts: CreateOptions) -> Path:
 
 
 def scan_source(src: Path) -> tuple[list[SourceFile], list[str]]:
-    """Regular files under src (symlinks to files are read through), sorted; and what was skipped, with why."""
+    """Regular files under src (symlinks to files are read through), sorted; and what was skipped, with why.
+    A restore's leftover temp files (`.drtool-restore-*`) are neither snapshotted nor listed."""
 
     def walk_error(exc: OSError):
         raise OperationFailed(f"cannot read directory {exc.filename}: {exc.strerror}",
@@ -98,6 +101,8 @@ def scan_source(src: Path) -> tuple[list[SourceFile], list[str]]:
             if os.path.islink(os.path.join(dirpath, d)):
                 skipped.append(f"{prefix}{d}: symlink to a directory")
         for name in sorted(filenames):
+            if name.startswith(RESTORE_TEMP_PREFIX):
+                continue  # an unfinished file of a killed restore (the next restore removes it): never content
             full = os.path.join(dirpath, name)
             rel = prefix + name
             if not unsafe.match(rel):
@@ -178,7 +183,8 @@ def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: Path, file
                 to_read.append(by_path[path])
         files_cached = len(entries)
         progress.start(f"snapshot {opts.model}", sum(sf.signature.size for sf in to_read))
-        reader = _PartWriter(store, executor, whole_thread, tensor_thread, opts, counters, progress)
+        reader = _PartWriter(store, executor, whole_thread, tensor_thread, opts, counters, progress,
+                             scrub_paths=set(cached_before))
         for sf, entry in reader.read_all(sorted(to_read, key=lambda f: f.path)):
             entries[sf.path] = entry
     mismatches = sorted(p for p, old in cached_before.items() if entries[p].sha256 != old.sha256)
@@ -203,6 +209,7 @@ def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: Path, file
         "files_read": len(files) - files_cached, "bytes_total": manifest.bytes_total,
         "bytes_read": counters.bytes_read, "bytes_uploaded": counters.bytes_uploaded,
         "blobs_uploaded": counters.blobs_uploaded, "blobs_present": counters.blobs_present,
+        "blobs_repaired": counters.blobs_repaired,
         "recheck_mismatches": mismatches, "cache_note": cache.problem,
     }
 
@@ -215,7 +222,8 @@ class _PartWriter:
     both cores stay busy (hashlib releases the GIL; measured in docs/benchmarks.md)."""
 
     def __init__(self, store: BlobStore, executor: ThreadPoolExecutor, whole_thread: ThreadPoolExecutor,
-                 tensor_thread: ThreadPoolExecutor, opts: CreateOptions, counters: Counters, progress: ProgressSink):
+                 tensor_thread: ThreadPoolExecutor, opts: CreateOptions, counters: Counters, progress: ProgressSink,
+                 scrub_paths: set[str]):
         self.store = store
         self.executor = executor
         self.whole_thread = whole_thread
@@ -225,15 +233,13 @@ class _PartWriter:
         self.progress = progress
         self.pool = BufferPool(opts.workers + 2, opts.part_size)
         self.failed = threading.Event()
+        self.scrub_paths = scrub_paths  # the re-check share: their stored blobs are read back and hashed too
 
-    def _store_part(self, buf: bytearray, length: int) -> str:
+    def _store_part(self, buf: bytearray, length: int, scrub: bool) -> str:
         try:
             view = memoryview(buf)[:length]
             digest = hashlib.sha256(view).hexdigest()
-            if self.store.store_blob(digest, view):
-                self.counters.uploaded(length)
-            else:
-                self.counters.present()
+            self.counters.stored(self.store.store_blob(digest, view, scrub), length)
             return digest
         except BaseException:
             self.failed.set()
@@ -275,6 +281,7 @@ class _PartWriter:
         except OSError as exc:
             raise OperationFailed(f"cannot read {sf.abspath}: {exc.strerror}") from None
         try:
+            scrub = sf.path in self.scrub_paths
             before = StatSignature.of(os.fstat(fd))
             if before != sf.signature:
                 raise _changed(sf)
@@ -300,7 +307,7 @@ class _PartWriter:
                     self.whole_thread.submit(self._update_whole, whole, buf, size)
                 if tensor_hasher is not None:
                     self.tensor_thread.submit(self._update_tensors, tensor_hasher, buf, offset, size)
-                futures.append(self.executor.submit(self._store_part, buf, size))
+                futures.append(self.executor.submit(self._store_part, buf, size, scrub))
                 if got != size:
                     raise _changed(sf)
                 self._count_read(size)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-
-import jsonschema
 
 from drtool.errors import VerificationError
 
@@ -70,7 +69,14 @@ MANIFEST_SCHEMA = {
         },
     },
 }
-_VALIDATOR = jsonschema.Draft202012Validator(MANIFEST_SCHEMA)
+
+
+@functools.cache
+def _validator():
+    # jsonschema costs ~0.1 s to import: only reading a manifest needs it, not an unchanged `create`.
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(MANIFEST_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -183,7 +189,7 @@ def parse_manifest(data: bytes, expected_id: str, where: str) -> SnapshotManifes
         raise VerificationError(f"manifest {where} is not valid JSON: {exc}",
                                 hint="the manifest is damaged; restore another snapshot") from None
     problems = sorted(f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
-                      for e in _VALIDATOR.iter_errors(doc))
+                      for e in _validator().iter_errors(doc))
     if problems:
         raise VerificationError(f"manifest {where} does not match the snapshot schema {FORMAT}",
                                 details=problems[:20], hint="the manifest was not written by drtool, or is damaged")

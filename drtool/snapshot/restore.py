@@ -20,7 +20,7 @@ from drtool.snapshot.manifest import EMPTY_SHA256, FileEntry, SnapshotManifest
 from drtool.snapshot.progress import NO_PROGRESS, ProgressSink
 from drtool.snapshot.stores import BlobStore, MissingBlob, write_all
 
-TEMP_PREFIX = ".drtool-restore-"
+TEMP_PREFIX = ".drtool-restore-"  # then the writer's pid, '-', a random token: `.drtool-restore-<pid>-<hex>`
 MAX_OPEN_FILES = 64  # files written but not yet fsynced and renamed
 
 
@@ -76,6 +76,7 @@ def restore_snapshot(store: BlobStore, snapshot_id: str, dest: Path, progress: P
     root = preflight(dest, manifest)
     _check_space(root, manifest.bytes_total)
     root.mkdir(parents=True, exist_ok=True)
+    removed = remove_leftover_temps(root, manifest)
     writer = _Writer(root)
     progress.start(f"restore {ref.id[:12]}", manifest.bytes_total)
     try:
@@ -86,8 +87,43 @@ def restore_snapshot(store: BlobStore, snapshot_id: str, dest: Path, progress: P
         raise
     writer.sync_dirs()
     return {"id": ref.id, "model": manifest.model, "version": manifest.version, "dest": str(root),
-            "files": len(manifest.files), "bytes": manifest.bytes_total,
+            "files": len(manifest.files), "bytes": manifest.bytes_total, "leftover_temps_removed": removed,
             "seconds": round(time.monotonic() - t0, 3)}
+
+
+def remove_leftover_temps(root: Path, manifest: SnapshotManifest) -> int:
+    """Delete the temp files an earlier restore into this DEST left when it was killed (kill -9, power loss): they
+    are never renamed into place, so nothing else would remove them. Only in the directories this restore writes to,
+    only regular files with our prefix, and not those of a restore that is still running on this host (the pid in
+    the name is alive): two restores into one DEST at once are a mistake, but not one that should delete data."""
+    removed = 0
+    for d in sorted({(root / f.path).parent for f in manifest.files}):
+        try:
+            names = os.listdir(d)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            if not name.startswith(TEMP_PREFIX) or _writer_alive(name):
+                continue
+            path = d / name
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    path.unlink()
+                    removed += 1
+    return removed
+
+
+def _writer_alive(name: str) -> bool:
+    pid = name[len(TEMP_PREFIX):].partition("-")[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False  # an older name without a pid, or ours from an earlier restore in this same process
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _fetch(store: BlobStore, f: FileEntry, index: int) -> tuple[bytes, str | None]:
@@ -164,7 +200,7 @@ class _Writer:
                                             f"({os.path.realpath(parent)})")
                 self._dirs.add(parent)
             self._slots.acquire()
-            path = parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+            path = parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise _write_error(f.path, exc) from None

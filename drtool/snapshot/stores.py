@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import os
 import secrets
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
-from drtool.config import ObjectStore
 from drtool.errors import OperationFailed, UsageError
+
+if TYPE_CHECKING:  # drtool.config pulls in jsonschema and yaml: not needed to open a store
+    from drtool.config import ObjectStore
 
 BLOBS = "blobs/sha256"
 SNAPSHOTS = "snapshots"
 LEASES = "leases"
 TEMP_PREFIX = ".tmp-"
 SMALL_BLOB = 1 << 20  # S3: blobs up to this size are stored with one conditional PUT, no HEAD first
+# A conditional PUT refused: 412, the key exists; 409, another conditional write to it is in flight (AWS): it wins.
+_KEY_EXISTS = ("PreconditionFailed", "ConditionalRequestConflict")
+UPLOADED, PRESENT, REPAIRED = "uploaded", "present", "repaired"  # what store_blob did
 
 
 def blob_key(digest: str) -> str:
@@ -75,12 +83,21 @@ class BlobStore(ABC):
     @abstractmethod
     def put_blob(self, digest: str, data: memoryview) -> None: ...
 
-    def store_blob(self, digest: str, data: memoryview) -> bool:
-        """Store the blob unless the store has it (with the right size); True when it was uploaded."""
-        if self.size(blob_key(digest)) == len(data):
-            return False
+    def store_blob(self, digest: str, data: memoryview, scrub: bool = False) -> str:
+        """Store the blob unless the store holds it intact: UPLOADED, PRESENT, or REPAIRED (it was there but damaged,
+        and was overwritten). A present blob of the wrong size is always replaced; with `scrub` (the files of the
+        rotating re-check) the stored copy is also read back and hashed, and replaced when it does not match."""
+        size = self.size(blob_key(digest))
+        if size == len(data) and (not scrub or self.stored_blob_matches(digest)):
+            return PRESENT
         self.put_blob(digest, data)
-        return True
+        return UPLOADED if size is None else REPAIRED
+
+    def stored_blob_matches(self, digest: str) -> bool:
+        try:
+            return hashlib.sha256(self.read_blob(digest)).hexdigest() == digest
+        except MissingBlob:
+            return False
 
     @abstractmethod
     def read_blob(self, digest: str) -> bytes:
@@ -251,9 +268,26 @@ class S3Store(BlobStore):
         self.endpoint = settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
             "AWS_ENDPOINT_URL") or "AWS S3"
         self.client = transfer_client(settings, max_pool)
+        self._fast_lock = threading.Lock()
+        self._fast_learnt = False
+        self._fast = None
 
     def _key(self, key: str) -> str:
         return self.location.key(key)
+
+    def _blob_requests(self):
+        """The lean path for blob PUT/GET (s3blobs.py), learnt from botocore on first use; None when it does not
+        apply. Each call it cannot answer simply is made again through botocore."""
+        if not self._fast_learnt:
+            with self._fast_lock:
+                if not self._fast_learnt:
+                    from drtool.snapshot.s3blobs import BlobRequests
+
+                    if os.environ.get("DRTOOL_S3_BOTOCORE_ONLY") != "1":
+                        self._fast = BlobRequests.learn(self.client, self.location.bucket,
+                                                        self._key(blob_key("0" * 64)))
+                    self._fast_learnt = True
+        return self._fast
 
     def get(self, key):
         with s3_errors(self):
@@ -275,8 +309,7 @@ class S3Store(BlobStore):
                 self.client.put_object(Bucket=self.location.bucket, Key=self._key(key), Body=data, IfNoneMatch="*",
                                        ChecksumSHA256=_b64_sha256(data))
             except ClientError as exc:
-                # 412: the key exists. 409: another conditional write to the key is in flight (AWS): it wins.
-                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                if exc.response.get("Error", {}).get("Code") in _KEY_EXISTS:
                     return False
                 raise
             return True
@@ -307,6 +340,9 @@ class S3Store(BlobStore):
                 raise
 
     def put_blob(self, digest, data):
+        fast = self._blob_requests()
+        if fast is not None and fast.put(self._key(blob_key(digest)), data, digest, if_none_match=False):
+            return
         # botocore takes bytes or a bytearray, not a memoryview; a view of a whole pooled bytearray is sent as is
         # (measured: the cheapest body botocore sends), a partial one is copied once.
         body = data.obj if isinstance(data.obj, bytearray) and data.nbytes == len(data.obj) else bytes(data)
@@ -315,23 +351,41 @@ class S3Store(BlobStore):
                                    ContentLength=len(data),
                                    ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode())
 
-    def store_blob(self, digest, data):
+    def store_blob(self, digest, data, scrub=False):
         if len(data) > SMALL_BLOB:
-            return super().store_blob(digest, data)  # a HEAD is cheap next to re-sending a big part
+            return super().store_blob(digest, data, scrub)  # a HEAD is cheap next to re-sending a big part
         # Small: one conditional PUT instead of HEAD + PUT (botocore spends ~3 ms of CPU per request, which
         # dominates for small files). A store that ignores If-None-Match rewrites identical bytes: harmless.
+        fast = self._blob_requests()
+        outcome = fast.put(self._key(blob_key(digest)), data, digest, if_none_match=True) if fast else None
+        if outcome == "created":
+            return UPLOADED
+        if outcome is None:
+            outcome = self._put_small_through_botocore(digest, data)
+            if outcome == "created":
+                return UPLOADED
+        # It was there already: a damaged copy (wrong size; with scrub, wrong content) must not stay forever.
+        # This HEAD is paid only for blobs that exist and were read again (changed files, dedupe, the re-check).
+        return super().store_blob(digest, data, scrub)
+
+    def _put_small_through_botocore(self, digest, data) -> str:
         body = bytes(data)
         with s3_errors(self):
             try:
                 self.client.put_object(Bucket=self.location.bucket, Key=self._key(blob_key(digest)), Body=body,
                                        IfNoneMatch="*", ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode())
             except self.client.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-                    return False
-                raise
-        return True
+                if exc.response.get("Error", {}).get("Code") not in _KEY_EXISTS:
+                    raise
+                return "exists"
+        return "created"
 
     def read_blob(self, digest):
+        fast = self._blob_requests()
+        if fast is not None:
+            data = fast.get(self._key(blob_key(digest)))
+            if data is not None:
+                return data
         with s3_errors(self):
             try:
                 return self.client.get_object(Bucket=self.location.bucket,
@@ -343,12 +397,12 @@ class S3Store(BlobStore):
         pass  # a completed PutObject is durable
 
     def close(self):
+        if self._fast is not None:
+            self._fast.close()
         self.client.close()
 
 
 def _b64_sha256(data: bytes) -> str:
-    import hashlib
-
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
@@ -387,14 +441,19 @@ def s3_errors(store: S3Store):
         raise OperationFailed(f"{where}: {exc}") from None
 
 
-def open_store(settings: ObjectStore, *, create: bool = False, workers: int = 8) -> BlobStore:
-    """The store for a `file:///abs/path` or `s3://bucket/prefix` URL. `create` makes a missing file:// root."""
-    url = settings.url
+def open_store(settings: ObjectStore | str, *, create: bool = False, workers: int = 8) -> BlobStore:
+    """The store for a `file:///abs/path` or `s3://bucket/prefix` URL (or an object_stores entry, which S3 needs for
+    its endpoint and credentials). `create` makes a missing file:// root."""
+    url = settings if isinstance(settings, str) else settings.url
     parsed = urlparse(url)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
             raise UsageError(f"{url!r}: a file store URL is file:///absolute/path")
         return FileStore(url, Path(unquote(parsed.path)), create)
     if parsed.scheme == "s3":
+        if isinstance(settings, str):
+            from drtool.config import ObjectStore
+
+            settings = ObjectStore(url=url)
         return S3Store(url, settings, max_pool=workers + 2)
     raise UsageError(f"{url!r} is not a store URL", hint="use file:///absolute/path or s3://bucket/prefix")
