@@ -604,6 +604,25 @@ def failback_cmd(app: App, site, dry_run, yes, resume_run, reason, model):
     app.out.result(result, _render_move(result))
 
 
+@main_group.group("agent", cls=DrtoolGroup)
+def agent_group():
+    """drtool on the hosts (snapshot next to the weights, restore and verify on standbys)."""
+
+
+@command(agent_group, "install")
+@click.option("--site", help="Only this site's hosts (default: every site; standbys are powered on and off).")
+@click.option("--dry-run", is_flag=True, help="List the hosts; install nothing.")
+def agent_install(app: App, site, dry_run):
+    """Install drtool in agent.dir/venv on the hosts from a wheelhouse built here (no index needed there).
+    Idempotent: a second run changes nothing unless drtool's source changed."""
+    from drtool.actions import agent
+
+    result = agent.install(app.config, app.out, site, dry_run)
+    app.out.result(result, lambda c: c.print(table("drtool agent", ["host", "version", "changed"], [
+        [h, r.get("version", ""), ", ".join(r.get("changed", [])) or "nothing"]
+        for h, r in (result["hosts"].items() if isinstance(result["hosts"], dict) else [])])))
+
+
 @main_group.group("dns", cls=DrtoolGroup)
 def dns_group():
     """The service record: what it answers, the records failovers replaced, and putting one back."""

@@ -148,6 +148,7 @@ class Config:
     drill: DrillSettings = field(default_factory=DrillSettings)
     build_engine: str = "unix:///var/run/docker.sock"   # the engine images are built on, seen from here
     build_cache_dir: str = "/var/cache/drtool"
+    agent_dir: str | None = None  # `drtool agent install` puts drtool here on the hosts (None: the interpreter's)
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     def site(self, name: str) -> Site:
@@ -365,6 +366,7 @@ def _build(path: Path, doc: dict[str, Any]) -> Config:
         drill=_drill(doc.get("drill", {})),
         build_engine=doc.get("build", {}).get("docker_host", "unix:///var/run/docker.sock"),
         build_cache_dir=doc.get("build", {}).get("cache_dir", "/var/cache/drtool"),
+        agent_dir=doc.get("agent", {}).get("dir"),
         raw=doc,
     )
 

@@ -20,8 +20,10 @@ def build_inventory(config: Config) -> dict:
     all_vars: dict = {
         "ansible_user": ssh.user,
         "ansible_python_interpreter": interpreter,
-        # drtool on the hosts lives beside the Python that Ansible uses there (its agent venv).
-        "drtool_bin": str(Path(interpreter).parent / "drtool"),
+        # drtool on the hosts: the agent `drtool agent install` put in agent.dir, else beside the Python that
+        # Ansible uses there (the lab's hosts share the controller's venv).
+        "drtool_bin": (f"{config.agent_dir}/venv/bin/drtool" if config.agent_dir
+                       else str(Path(interpreter).parent / "drtool")),
         "drtool_ca_file": config.ca_file,
     }
     if config.lab_state_dir:

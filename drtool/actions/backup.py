@@ -63,7 +63,8 @@ def run(config: Config, out: Output, site_name: str | None, model: str | None, d
             "drtool_targets": group_name(site.name), "weights_backup_action": "snapshot",
             "weights_backup_models": _label_versions(config, site, p["models"]),
             **store_vars(site, "weights_backup")})
-    snapshots = [dict(s, host=h) for h, data in res.results.items() for s in data.get("snapshots", [])]
+    snapshots = [dict(s, host=h, drtool=data.get("drtool")) for h, data in res.results.items()
+                 for s in data.get("snapshots", [])]
     source = open_store(site.object_stores[0])
     copies, problems = [], []
     try:
