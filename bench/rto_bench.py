@@ -59,8 +59,7 @@ def main() -> int:
     current = next((v for v in shown["versions"] if v["version"] == shown["production"]), None)
     if current is None:
         sys.exit("no production version: run `make drill` first (it builds, pushes and registers one)")
-    img = current["image"]
-    image = f"{prod.registry_url}/{img['repository']}@{img['digest']}"
+    image = f"{prod.registry_url}/{current['image']}"  # repository@digest
 
     weights = lab.state_dir / "hosts" / "pw-gpu1" / "srv" / "models" / MODEL
     t = time.monotonic()

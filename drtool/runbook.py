@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,7 @@ class Step:
     title: str
     run: Callable[[dict], dict | None]   # receives the run context, returns evidence
     changes_things: bool = True          # read-only steps run in --dry-run
+    group: str | None = None             # consecutive steps of one group run at the same time (independent work)
 
 
 @dataclass
@@ -101,23 +104,25 @@ ProgressFn = Callable[[str, StepRecord], None]
 
 def run_steps(journal: Journal, steps: list[Step], ctx: dict, progress: ProgressFn | None = None,
               dry_run: bool = False) -> Journal:
-    """Run the steps not yet done, in order, journaling each outcome. Raises the first step's error."""
+    """Run the steps not yet done, in order, journaling each outcome. Raises the first step's error.
+    Consecutive steps of one `group` run in threads at once, each journaled on its own; when one fails, the
+    others still finish (and are journaled) before the first error is raised."""
     known = {s.name for s in journal.steps}
     for s in steps:
         if s.name not in known:
             journal.steps.append(StepRecord(s.name, s.title))
     journal.save()
-    for step in steps:
+    lock = threading.Lock()
+
+    def save() -> None:
+        with lock:
+            journal.save()
+
+    def one(step: Step) -> BaseException | None:
         rec = journal.record(step.name)
-        if rec.status in (DONE, SKIPPED):
-            continue
-        if dry_run and step.changes_things:
-            rec.status = SKIPPED
-            rec.evidence = {"dry_run": "would run"}
-            continue
         rec.status, rec.started, rec.error, rec.error_class = RUNNING, time.time(), None, None
         rec.attempts += 1
-        journal.save()
+        save()
         if progress:
             progress("start", rec)
         try:
@@ -130,19 +135,48 @@ def run_steps(journal: Journal, steps: list[Step], ctx: dict, progress: Progress
             else:
                 rec.error = f"{type(exc).__name__}: {exc}"
             rec.error_class = type(exc).__name__
-            journal.status, journal.ended = FAILED, rec.ended
-            journal.save()
+            save()
             if progress:
                 progress("failed", rec)
-            raise
+            return exc
         rec.status, rec.ended = DONE, time.time()
         rec.seconds = round(rec.ended - rec.started, 3)
-        journal.save()
+        save()
         if progress:
             progress("done", rec)
-        if os.environ.get(KILL_AFTER_ENV) == step.name:
-            # Fault injection for drills and tests: die like a crashed host right after a step boundary.
-            os.kill(os.getpid(), signal.SIGKILL)
+        return None
+
+    batches: list[list[Step]] = []
+    for step in steps:
+        if batches and step.group and batches[-1][0].group == step.group:
+            batches[-1].append(step)
+        else:
+            batches.append([step])
+    for batch in batches:
+        todo = []
+        for step in batch:
+            rec = journal.record(step.name)
+            if rec.status in (DONE, SKIPPED):
+                continue
+            if dry_run and step.changes_things:
+                rec.status = SKIPPED
+                rec.evidence = {"dry_run": "would run"}
+                continue
+            todo.append(step)
+        if len(todo) == 1:
+            errors = [one(todo[0])]
+        else:
+            with ThreadPoolExecutor(len(todo) or 1) as pool:
+                errors = list(pool.map(one, todo))
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            journal.status, journal.ended = FAILED, time.time()
+            journal.save()
+            raise first
+        for step in todo:
+            if os.environ.get(KILL_AFTER_ENV) == step.name:
+                # Fault injection for drills and tests: die like a crashed host right after a step boundary.
+                os.kill(os.getpid(), signal.SIGKILL)
     if not dry_run:
         journal.status, journal.ended = DONE, time.time()
     journal.save()

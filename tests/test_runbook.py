@@ -91,3 +91,35 @@ def test_sigkill_mid_step_leaves_a_resumable_journal(tmp_path: Path):
     calls: list[str] = []
     run_steps(j, make_steps(calls), {})
     assert calls == ["provision", "flip_dns"]
+
+
+def test_a_group_runs_at_once_and_a_failure_waits_for_its_sibling(tmp_path: Path):
+    import threading
+
+    both_started = threading.Barrier(2, timeout=5)  # deadlocks (and times out) unless the two run at once
+
+    def pull(ctx):
+        both_started.wait()
+        time.sleep(0.2)
+        return {"pulled": True}
+
+    def restore(ctx):
+        both_started.wait()
+        raise OperationFailed("blob corrupt")
+
+    after: list[str] = []
+    steps = [Step("pull_image", "Pull", pull, group="fetch"), Step("restore", "Restore", restore, group="fetch"),
+             Step("start", "Start", lambda ctx: after.append("start"))]
+    j = Journal("r9", "failover", "dr-east", time.time(), path=tmp_path / "r9.json")
+    with pytest.raises(OperationFailed, match="blob corrupt"):
+        run_steps(j, steps, {})
+    doc = json.loads((tmp_path / "r9.json").read_text())
+    status = {s["name"]: s["status"] for s in doc["steps"]}
+    assert status == {"pull_image": DONE, "restore": FAILED, "start": "pending"} and after == []
+    pull_rec = next(s for s in doc["steps"] if s["name"] == "pull_image")
+    restore_rec = next(s for s in doc["steps"] if s["name"] == "restore")
+    assert restore_rec["started"] < pull_rec["ended"]  # they overlapped
+    # Resume: only the failed one runs again.
+    steps[1] = Step("restore", "Restore", lambda ctx: {"restored": True}, group="fetch")
+    run_steps(Journal.load(tmp_path / "r9.json"), steps, {})
+    assert after == ["start"]

@@ -84,8 +84,11 @@ class Failover:
                  changes_things=False),
             Step("lease", "Take the site's failover lease", self.take_lease),
             Step("provision", "Power on a standby and wait for SSH", self.provision),
-            Step("pull_image", "Pull the production image by digest from the DR registry", self.pull_image),
-            Step("restore", "Restore the production snapshot from the DR store (every byte verified)", self.restore),
+            # Independent: the image pull and the weights restore run at the same time.
+            Step("pull_image", "Pull the production image by digest from the DR registry", self.pull_image,
+                 group="fetch"),
+            Step("restore", "Restore the production snapshot from the DR store (every byte verified)", self.restore,
+                 group="fetch"),
             Step("start", "Start the serving container", self.start),
             Step("wait_ready", "Wait for /readyz", self.wait_ready),
             Step("verify", "Verify /version against the registry and the canary output", self.verify),
