@@ -204,7 +204,8 @@ class Failover:
             except DrtoolError as exc:
                 if not is_verification(exc):
                     raise
-                refused.append({"id": cand["id"], "created": cand["created"], "error": exc.message})
+                error = "; ".join([exc.message, *(d for d in exc.details if d and d not in exc.message)])
+                refused.append({"id": cand["id"], "created": cand["created"], "error": error})
                 self.journal.save()
                 self.out.step(f"snapshot {cand['id'][:12]} refused: {exc.message}; trying the next older one")
                 continue
@@ -299,7 +300,9 @@ class Failover:
 
     def report(self, dry_run: bool) -> dict:
         j = self.journal
-        steps = [{"name": s.name, "title": s.title, "status": s.status, "start": s.started, "end": s.ended,
+        groups = {s.name: s.group for s in self.steps()}
+        steps = [{"name": s.name, "title": s.title, "group": groups.get(s.name), "status": s.status,
+                  "start": s.started, "end": s.ended,
                   "seconds": s.seconds, "evidence": s.evidence, "error": s.error, "error_class": s.error_class,
                   "attempts": s.attempts}
                  for s in j.steps]
