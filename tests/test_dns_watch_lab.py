@@ -72,9 +72,10 @@ def test_watch_decides_once_on_a_dead_primary(lab, lab_config, production, state
                      "--interval", "0.3", "--exit-on-trigger")
     assert [d["action"] for d in first["decisions"]] == ["awaiting_approval"]
     assert first["probes"] == 3 and first["decisions"][0]["target"] == "dr-east"
-    # A second watcher on the same outage: the cooldown holds, nothing new is queued.
+    # A second watcher on the same outage: nothing new is queued. Its first failure is either in the same second
+    # as the first watcher's (the same outage key: a duplicate, not reported) or later (held by the cooldown).
     again = watch.run(cfg, out, "prod-west", failures=2, interval=0.2, exit_on_trigger=True, max_probes=3)
-    assert [d["action"] for d in again["decisions"]] == ["suppressed_cooldown"]
+    assert all(d["action"] == "suppressed_cooldown" for d in again["decisions"]), again["decisions"]
     book = json.loads((tmp_path / "alerts" / "alerts" / "decisions.json").read_text())
     assert sum(1 for r in book["decisions"].values() if r["action"] == "awaiting_approval") == 1
     assert dig() == PRIMARY  # policy approve: nothing moved

@@ -147,7 +147,7 @@ class Failover:
         serving = [pool[a] for a in record.addresses if a in pool]
         if serving and not self.ctx.get("host"):
             try:
-                deploy.check(self.site, serving[0], entry)
+                deploy.check(self.site, serving[0], self.entry())  # with the snapshot chosen above
             except DrtoolError:
                 pass  # the record points at a standby that does not serve correctly: fail over properly
             else:
