@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -16,16 +15,12 @@ import pytest
 import requests
 import yaml
 
+from drtool.drill.alertchain import free_port
+
 from .conftest import REPO, run_cli
 
 pytestmark = pytest.mark.lab
 TOKEN = "alert-token-" + "z" * 32
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = 30) -> None:

@@ -109,11 +109,9 @@ def serving_check(config: Config, addresses: list[str], model: str) -> dict:
                                     hint="refusing to point the record at an address drtool cannot verify")
         site, host = found
         try:
-            reg = site_registry(config, site)
-            alias = reg.alias(model)
-            if alias is None:
+            entry = site_registry(config, site).production(model)
+            if entry is None:
                 raise UsageError(f"{model} has no production version in {site.name}'s registry")
-            entry = reg.require_version(model, alias.version)
             # A failover may serve a newer (or fallback) snapshot of the production version: the server checked
             # those weights against that snapshot's manifest, and the canary below checks what they compute.
             served = version(base_url(host.address, site.serving_port)).get("snapshot_id")

@@ -80,11 +80,10 @@ class Drill:
 
     # -- production as it is --------------------------------------------------------------------------------
     def production_entry(self):
-        reg = site_registry(self.config, self.primary)
-        alias = reg.alias(self.model.name)
-        if alias is None:
+        entry = site_registry(self.config, self.primary).production(self.model.name)
+        if entry is None:
             raise UsageError(f"{self.model.name} has no production version", hint="`drtool registry promote` first")
-        return reg.require_version(self.model.name, alias.version)
+        return entry
 
     def production_state(self) -> dict:
         """What must be exactly the same after the drill: the production record and what the primary serves."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import requests
 
 from drtool.actions.serve import subprocess_launcher
-from drtool.alerts.decisions import Alert, DecisionBook
+from drtool.alerts.decisions import AWAITING, STARTED, Alert, DecisionBook
 from drtool.config import Config, Site
 from drtool.errors import UsageError
 from drtool.execute.serving import base_url
@@ -68,7 +68,7 @@ def run(config: Config, out: Output, site_name: str, failures: int | None, inter
                     if not d.get("duplicate"):
                         out.info(f"decision: {d['action']} {d.get('run_id', '')} {d.get('why', '')}".rstrip())
                         decisions.append(d)
-                if exit_on_trigger and any(d["action"] in ("started", "awaiting_approval") for d in decisions):
+                if exit_on_trigger and any(d["action"] in (STARTED, AWAITING) for d in decisions):
                     break
         time.sleep(max(0.0, every - (time.time() - t)))
     return {"site": site.name, "probes": probes, "failing_streak": streak, "decisions": decisions}

@@ -82,6 +82,11 @@ class ModelRegistry:
         log = self.alias_log(model, alias)
         return log[-1] if log else None
 
+    def production(self, model: str) -> VersionEntry | None:
+        """The version the `production` alias names, or None before the first promote."""
+        alias = self.alias(model)
+        return None if alias is None else self.require_version(model, alias.version)
+
     def move_alias(self, entry: AliasEntry) -> AliasEntry:
         """Create the alias entry at its seq; BusyError naming the winner when another move took that seq."""
         if self.store.put_if_absent(alias_key(entry.model, entry.alias, entry.seq), entry.to_bytes()):
