@@ -71,10 +71,14 @@ class BlobRequests:
 
     @classmethod
     def learn(cls, client, bucket: str, probe_key: str) -> BlobRequests | None:
-        """Watch botocore send one HEAD of `probe_key` and take its URL prefix and signing region."""
+        """Watch botocore send one HEAD of `probe_key` and take its URL prefix and signing region. Only this thread's
+        request counts: the client is shared, and upload threads send HEADs of their own parts meanwhile."""
         seen = {}
+        me = threading.get_ident()
 
         def watch(request, **_):
+            if threading.get_ident() != me:
+                return
             seen["url"] = request.url
             seen["auth"] = request.headers.get("Authorization", b"")
 

@@ -1,0 +1,340 @@
+"""The lean S3 blob path (s3blobs.py) against a server that checks SigV4 signatures.
+
+moto does not check signatures by default, and s3blobs falls back to botocore on any refusal, so a wrong signature
+would only make snapshots slower, never fail a test. Here moto runs in its IAM mode (the count of unauthenticated
+actions, set through /moto-api/reset-auth once the IAM user and the bucket exist): every S3 request is then signed
+again with the IAM user's secret (botocore's S3SigV4Auth over the received method, raw path, signed headers and the
+declared x-amz-content-sha256) and refused with 403 SignatureDoesNotMatch when it differs. A thin WSGI wrapper logs
+each request's method, path, User-Agent and status, so the tests see from the server's side which requests s3blobs
+made (User-Agent "drtool"; botocore's is "drtool/<version> botocore/<version>") and that none was refused.
+
+What moto's IAM mode does not check (so neither do these tests): that the body matches x-amz-content-sha256 or
+x-amz-checksum-sha256, the request's age, and the signing region (it signs again with the region the request names).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+
+from drtool.snapshot import s3blobs
+
+from .snapshot_helpers import DRTOOL, MiB, settle, write_random
+
+REGION = "us-east-1"
+BUCKET = "drtool-auth"
+BLOB_PATH = "/blobs/sha256/"
+LEAN_AGENT = "drtool"  # the User-Agent s3blobs sends
+
+# moto's own WSGI app, served like `moto_server` does, with one JSON line per request written when its status is set.
+SERVER = r"""
+import json, sys, threading
+from werkzeug.serving import make_server
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+
+port, log_path = int(sys.argv[1]), sys.argv[2]
+app = DomainDispatcherApplication(create_backend_app)
+lock = threading.Lock()
+log = open(log_path, "a", buffering=1)
+
+def logged(environ, start_response):
+    def start(status, headers, exc_info=None):
+        line = json.dumps({"method": environ["REQUEST_METHOD"], "path": environ.get("RAW_URI", environ["PATH_INFO"]),
+                           "agent": environ.get("HTTP_USER_AGENT", ""), "status": int(status.split()[0])})
+        with lock:
+            log.write(line + "\n")
+        return start_response(status, headers, exc_info)
+    return app(environ, start)
+
+make_server("127.0.0.1", port, logged, threaded=True, request_handler=MotoRequestHandler).serve_forever()
+"""
+
+
+class AuthS3:
+    def __init__(self, endpoint: str, log: Path, key_id: str, secret: str, role_arn: str):
+        self.endpoint = endpoint
+        self.log = log
+        self.key_id = key_id
+        self.secret = secret
+        self.role_arn = role_arn
+
+    def client(self, service: str = "s3", secret: str | None = None, key_id: str | None = None):
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION,
+                            aws_access_key_id=key_id or self.key_id, aws_secret_access_key=secret or self.secret)
+
+    def requests(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _clean_env() -> dict:
+    """This process's environment without AWS, drtool or proxy settings."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("AWS_", "DRTOOL_", "MOTO_")) and k.lower() not in
+            ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "initial_no_auth_action_count")}
+
+
+@pytest.fixture(scope="module")
+def auth_s3(tmp_path_factory) -> AuthS3:
+    tmp = tmp_path_factory.mktemp("moto-auth")
+    port, log = _free_port(), tmp / "requests.jsonl"
+    endpoint = f"http://127.0.0.1:{port}"
+    with open(tmp / "server.stderr", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(log)], stdout=subprocess.DEVNULL,
+                                stderr=stderr, env=_clean_env())
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"moto exited {proc.returncode}: {(tmp / 'server.stderr').read_text()}"
+            try:
+                requests.get(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "moto did not start in 30 s"
+                time.sleep(0.05)
+        # Setup while nothing is authenticated yet: a user allowed s3:* (and to assume the role), its key, a role
+        # allowed s3:*, the bucket.
+        anon = dict(endpoint_url=endpoint, region_name=REGION, aws_access_key_id="testing",
+                    aws_secret_access_key="testing")
+        iam = boto3.client("iam", **anon)
+        allow = json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["s3:*", "sts:AssumeRole"], "Resource": "*"}]})
+        iam.create_user(UserName="drtool-backup")
+        iam.put_user_policy(UserName="drtool-backup", PolicyName="s3", PolicyDocument=allow)
+        key = iam.create_access_key(UserName="drtool-backup")["AccessKey"]
+        role = iam.create_role(RoleName="drtool-restore", AssumeRolePolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}))["Role"]
+        iam.put_role_policy(RoleName="drtool-restore", PolicyName="s3", PolicyDocument=allow)
+        boto3.client("s3", **anon).create_bucket(Bucket=BUCKET)
+        # From now on every action is authenticated (moto's server-mode switch for INITIAL_NO_AUTH_ACTION_COUNT).
+        reply = requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0", timeout=10)
+        assert reply.status_code == 200, reply.text
+        yield AuthS3(endpoint, log, key["AccessKeyId"], key["SecretAccessKey"], role["Arn"])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _head_missing(client, key: str) -> None:
+    with contextlib.suppress(ClientError):
+        client.head_object(Bucket=BUCKET, Key=key)
+
+
+def _error_code(call) -> str:
+    with pytest.raises(ClientError) as exc:
+        call()
+    return exc.value.response["Error"]["Code"]
+
+
+def test_server_checks_signatures(auth_s3):
+    assert auth_s3.client().list_objects_v2(Bucket=BUCKET)["KeyCount"] >= 0
+    assert _error_code(lambda: auth_s3.client(secret="x" + auth_s3.secret[1:]).put_object(
+        Bucket=BUCKET, Key="k", Body=b"x")) == "SignatureDoesNotMatch"
+    assert _error_code(lambda: auth_s3.client(key_id="testing", secret="testing").list_objects_v2(
+        Bucket=BUCKET)) == "InvalidAccessKeyId"
+
+
+def _lean(auth_s3, prefix: str, credentials: Credentials | None = None) -> s3blobs.BlobRequests:
+    """The lean path as drtool learns it from botocore (a HEAD of a blob key), optionally with other credentials."""
+    fast = s3blobs.BlobRequests.learn(auth_s3.client(), BUCKET, f"{prefix}/blobs/sha256/00/{'0' * 64}")
+    assert fast is not None, "the lean path should apply to a plain HTTP endpoint"
+    if credentials is not None:
+        fast.credentials = credentials
+    return fast
+
+
+def test_corrupted_signature_is_refused(auth_s3, monkeypatch):
+    """The same request is accepted when s3blobs signs it and refused once one digit of its signature is changed,
+    or when it is signed with a wrong secret."""
+    fast = _lean(auth_s3, "corrupt")
+    body = b"a blob" * 100
+    digest = hashlib.sha256(body).hexdigest()
+    extra = {"x-amz-checksum-sha256": base64.b64encode(bytes.fromhex(digest)).decode()}
+    try:
+        assert fast._send("PUT", "corrupt/ok", dict(extra), body)[0] == 200
+        assert bytes(fast.get("corrupt/ok")) == body
+
+        sign = fast._sign
+
+        def corrupted(method, path, headers):
+            signed = sign(method, path, headers)
+            auth = signed["Authorization"]
+            signed["Authorization"] = auth[:-1] + ("0" if auth[-1] != "0" else "1")
+            return signed
+
+        monkeypatch.setattr(fast, "_sign", corrupted)
+        for method, key, body_sent in (("PUT", "corrupt/refused", body), ("GET", "corrupt/ok", None)):
+            status, reply = fast._send(method, key, dict(extra) if body_sent else {}, body_sent)
+            assert status == 403, reply
+            assert b"<Code>SignatureDoesNotMatch</Code>" in reply
+        assert fast.put("corrupt/refused", memoryview(body), digest, if_none_match=True) is None  # -> botocore
+        assert fast.get("corrupt/ok") is None
+    finally:
+        fast.close()
+    wrong_secret = _lean(auth_s3, "corrupt", Credentials(auth_s3.key_id, "x" + auth_s3.secret[1:]))
+    try:
+        status, reply = wrong_secret._send("GET", "corrupt/ok", {}, None)
+        assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in reply, reply
+    finally:
+        wrong_secret.close()
+    assert "corrupt/refused" not in [o["Key"] for o in auth_s3.client().list_objects_v2(
+        Bucket=BUCKET, Prefix="corrupt/").get("Contents", [])]
+
+
+@pytest.mark.parametrize("principal", ["user", "assumed-role"])
+def test_lean_path_signs_for_the_server(auth_s3, principal):
+    """Conditional and plain PUTs and GETs all accepted, with an IAM user's key and with temporary credentials
+    (the session token is signed too)."""
+    credentials = None
+    if principal == "assumed-role":
+        c = auth_s3.client("sts").assume_role(RoleArn=auth_s3.role_arn, RoleSessionName="drtool-test")["Credentials"]
+        assert c["AccessKeyId"].startswith("ASIA")
+        credentials = Credentials(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"])
+    prefix = f"lean-{principal} with space+plus~"
+    fast = _lean(auth_s3, prefix, credentials)
+    small, big = os.urandom(1000), os.urandom(MiB + 7)
+    try:
+        for data in (small, big):
+            digest = hashlib.sha256(data).hexdigest()
+            key = f"{prefix}/blobs/sha256/{digest[:2]}/{digest}"
+            assert fast.put(key, memoryview(data), digest, if_none_match=True) == "created"
+            assert fast.put(key, memoryview(data), digest, if_none_match=True) == "exists"
+            assert fast.put(key, memoryview(data), digest, if_none_match=False) == "created"
+            assert bytes(fast.get(key)) == data
+    finally:
+        fast.close()
+
+
+# -- the CLI, end to end ---------------------------------------------------------------------------------------------
+
+def _cli_env(auth_s3, tmp_path: Path, secret: str | None = None) -> dict:
+    return {**_clean_env(), "AWS_ENDPOINT_URL": auth_s3.endpoint, "AWS_ACCESS_KEY_ID": auth_s3.key_id,
+            "AWS_SECRET_ACCESS_KEY": secret or auth_s3.secret, "AWS_DEFAULT_REGION": REGION,
+            "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+            "DRTOOL_CACHE_DIR": str(tmp_path / "cache"), "DRTOOL_LAB_DIR": str(tmp_path / "no-lab")}
+
+
+def _drtool(env: dict, cwd: Path, *args: str, code: int = 0) -> dict:
+    proc = subprocess.run([DRTOOL, *args, "--json"], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+    assert proc.returncode == code, f"drtool {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+def _weights(root: Path) -> Path:
+    """A 3 MiB file in 1 MiB parts plus a few bytes, smaller files, the same bytes twice (the second conditional PUT
+    may be refused: 412), an empty file. Every part is at most the 1 MiB small-blob threshold, so each is stored with
+    one conditional PUT and no HEAD first (a HEAD in flight while s3blobs learns its shape turns it off: see
+    test_learn_is_not_confused_by_concurrent_heads)."""
+    write_random(root / "model.bin", 3 * MiB + 123)
+    write_random(root / "tokenizer" / "vocab.bin", 300_000)
+    (root / "config.json").write_text('{"hidden": 64}\n')
+    (root / "tokenizer" / "config-copy.json").write_text('{"hidden": 64}\n')
+    (root / "EMPTY").write_bytes(b"")
+    settle(root)
+    return root
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_cli_blob_requests_all_signed_by_s3blobs(auth_s3, tmp_path):
+    src = _weights(tmp_path / "src")
+    env = _cli_env(auth_s3, tmp_path)
+    store = f"s3://{BUCKET}/cli"
+    first = len(auth_s3.requests())
+
+    made = _drtool(env, tmp_path, "snapshot", "create", str(src), "--store", store, "--model", "demo",
+                   "--version", "1", "--part-size", "1")
+    assert (made["files"], made["bytes_total"]) == (5, 3 * MiB + 123 + 300_000 + 2 * 15)
+    manifest = _drtool(env, tmp_path, "snapshot", "show", made["id"], "--store", store)["manifest"]
+    digests = {p["sha256"] for f in manifest["files"] for p in f["parts"]}
+    assert len(digests) == 6  # four parts of model.bin, vocab.bin, config.json (twice)
+    # config.json's bytes twice: both conditional PUTs may win (moto does not serialise them), so count the calls.
+    assert made["blobs_uploaded"] + made["blobs_present"] == 7 and made["blobs_repaired"] == 0
+
+    restored = _drtool(env, tmp_path, "snapshot", "restore", made["id"], str(tmp_path / "dest"), "--store", store)
+    assert (restored["id"], restored["files"]) == (made["id"], 5)
+    assert _files(tmp_path / "dest") == _files(src)
+
+    checked = _drtool(env, tmp_path, "snapshot", "verify", made["id"], "--store", store, "--read-data")
+    assert (checked["ok"], checked["mode"], checked["blobs_checked"]) == (True, "read-data", len(digests))
+
+    # From the server's side: every blob PUT and GET was made by s3blobs and accepted, none by botocore.
+    blob_calls = [r for r in auth_s3.requests()[first:]
+                  if r["method"] in ("PUT", "GET") and r["path"].startswith(f"/{BUCKET}/cli{BLOB_PATH}")]
+    by_botocore = [r for r in blob_calls if r["agent"] != LEAN_AGENT]
+    assert not by_botocore, f"blob requests made through botocore (the lean path failed): {by_botocore}"
+    refused = [r for r in blob_calls if r["status"] not in (200, 412)]
+    assert not refused, f"blob requests refused: {refused}"
+    put = {r["path"].rsplit("/", 1)[1] for r in blob_calls if r["method"] == "PUT"}
+    got = {r["path"].rsplit("/", 1)[1] for r in blob_calls if r["method"] == "GET"}
+    assert put == got == digests
+    gets = sum(r["method"] == "GET" for r in blob_calls)
+    assert gets >= 2 * len(digests)  # restore, then verify --read-data
+
+
+def test_wrong_secret_fails_and_writes_nothing(auth_s3, tmp_path):
+    src = _weights(tmp_path / "src")
+    store = f"s3://{BUCKET}/wrong-secret"
+    env = _cli_env(auth_s3, tmp_path, secret="x" + auth_s3.secret[1:])
+    first = len(auth_s3.requests())
+
+    err = _drtool(env, tmp_path, "snapshot", "create", str(src), "--store", store, "--model", "demo",
+                  "--part-size", "1", code=1)
+    assert (err["error"], err["exit_code"]) == ("OperationFailed", 1)
+    assert err["message"] == (f"store {store} ({auth_s3.endpoint}): access refused (SignatureDoesNotMatch)")
+    assert err["hint"] == "check the credentials and the bucket policy"
+    made = auth_s3.requests()[first:]  # botocore's lease PUT is the first write, refused before any blob is sent
+    assert made and all(r["status"] == 403 for r in made), f"a request signed with a wrong key passed: {made}"
+
+    listed = _drtool(_cli_env(auth_s3, tmp_path), tmp_path, "snapshot", "list", "--store", store)
+    assert (listed["snapshots"], listed["invalid"]) == ([], [])
+    assert auth_s3.client().list_objects_v2(Bucket=BUCKET, Prefix="wrong-secret/")["KeyCount"] == 0
+
+
+def test_learn_is_not_confused_by_concurrent_heads(auth_s3):
+    """Deterministic form of the race: while the probe HEAD is being sent, another thread HEADs another key
+    (as store_blob does for every part over 1 MiB, from the other upload threads)."""
+    client = auth_s3.client()
+    probe = f"race/blobs/sha256/00/{'0' * 64}"
+
+    def other_thread_heads(request, **_):
+        if request.url.endswith("/" + probe):
+            t = threading.Thread(target=_head_missing, args=(client, "race/x"))
+            t.start()
+            t.join()
+
+    client.meta.events.register_last("before-send.s3.HeadObject", other_thread_heads)
+    try:
+        fast = s3blobs.BlobRequests.learn(client, BUCKET, probe)
+    finally:
+        client.meta.events.unregister("before-send.s3.HeadObject", other_thread_heads)
+    assert fast is not None
+    fast.close()
