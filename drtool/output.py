@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from drtool.errors import DrtoolError
+from drtool.jsonout import error_json, result_json
 
 if TYPE_CHECKING:  # only a type: importing the Ansible layer costs every command's start-up
     from drtool.execute.ansible import TaskEvent
@@ -77,14 +77,14 @@ class Output:
     # -- results ----------------------------------------------------------------------------------
     def result(self, data: dict, render: Callable[[Console], None] | None = None) -> None:
         if self.json_mode:
-            self.out.file.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+            self.out.file.write(result_json(data))
             self.out.file.flush()
         elif render is not None:
             render(self.out)
 
     def error(self, err: DrtoolError) -> None:
         if self.json_mode:
-            sys.stdout.write(json.dumps(err.to_dict(), indent=2, default=str) + "\n")
+            sys.stdout.write(error_json(err))
             sys.stdout.flush()
             return
         self.err.print(f"[bold red]error:[/] {escape(err.message)}")

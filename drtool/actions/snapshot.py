@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from drtool.errors import UsageError
 from drtool.snapshot.chunking import MiB
 from drtool.snapshot.stores import BlobStore, open_store
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time, docs/benchmarks.md)
 if TYPE_CHECKING:
     from drtool.config import ObjectStore
     from drtool.output import Output

@@ -1,4 +1,8 @@
-"""Incremental state: per store + model + source, each file's stat signature and digests, and the weekly re-check."""
+"""Incremental state: per store + model + source, each file's stat signature and manifest entry, and the weekly
+re-check.
+
+An entry is kept as its canonical JSON text, the very bytes the manifest holds for that file: an unchanged file
+costs a stat and a list comparison, with nothing parsed or re-encoded (docs/benchmarks.md, unchanged re-run)."""
 
 from __future__ import annotations
 
@@ -6,12 +10,11 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-from drtool.snapshot.manifest import SNAPSHOT_ID_RE, FileEntry
+from drtool.snapshot.manifest import SNAPSHOT_ID_RE, FileEntry, canonical_json
 
-CACHE_FORMAT = 1
+# Format 1 was JSON with entries as objects: it is still read (and rewritten as 2), so an upgrade reads no data.
+CACHE_FORMAT = 2
 DEFAULT_RECHECK_SHARE = 1 / 7
 # A file modified this close to (or after) the start of a run may change again within the same timestamp tick
 # without its signature changing ("racy" entries, as git calls them), so it is not trusted next time. Timestamps
@@ -19,27 +22,12 @@ DEFAULT_RECHECK_SHARE = 1 / 7
 RACY_SECONDS = 1.0
 
 
-def cache_dir() -> Path:
+def cache_dir() -> str:
     """$DRTOOL_CACHE_DIR, else $XDG_CACHE_HOME/drtool, else ~/.cache/drtool."""
     if os.environ.get("DRTOOL_CACHE_DIR"):
-        return Path(os.environ["DRTOOL_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "drtool"
-
-
-@dataclass(frozen=True)
-class StatSignature:
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    inode: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> StatSignature:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-    def to_json(self) -> list[int]:
-        return [self.size, self.mtime_ns, self.ctime_ns, self.inode]
+        return os.environ["DRTOOL_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "drtool")
 
 
 def in_recheck_bucket(path: str, share: float, day: int | None = None) -> bool:
@@ -54,56 +42,100 @@ def in_recheck_bucket(path: str, share: float, day: int | None = None) -> bool:
     return int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big") % buckets == day % buckets
 
 
-class IncrementalCache:
-    """One JSON file per store + model + source; written atomically after a snapshot completes."""
+def entry_json(entry: FileEntry) -> str:
+    """A file's manifest entry as canonical JSON text (what the manifest holds for it)."""
+    return canonical_json(entry.to_json()).decode()
 
-    def __init__(self, store_url: str, model: str, source: Path, part_size: int):
+
+def _sig_text(sig: list[int]) -> str:
+    return "%d,%d,%d,%d" % tuple(sig)  # noqa: UP031 - the fastest of the spellings, once per file per run
+
+
+class IncrementalCache:
+    """One file per store + model + source, replaced atomically after a snapshot completes. Its text format:
+
+        drtool-snapshot-cache 2
+        {"model": ..., "part_size": ..., "snapshot": ..., "source": ..., "store": ...}
+        PATH<TAB>SIZE,MTIME_NS,CTIME_NS,INODE<TAB>ENTRY   (one line per file)
+
+    ENTRY is the file's manifest entry as canonical JSON. Manifest paths and canonical JSON hold no tab and no
+    newline, so a line splits in three; a file that does not is ignored whole (the run reads everything)."""
+
+    def __init__(self, store_url: str, model: str, source: str, part_size: int):
         self.key = hashlib.sha256(json.dumps([store_url, model, str(source)]).encode()).hexdigest()[:32]
-        self.path = cache_dir() / "snapshots" / f"{self.key}.json"
-        self.header = {"format": CACHE_FORMAT, "store": store_url, "model": model, "source": str(source),
-                       "part_size": part_size}
-        self._old: dict[str, dict] = {}
+        self.path = os.path.join(cache_dir(), "snapshots", f"{self.key}.json")
+        self.header = {"store": store_url, "model": model, "source": str(source), "part_size": part_size}
+        self._old: dict[str, tuple[str, str]] = {}  # path -> (signature text, entry JSON text)
         self.last_snapshot: str | None = None  # the snapshot the entries were recorded for
-        self._new: dict[str, dict] = {}
+        self._new: list[str] = []
         self.problem: str | None = None  # why an existing cache file was ignored
 
     def load(self) -> IncrementalCache:
         try:
-            doc = json.loads(self.path.read_bytes())
+            with open(self.path, "rb") as f:
+                data = f.read().decode()
+            if data.startswith("{"):
+                header, files = _parse_format_1(data)
+            else:
+                header, files = _parse(data)
         except FileNotFoundError:
             return self
         except (OSError, ValueError) as exc:
             self.problem = f"ignoring unreadable cache {self.path}: {exc}"
             return self
-        if isinstance(doc, dict) and all(doc.get(k) == v for k, v in self.header.items()):
-            self._old = doc.get("files", {}) if isinstance(doc.get("files"), dict) else {}
-            last = doc.get("snapshot")
+        if all(header.get(k) == v for k, v in self.header.items()):
+            self._old = files
+            last = header.get("snapshot")
             self.last_snapshot = last if isinstance(last, str) and SNAPSHOT_ID_RE.match(last) else None
         return self
 
-    def lookup(self, path: str, sig: StatSignature) -> FileEntry | None:
+    def lookup(self, path: str, sig: list[int]) -> str | None:
+        """The manifest entry (canonical JSON text) recorded for `path` when its signature was `sig`, else None."""
         item = self._old.get(path)
-        if not isinstance(item, dict) or item.get("stat") != sig.to_json():
-            return None
-        try:
-            return FileEntry.from_json({"path": path, **item["entry"]})
-        except (KeyError, TypeError, IndexError):
-            return None
+        return item[1] if item is not None and item[0] == _sig_text(sig) else None
 
-    def record(self, entry: FileEntry, sig: StatSignature, run_started: float) -> None:
-        if sig.mtime_ns / 1e9 >= run_started - RACY_SECONDS:
+    def record(self, path: str, sig: list[int], entry: str, run_started: float) -> None:
+        if sig[1] / 1e9 >= run_started - RACY_SECONDS:
             return
-        doc = entry.to_json()
-        del doc["path"]
-        self._new[entry.path] = {"stat": sig.to_json(), "entry": doc}
+        self._new.append(f"{path}\t{_sig_text(sig)}\t{entry}")
 
     def save(self, snapshot_id: str) -> None:
-        """Replace the cache with this run's entries (files gone from the source drop out)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        """Replace the cache with this run's entries (files gone from the source drop out). Not fsynced: a cache
+        lost or torn in a crash is ignored by load() (the next run reads everything), never wrong."""
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        header = json.dumps({**self.header, "snapshot": snapshot_id}, sort_keys=True)
         with open(tmp, "wb") as f:
-            doc = {**self.header, "snapshot": snapshot_id, "files": self._new}
-            f.write(json.dumps(doc, separators=(",", ":")).encode())
-            f.flush()
-            os.fsync(f.fileno())
+            f.write("\n".join([MAGIC, header, *self._new, ""]).encode())
         os.replace(tmp, self.path)
+
+
+MAGIC = f"drtool-snapshot-cache {CACHE_FORMAT}"
+
+
+def _parse(data: str) -> tuple[dict, dict[str, tuple[str, str]]]:
+    lines = data.split("\n")
+    if lines[0] != MAGIC or len(lines) < 3 or lines[-1] != "":
+        raise ValueError("not a drtool snapshot cache, or cut short")
+    header = json.loads(lines[1])
+    if not isinstance(header, dict):
+        raise ValueError("header is not an object")
+    files = {}
+    for line in lines[2:-1]:
+        path, sig, entry = line.split("\t")  # ValueError unless exactly three fields
+        files[path] = (sig, entry)
+    return header, files
+
+
+def _parse_format_1(data: str) -> tuple[dict, dict[str, tuple[str, str]]]:
+    """The JSON cache drtool wrote before (entries as objects): read, so that an upgrade re-reads no data."""
+    doc = json.loads(data)
+    if not isinstance(doc, dict) or doc.get("format") != 1 or not isinstance(doc.get("files"), dict):
+        raise ValueError("not a drtool snapshot cache")
+    files = {}
+    for path, item in doc["files"].items():
+        try:
+            files[path] = (_sig_text(item["stat"]), entry_json(FileEntry.from_json({"path": path, **item["entry"]})))
+        except (KeyError, TypeError, IndexError, ValueError):
+            continue
+    return doc, files

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
-import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time, docs/benchmarks.md)
+if TYPE_CHECKING:  # types only: neither is imported on an unchanged re-run's path (docs/benchmarks.md)
+    from collections.abc import Callable, Iterable, Iterator
+    from concurrent.futures import Future, ThreadPoolExecutor
+    from typing import TypeVar
+
+    T = TypeVar("T")
+    R = TypeVar("R")
 
 MiB = 1 << 20
 # 16 MiB parts: big enough that per-request and per-file overheads vanish next to hashing (hashlib releases the
@@ -16,10 +21,6 @@ MiB = 1 << 20
 # and that a changed region of a shard only re-uploads a few parts. Measured in docs/benchmarks.md.
 DEFAULT_PART_SIZE = 16 * MiB
 DEFAULT_WORKERS = 4
-
-T = TypeVar("T")
-R = TypeVar("R")
-
 
 def part_sizes(size: int, part_size: int) -> list[int]:
     """The sizes of a file's parts: all `part_size` but the last; none for an empty file."""
@@ -33,8 +34,10 @@ class BufferPool:
     handed to several threads goes back to the pool when the last of them releases it."""
 
     def __init__(self, count: int, size: int):
+        from queue import SimpleQueue  # made only when something is read (an unchanged re-run reads nothing)
+
         self.size = size
-        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._free: SimpleQueue[bytearray] = SimpleQueue()
         self._users: dict[int, int] = {}
         self._lock = threading.Lock()
         self._unmade = count  # buffers are made on first need: a run with nothing to read allocates nothing

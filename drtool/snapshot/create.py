@@ -1,60 +1,56 @@
-"""snapshot create: read changed files once, hash whole and in parts, store missing parts, write the manifest last."""
+"""snapshot create: read changed files once, hash whole and in parts, store missing parts, write the manifest last.
+
+An unchanged re-run (the nightly case) is a scan, a lookup per file in the incremental cache and one manifest write;
+its imports are kept to what that needs (thread pools, safetensors parsing and the like load only when a file must
+be read), because its whole process must fit in 2% of the first run (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import re
-import socket
-import stat
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections import namedtuple
 from pathlib import Path
 
 from drtool.errors import OperationFailed, UsageError
-from drtool.snapshot.cache import DEFAULT_RECHECK_SHARE, IncrementalCache, StatSignature, in_recheck_bucket
+from drtool.snapshot.cache import DEFAULT_RECHECK_SHARE, IncrementalCache, entry_json, in_recheck_bucket
 from drtool.snapshot.chunking import DEFAULT_PART_SIZE, DEFAULT_WORKERS, BufferPool, part_sizes, read_into
 from drtool.snapshot.lease import Lease, live_prune
-from drtool.snapshot.manifest import EMPTY_SHA256, MODEL_NAME_RE, PATH_PATTERN, FileEntry, PartRef, SnapshotManifest
-from drtool.snapshot.progress import NO_PROGRESS, ProgressSink
-from drtool.snapshot.restore import TEMP_PREFIX as RESTORE_TEMP_PREFIX
-from drtool.snapshot.safetensors import TensorHasher, is_safetensors, read_layout
+from drtool.snapshot.manifest import EMPTY_SHA256, MODEL_NAME_RE, FileEntry, PartRef, encode_manifest
+from drtool.snapshot.progress import NO_PROGRESS
+from drtool.snapshot.scan import SourceFile, scan_source, signature
 from drtool.snapshot.stores import PRESENT, REPAIRED, BlobStore, blob_key, manifest_key
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time, docs/benchmarks.md)
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
-@dataclass(frozen=True)
-class CreateOptions:
-    source: Path
-    model: str
-    version: str | None = None
-    source_host: str | None = None
-    wait: float = 0.0
-    recheck_share: float = DEFAULT_RECHECK_SHARE
-    part_size: int = DEFAULT_PART_SIZE
-    workers: int = DEFAULT_WORKERS
+    from drtool.snapshot.progress import ProgressSink
+    from drtool.snapshot.safetensors import TensorHasher
+
+SAFETENSORS_SUFFIX = ".safetensors"
 
 
-@dataclass(frozen=True)
-class SourceFile:
-    path: str  # relative, '/'-separated: the manifest path
-    abspath: str
-    signature: StatSignature
-    mode: int
+class CreateOptions(namedtuple("CreateOptions", "source model version source_host wait recheck_share part_size workers",
+                               defaults=(None, None, 0.0, DEFAULT_RECHECK_SHARE, DEFAULT_PART_SIZE, DEFAULT_WORKERS))):
+    """What to snapshot and how: source (a directory), model, version, source_host, wait (seconds for a busy lease),
+    recheck_share, part_size (bytes), workers."""
+
+    __slots__ = ()
 
 
-@dataclass
 class Counters:
     """Totals updated from worker threads."""
 
-    bytes_read: int = 0
-    bytes_uploaded: int = 0
-    blobs_uploaded: int = 0
-    blobs_present: int = 0
-    blobs_repaired: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self) -> None:
+        self.bytes_read = 0
+        self.bytes_uploaded = 0
+        self.blobs_uploaded = 0
+        self.blobs_present = 0
+        self.blobs_repaired = 0
+        self.lock = threading.Lock()
 
     def stored(self, outcome: str, n: int) -> None:
         with self.lock:
@@ -82,54 +78,17 @@ def validate_options(opts: CreateOptions) -> Path:
     return src.resolve()
 
 
-def scan_source(src: Path) -> tuple[list[SourceFile], list[str]]:
-    """Regular files under src (symlinks to files are read through), sorted; and what was skipped, with why.
-    A restore's leftover temp files (`.drtool-restore-*`) are neither snapshotted nor listed."""
-
-    def walk_error(exc: OSError):
-        raise OperationFailed(f"cannot read directory {exc.filename}: {exc.strerror}",
-                              hint="fix its permissions, or snapshot a directory drtool can read") from None
-
-    unsafe = re.compile(PATH_PATTERN)
-    files: list[SourceFile] = []
-    skipped: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(src, onerror=walk_error):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, src).replace(os.sep, "/")
-        prefix = "" if rel_dir == "." else rel_dir + "/"
-        for d in list(dirnames):
-            if os.path.islink(os.path.join(dirpath, d)):
-                skipped.append(f"{prefix}{d}: symlink to a directory")
-        for name in sorted(filenames):
-            if name.startswith(RESTORE_TEMP_PREFIX):
-                continue  # an unfinished file of a killed restore (the next restore removes it): never content
-            full = os.path.join(dirpath, name)
-            rel = prefix + name
-            if not unsafe.match(rel):
-                raise UsageError(f"file name {rel!r} has a control character or a backslash",
-                                 hint="rename it: manifest paths must print as one line for `sha256sum -c`")
-            try:
-                st = os.stat(full)
-            except FileNotFoundError:
-                raise OperationFailed(f"{full}: broken symlink or vanished while scanning") from None
-            except OSError as exc:
-                raise OperationFailed(f"cannot stat {full}: {exc.strerror}") from None
-            if not stat.S_ISREG(st.st_mode):
-                skipped.append(f"{rel}: not a regular file")
-                continue
-            if not os.access(full, os.R_OK):
-                raise OperationFailed(f"cannot read {full}: permission denied",
-                                      hint="fix its permissions (nothing was uploaded yet)")
-            files.append(SourceFile(rel, full, StatSignature.of(st), stat.S_IMODE(st.st_mode)))
-    files.sort(key=lambda f: f.path)
-    return files, skipped
+def utc_now() -> str:
+    """The manifest's `created`: UTC with microseconds, e.g. 2026-11-22T03:04:05.123456Z."""
+    ns = time.time_ns()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns // 1000 % 10**6:06d}Z"
 
 
 def create_snapshot(store: BlobStore, opts: CreateOptions, progress: ProgressSink = NO_PROGRESS) -> dict:
     t0 = time.monotonic()
     run_started = time.time()
     src = validate_options(opts)
-    files, skipped = scan_source(src)
+    files, skipped = scan_source(str(src))
     if not files:
         raise UsageError(f"source {src} holds no files", hint="point SRC at the directory with the weights")
     lease = Lease(store, opts.model, f"snapshot create {opts.model}")
@@ -149,54 +108,42 @@ def create_snapshot(store: BlobStore, opts: CreateOptions, progress: ProgressSin
 
 def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: Path, files: list[SourceFile], lease: Lease,
                           run_started: float, progress: ProgressSink) -> dict:
-    cache = IncrementalCache(store.url, opts.model, src, opts.part_size).load()
+    cache = IncrementalCache(store.url, opts.model, str(src), opts.part_size).load()
     counters = Counters()
-    entries: dict[str, FileEntry] = {}
-    cached_before: dict[str, FileEntry] = {}
+    texts: dict[str, str] = {}  # path -> the file's manifest entry as canonical JSON text
+    rechecked: dict[str, str] = {}  # path -> the cached entry of an unchanged file read again (the re-check share)
     to_read: list[SourceFile] = []
     for sf in files:
-        entry = cache.lookup(sf.path, sf.signature)
-        if entry is None:
+        text = cache.lookup(sf.path, sf.signature)
+        if text is None:
             to_read.append(sf)
         elif in_recheck_bucket(sf.path, opts.recheck_share):
-            cached_before[sf.path] = entry
+            rechecked[sf.path] = text
             to_read.append(sf)
         else:
-            entries[sf.path] = FileEntry(sf.path, entry.size, sf.mode, entry.sha256, entry.parts, entry.tensors)
-
-    with (ThreadPoolExecutor(opts.workers, thread_name_prefix="snapshot") as executor,
-          ThreadPoolExecutor(1, thread_name_prefix="snapshot-whole") as whole_thread,
-          ThreadPoolExecutor(1, thread_name_prefix="snapshot-tensors") as tensor_thread):
-        # A cached file is reused only when all its blobs are still in the store (a prune may have freed them).
-        # The cache's entries all come from its last snapshot; while that manifest exists its blobs do (prune
-        # frees only unreferenced blobs), so one look at it replaces a look at every blob.
-        needed = sorted({(p.sha256, p.size) for e in entries.values() for p in e.parts})
-        if cache.last_snapshot and store.size(manifest_key(opts.model, cache.last_snapshot)) is not None:
-            present = {d for d, _ in needed}
-        else:
-            present = {d for (d, size), got in zip(needed, executor.map(lambda ds: store.size(blob_key(ds[0])),
-                                                                        needed), strict=True) if got == size}
+            texts[sf.path] = text
+    # A cached file is reused only when all its blobs are still in the store (a prune may have freed them).
+    # The cache's entries all come from its last snapshot; while that manifest exists its blobs do (prune
+    # frees only unreferenced blobs), so one look at it replaces a look at every blob.
+    if texts and not (cache.last_snapshot and store.size(manifest_key(opts.model, cache.last_snapshot)) is not None):
         by_path = {sf.path: sf for sf in files}
-        for path, entry in list(entries.items()):
-            if not all(p.sha256 in present for p in entry.parts):
-                del entries[path]
-                to_read.append(by_path[path])
-        files_cached = len(entries)
-        progress.start(f"snapshot {opts.model}", sum(sf.signature.size for sf in to_read))
-        reader = _PartWriter(store, executor, whole_thread, tensor_thread, opts, counters, progress,
-                             scrub_paths=set(cached_before))
-        for sf, entry in reader.read_all(sorted(to_read, key=lambda f: f.path)):
-            entries[sf.path] = entry
-    mismatches = sorted(p for p, old in cached_before.items() if entries[p].sha256 != old.sha256)
+        for path in _entries_missing_blobs(store, texts, opts.workers):
+            del texts[path]
+            to_read.append(by_path[path])
+    files_cached = len(texts)
+    if to_read:
+        new = _read_files(store, opts, sorted(to_read, key=lambda f: f.path), counters, progress, set(rechecked))
+        texts.update((path, entry_json(entry)) for path, entry in new.items())
+        mismatches = sorted(p for p, old in rechecked.items() if new[p].sha256 != json.loads(old)["sha256"])
+    else:
+        mismatches = []
 
     for sf in files:
-        cache.record(entries[sf.path], sf.signature, run_started)
-    manifest = SnapshotManifest(
-        model=opts.model, version=opts.version,
-        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        source_host=opts.source_host or socket.gethostname(), source_path=str(src), part_size=opts.part_size,
-        files=tuple(entries[sf.path] for sf in files))
-    data = manifest.encode()
+        cache.record(sf.path, sf.signature, texts[sf.path], run_started)
+    created = utc_now()
+    data = encode_manifest({"model": opts.model, "version": opts.version, "created": created,
+                            "source_host": opts.source_host or os.uname().nodename, "source_path": str(src),
+                            "part_size": opts.part_size}, [texts[sf.path] for sf in files])
     snapshot_id = hashlib.sha256(data).hexdigest()
     store.flush()
     lease.check_held()
@@ -205,13 +152,38 @@ def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: Path, file
     cache.save(snapshot_id)
     return {
         "id": snapshot_id, "store": store.url, "model": opts.model, "version": opts.version,
-        "created": manifest.created, "files": len(files), "files_cached": files_cached,
-        "files_read": len(files) - files_cached, "bytes_total": manifest.bytes_total,
+        "created": created, "files": len(files), "files_cached": files_cached,
+        "files_read": len(files) - files_cached, "bytes_total": sum(sf.size for sf in files),
         "bytes_read": counters.bytes_read, "bytes_uploaded": counters.bytes_uploaded,
         "blobs_uploaded": counters.blobs_uploaded, "blobs_present": counters.blobs_present,
         "blobs_repaired": counters.blobs_repaired,
         "recheck_mismatches": mismatches, "cache_note": cache.problem,
     }
+
+
+def _entries_missing_blobs(store: BlobStore, texts: dict[str, str], workers: int) -> list[str]:
+    """Paths of cached entries with a blob no longer in the store (checked one by one: the last manifest is gone)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    entries = {path: FileEntry.from_json(json.loads(text)) for path, text in texts.items()}
+    needed = sorted({(p.sha256, p.size) for e in entries.values() for p in e.parts})
+    with ThreadPoolExecutor(workers, thread_name_prefix="snapshot-check") as executor:
+        sizes = executor.map(lambda ds: store.size(blob_key(ds[0])), needed)
+        present = {d for (d, size), got in zip(needed, sizes, strict=True) if got == size}
+    return [path for path, e in entries.items() if not all(p.sha256 in present for p in e.parts)]
+
+
+def _read_files(store: BlobStore, opts: CreateOptions, to_read: list[SourceFile], counters: Counters,
+                progress: ProgressSink, scrub_paths: set[str]) -> dict[str, FileEntry]:
+    """Read, hash and store the given files; their manifest entries by path."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    progress.start(f"snapshot {opts.model}", sum(sf.size for sf in to_read))
+    with (ThreadPoolExecutor(opts.workers, thread_name_prefix="snapshot") as executor,
+          ThreadPoolExecutor(1, thread_name_prefix="snapshot-whole") as whole_thread,
+          ThreadPoolExecutor(1, thread_name_prefix="snapshot-tensors") as tensor_thread):
+        reader = _PartWriter(store, executor, whole_thread, tensor_thread, opts, counters, progress, scrub_paths)
+        return {sf.path: entry for sf, entry in reader.read_all(to_read)}
 
 
 class _PartWriter:
@@ -267,9 +239,9 @@ class _PartWriter:
             pending.append(self._read_file(sf))
         for sf, whole, tensors, futures in pending:
             digests = [f.result() for f in futures]
-            sizes = part_sizes(sf.signature.size, self.part_size)
+            sizes = part_sizes(sf.size, self.part_size)
             sha = whole.result() if whole else (digests[0] if digests else EMPTY_SHA256)
-            yield sf, FileEntry(sf.path, sf.signature.size, sf.mode, sha,
+            yield sf, FileEntry(sf.path, sf.size, sf.mode, sha,
                                 tuple(PartRef(d, s) for d, s in zip(digests, sizes, strict=True)),
                                 tensors.result() if tensors else None)
 
@@ -282,13 +254,15 @@ class _PartWriter:
             raise OperationFailed(f"cannot read {sf.abspath}: {exc.strerror}") from None
         try:
             scrub = sf.path in self.scrub_paths
-            before = StatSignature.of(os.fstat(fd))
+            before = signature(os.fstat(fd))
             if before != sf.signature:
                 raise _changed(sf)
-            sizes = part_sizes(before.size, self.part_size)
+            sizes = part_sizes(sf.size, self.part_size)
             tensor_hasher = None
-            if is_safetensors(sf.path):
-                layout, header_bytes = read_layout(fd, before.size, sf.abspath)
+            if sf.path.endswith(SAFETENSORS_SUFFIX):
+                from drtool.snapshot.safetensors import TensorHasher, read_layout
+
+                layout, header_bytes = read_layout(fd, sf.size, sf.abspath)
                 self._count_read(header_bytes)
                 tensor_hasher = TensorHasher(layout)
             whole = hashlib.sha256() if len(sizes) > 1 else None  # one part: its digest is the file's
@@ -313,7 +287,7 @@ class _PartWriter:
                 self._count_read(size)
                 self.progress.advance(size)
                 offset += size
-            if StatSignature.of(os.fstat(fd)) != before:
+            if signature(os.fstat(fd)) != before:
                 raise _changed(sf)
         except OSError as exc:
             raise OperationFailed(f"cannot read {sf.abspath}: {exc.strerror}") from None

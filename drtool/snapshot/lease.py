@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 
 from drtool.errors import BusyError, OperationFailed
 from drtool.snapshot.stores import LEASES, BlobStore, lease_key
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time, docs/benchmarks.md)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # A lease is renewed every TTL/3 while its run is alive; a run that died stops renewing and its lease
 # expires TTL later. A holder on this host whose pid is gone is known dead at once and taken over.
@@ -32,15 +31,32 @@ def _boot_id() -> str:
         return ""
 
 
-@dataclass(frozen=True)
+def hostname() -> str:
+    return os.uname().nodename  # what socket.gethostname() returns, without importing socket
+
+
 class LeaseHolder:
-    purpose: str
-    host: str
-    pid: int
-    boot_id: str
-    started: str
-    expires: float  # epoch seconds
-    token: str
+    """Who holds a lease (the lease object's JSON fields)."""
+
+    FIELDS = ("purpose", "host", "pid", "boot_id", "started", "expires", "token")
+    __slots__ = FIELDS
+
+    def __init__(self, purpose: str, host: str, pid: int, boot_id: str, started: str, expires: float, token: str):
+        self.purpose = purpose
+        self.host = host
+        self.pid = pid
+        self.boot_id = boot_id
+        self.started = started
+        self.expires = expires  # epoch seconds
+        self.token = token
+
+    def to_json(self) -> dict:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LeaseHolder) and self.to_json() == other.to_json()
+
+    __hash__ = None  # mutable fields, compared by value
 
     def describe(self) -> str:
         return f"{self.purpose} on {self.host} (pid {self.pid}, started {self.started})"
@@ -49,7 +65,7 @@ class LeaseHolder:
         """Expired, or a process of this machine that no longer exists (or existed before its last boot)."""
         if now > self.expires:
             return True
-        if self.host == socket.gethostname() and self.boot_id:
+        if self.host == hostname() and self.boot_id:
             if self.boot_id != _boot_id():
                 return True
             try:
@@ -80,8 +96,8 @@ class Lease:
         self.key = lease_key(name)
         self.purpose = purpose
         self.ttl = ttl
-        self._token = secrets.token_hex(16)
-        self._started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._token = os.urandom(16).hex()  # as secrets.token_hex(16)
+        self._started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self._renewed_at = 0.0  # monotonic time of the last successful write
         self._lost: str | None = None
         self._renew_error = ""
@@ -89,9 +105,9 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     def _body(self) -> bytes:
-        holder = LeaseHolder(self.purpose, socket.gethostname(), os.getpid(), _boot_id(), self._started,
+        holder = LeaseHolder(self.purpose, hostname(), os.getpid(), _boot_id(), self._started,
                              time.time() + self.ttl, self._token)
-        return json.dumps(asdict(holder), sort_keys=True).encode()
+        return json.dumps(holder.to_json(), sort_keys=True).encode()
 
     def holder(self) -> LeaseHolder | None:
         data = self.store.get(self.key)

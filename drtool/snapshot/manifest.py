@@ -6,7 +6,7 @@ import functools
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 from drtool.errors import VerificationError
 
@@ -79,31 +79,25 @@ def _validator():
     return jsonschema.Draft202012Validator(MANIFEST_SCHEMA)
 
 
-@dataclass(frozen=True)
-class PartRef:
-    sha256: str
-    size: int
+# Immutable records as named tuples, not dataclasses: `dataclasses` costs ~18 ms to import here, a sixth of an
+# unchanged re-run's whole budget (docs/benchmarks.md).
+class PartRef(namedtuple("PartRef", "sha256 size")):
+    """One stored part of a file: its SHA-256 (the blob's name) and size."""
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class TensorRef:
-    """One tensor of a safetensors file: offsets are relative to the start of the data region, as in the header."""
+class TensorRef(namedtuple("TensorRef", "name dtype shape offsets sha256")):
+    """One tensor of a safetensors file: offsets are relative to the start of the data region, as in the header;
+    shape is a tuple of ints, offsets a (begin, end) pair."""
 
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    offsets: tuple[int, int]
-    sha256: str
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class FileEntry:
-    path: str
-    size: int
-    mode: int
-    sha256: str
-    parts: tuple[PartRef, ...]
-    tensors: tuple[TensorRef, ...] | None = None
+class FileEntry(namedtuple("FileEntry", "path size mode sha256 parts tensors", defaults=(None,))):
+    """One file of a snapshot: parts is a tuple of PartRef; tensors a tuple of TensorRef (safetensors) or None."""
+
+    __slots__ = ()
 
     def to_json(self) -> dict:
         doc = {"path": self.path, "size": self.size, "mode": self.mode, "sha256": self.sha256,
@@ -125,15 +119,11 @@ class FileEntry:
         )
 
 
-@dataclass(frozen=True)
-class SnapshotManifest:
-    model: str
-    version: str | None
-    created: str
-    source_host: str
-    source_path: str
-    part_size: int
-    files: tuple[FileEntry, ...] = field(default_factory=tuple)
+class SnapshotManifest(namedtuple("SnapshotManifest", "model version created source_host source_path part_size files",
+                                  defaults=((),))):
+    """A parsed manifest; files is a tuple of FileEntry."""
+
+    __slots__ = ()
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "model": self.model, "version": self.version, "created": self.created,
@@ -163,6 +153,17 @@ class SnapshotManifest:
 
 def canonical_json(doc: dict) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def encode_manifest(meta: dict, file_entries: list[str]) -> bytes:
+    """The canonical bytes of a manifest whose files are given as their canonical JSON text (from the incremental
+    cache): the same bytes as SnapshotManifest.encode(), joined instead of re-encoded. `meta` holds every other
+    field but "format"."""
+    doc = {"format": FORMAT, **meta}
+    before = canonical_json({k: v for k, v in doc.items() if k < "files"})[:-1]  # without its closing brace
+    after = canonical_json({k: v for k, v in doc.items() if k > "files"})[1:]  # without its opening brace
+    files = b'"files":[' + ",".join(file_entries).encode() + b"]"
+    return before + (b"," if len(before) > 1 else b"") + files + (b"," if len(after) > 1 else b"") + after
 
 
 def snapshot_id(data: bytes) -> str:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time, docs/benchmarks.md)
+if TYPE_CHECKING:  # a type only: typing.Protocol is not imported at run time (start-up cost, docs/benchmarks.md)
+    from typing import Protocol
 
+    class ProgressSink(Protocol):
+        def start(self, description: str, total_bytes: int) -> None: ...
 
-class ProgressSink(Protocol):
-    def start(self, description: str, total_bytes: int) -> None: ...
-
-    def advance(self, nbytes: int) -> None:
-        """Called from worker threads too: implementations must be thread-safe."""
+        def advance(self, nbytes: int) -> None:
+            """Called from worker threads too: implementations must be thread-safe."""
 
 
 class _NoProgress:
@@ -20,4 +21,4 @@ class _NoProgress:
         pass
 
 
-NO_PROGRESS: ProgressSink = _NoProgress()
+NO_PROGRESS = _NoProgress()

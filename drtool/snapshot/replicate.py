@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from drtool.errors import VerificationError
 from drtool.snapshot.catalog import load, resolve
 from drtool.snapshot.chunking import DEFAULT_WORKERS
 from drtool.snapshot.lease import Lease, live_prune
-from drtool.snapshot.progress import NO_PROGRESS, ProgressSink
+from drtool.snapshot.progress import NO_PROGRESS
 from drtool.snapshot.stores import BlobStore, MissingBlob, blob_key
+
+if TYPE_CHECKING:
+    from drtool.snapshot.progress import ProgressSink
 
 
 def replicate_snapshot(source: BlobStore, target: BlobStore, snapshot_id: str, wait: float = 0.0,

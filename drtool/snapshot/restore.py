@@ -12,15 +12,20 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drtool.errors import OperationFailed, UsageError, VerificationError
 from drtool.snapshot.catalog import load, resolve
 from drtool.snapshot.chunking import DEFAULT_WORKERS, ordered_map
 from drtool.snapshot.manifest import EMPTY_SHA256, FileEntry, SnapshotManifest
-from drtool.snapshot.progress import NO_PROGRESS, ProgressSink
+from drtool.snapshot.progress import NO_PROGRESS
+from drtool.snapshot.scan import RESTORE_TEMP_PREFIX
 from drtool.snapshot.stores import BlobStore, MissingBlob, write_all
 
-TEMP_PREFIX = ".drtool-restore-"  # then the writer's pid, '-', a random token: `.drtool-restore-<pid>-<hex>`
+if TYPE_CHECKING:
+    from drtool.snapshot.progress import ProgressSink
+
+TEMP_PREFIX = RESTORE_TEMP_PREFIX  # then the writer's pid, '-', a random token: `.drtool-restore-<pid>-<hex>`
 MAX_OPEN_FILES = 64  # files written but not yet fsynced and renamed
 
 

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import os
-import secrets
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import namedtuple
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from drtool.errors import OperationFailed, UsageError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time, docs/benchmarks.md)
 if TYPE_CHECKING:  # drtool.config pulls in jsonschema and yaml: not needed to open a store
     from drtool.config import ObjectStore
 
@@ -43,11 +41,10 @@ def lease_key(name: str) -> str:
     return f"{LEASES}/{name}.json"
 
 
-@dataclass(frozen=True)
-class StoredObject:
-    key: str
-    size: int
-    mtime: float  # seconds since the epoch
+class StoredObject(namedtuple("StoredObject", "key size mtime")):
+    """An object a store lists: its key, size and mtime (seconds since the epoch)."""
+
+    __slots__ = ()
 
 
 class BlobStore(ABC):
@@ -161,7 +158,7 @@ class FileStore(BlobStore):
         return parent
 
     def _write_temp(self, path: Path, data: memoryview | bytes) -> Path:
-        tmp = self._parent(path) / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        tmp = self._parent(path) / f"{TEMP_PREFIX}{os.urandom(8).hex()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             write_all(fd, data)
@@ -349,7 +346,7 @@ class S3Store(BlobStore):
         with s3_errors(self):
             self.client.put_object(Bucket=self.location.bucket, Key=self._key(blob_key(digest)), Body=body,
                                    ContentLength=len(data),
-                                   ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode())
+                                   ChecksumSHA256=_b64(bytes.fromhex(digest)).decode())
 
     def store_blob(self, digest, data, scrub=False):
         if len(data) > SMALL_BLOB:
@@ -373,7 +370,7 @@ class S3Store(BlobStore):
         with s3_errors(self):
             try:
                 self.client.put_object(Bucket=self.location.bucket, Key=self._key(blob_key(digest)), Body=body,
-                                       IfNoneMatch="*", ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode())
+                                       IfNoneMatch="*", ChecksumSHA256=_b64(bytes.fromhex(digest)).decode())
             except self.client.exceptions.ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in _KEY_EXISTS:
                     raise
@@ -402,8 +399,14 @@ class S3Store(BlobStore):
         self.client.close()
 
 
+def _b64(raw: bytes) -> bytes:
+    import base64  # S3 only: a file store never needs it
+
+    return base64.b64encode(raw)
+
+
 def _b64_sha256(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+    return _b64(hashlib.sha256(data).digest()).decode()
 
 
 @contextlib.contextmanager

@@ -6,13 +6,17 @@ import hashlib
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from drtool.errors import VerificationError
 from drtool.snapshot.catalog import load, resolve
 from drtool.snapshot.chunking import DEFAULT_WORKERS, ordered_map
 from drtool.snapshot.manifest import FileEntry, SnapshotManifest
-from drtool.snapshot.progress import NO_PROGRESS, ProgressSink
+from drtool.snapshot.progress import NO_PROGRESS
 from drtool.snapshot.stores import BlobStore, MissingBlob, blob_key
+
+if TYPE_CHECKING:
+    from drtool.snapshot.progress import ProgressSink
 
 MAX_REPORTED = 50
 

@@ -1,0 +1,79 @@
+"""What a snapshot reads: the regular files under the source directory, each with its stat signature.
+
+Lean on purpose (no dataclasses, pathlib or threads): an unchanged nightly re-run is this scan, a lookup per file
+and one manifest write, and its whole process must fit in 2% of the first run (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+
+from drtool.errors import OperationFailed, UsageError
+from drtool.snapshot.manifest import PATH_PATTERN
+
+# A restore writes each file under a temporary name first: `.drtool-restore-<pid>-<hex>` (drtool.snapshot.restore).
+RESTORE_TEMP_PREFIX = ".drtool-restore-"
+
+
+def signature(st: os.stat_result) -> list[int]:
+    """What says a file is unchanged since it was last read: size, mtime_ns, ctime_ns and inode (a list, as JSON
+    gives it back from the incremental cache)."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+class SourceFile:
+    __slots__ = ("path", "abspath", "signature", "mode")
+
+    def __init__(self, path: str, abspath: str, sig: list[int], mode: int):
+        self.path = path  # relative, '/'-separated: the manifest path
+        self.abspath = abspath
+        self.signature = sig
+        self.mode = mode
+
+    @property
+    def size(self) -> int:
+        return self.signature[0]
+
+
+def scan_source(src: str) -> tuple[list[SourceFile], list[str]]:
+    """Regular files under src (symlinks to files are read through), sorted by manifest path; and what was skipped,
+    with why. A restore's leftover temp files (`.drtool-restore-*`) are neither snapshotted nor listed."""
+
+    def walk_error(exc: OSError):
+        raise OperationFailed(f"cannot read directory {exc.filename}: {exc.strerror}",
+                              hint="fix its permissions, or snapshot a directory drtool can read") from None
+
+    safe = re.compile(PATH_PATTERN).match
+    files: list[SourceFile] = []
+    skipped: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(src, onerror=walk_error):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, src).replace(os.sep, "/")
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        for d in list(dirnames):
+            if os.path.islink(os.path.join(dirpath, d)):
+                skipped.append(f"{prefix}{d}: symlink to a directory")
+        for name in sorted(filenames):
+            if name.startswith(RESTORE_TEMP_PREFIX):
+                continue  # an unfinished file of a killed restore (the next restore removes it): never content
+            full = os.path.join(dirpath, name)
+            rel = prefix + name
+            if not safe(rel):
+                raise UsageError(f"file name {rel!r} has a control character or a backslash",
+                                 hint="rename it: manifest paths must print as one line for `sha256sum -c`")
+            try:
+                st = os.stat(full)
+            except FileNotFoundError:
+                raise OperationFailed(f"{full}: broken symlink or vanished while scanning") from None
+            except OSError as exc:
+                raise OperationFailed(f"cannot stat {full}: {exc.strerror}") from None
+            if not stat.S_ISREG(st.st_mode):
+                skipped.append(f"{rel}: not a regular file")
+                continue
+            if not os.access(full, os.R_OK):
+                raise OperationFailed(f"cannot read {full}: permission denied",
+                                      hint="fix its permissions (nothing was uploaded yet)")
+            files.append(SourceFile(rel, full, signature(st), stat.S_IMODE(st.st_mode)))
+    files.sort(key=lambda f: f.path)
+    return files, skipped
