@@ -94,7 +94,9 @@ def test_fast_path_and_click_print_the_same_json_and_exit_codes(tmp_path, env):
     store = f"file://{tmp_path / 'store'}"
     results = {}
     for via_click in (False, True):
-        ok = _run(["--json", "snapshot", "create", str(src), "--store", store, "--model", "m"], env, via_click)
+        # --recheck-share 0: otherwise the files in today's re-check bucket are read again whatever the cache says
+        ok = _run(["--json", "snapshot", "create", str(src), "--store", store, "--model", "m", "--recheck-share", "0"],
+                  env, via_click)
         assert ok.returncode == 0, ok.stderr
         missing = _run(["--json", "snapshot", "create", str(tmp_path / "nope"), "--store", store, "--model", "m"], env,
                        via_click)
@@ -112,7 +114,8 @@ def test_fast_path_and_click_print_the_same_json_and_exit_codes(tmp_path, env):
 def test_an_unchanged_rerun_imports_neither_click_rich_nor_the_heavy_stdlib(tmp_path, env):
     """Start-up time is the whole cost of an unchanged nightly re-run (docs/benchmarks.md): what it must not load."""
     src = model_dir(tmp_path / "src")
-    argv = ["--json", "snapshot", "create", str(src), "--store", f"file://{tmp_path / 'store'}", "--model", "m"]
+    argv = ["--json", "snapshot", "create", str(src), "--store", f"file://{tmp_path / 'store'}", "--model", "m",
+            "--recheck-share", "0"]
     assert _run(argv, env, via_click=False).returncode == 0
     probe = ("import sys; sys.argv = ['drtool'] + sys.argv[1:]\n"
              "from drtool.launch import main\n"
