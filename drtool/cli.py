@@ -237,6 +237,9 @@ def _bytes(n: int) -> str:
 @store_option
 @click.option("--model", required=True, help="Model name (letters, digits, '.', '_', '-').")
 @click.option("--version", "model_version", help="Model version recorded in the manifest.")
+@click.option("--version-from", metavar="FILE",
+              help="Take the version from this JSON file of the weights (relative to SRC, e.g. config.json): its "
+                   "\"version\" (and \"model\", if any, must be --model). With --version too, both must agree.")
 @click.option("--source-host", help="Host recorded as the source (default: this host's name).")
 @wait_option
 @click.option("--recheck-share", type=click.FloatRange(0, 1), default=1 / 7, show_default="1/7", metavar="F",
@@ -247,13 +250,13 @@ def _bytes(n: int) -> str:
               help="After writing, read back and hash this percentage of the snapshot's blobs.")
 @click.option("--metrics-file", type=click.Path(dir_okay=False),
               help="Write Prometheus textfile metrics here (last success, duration, bytes, verify failures).")
-def snapshot_create(app: App, src, store, model, model_version, source_host, wait, recheck_share, part_size_mib,
-                    verify_sample, metrics_file):
+def snapshot_create(app: App, src, store, model, model_version, version_from, source_host, wait, recheck_share,
+                    part_size_mib, verify_sample, metrics_file):
     """Snapshot SRC into STORE; the manifest is written last, so a snapshot is visible only when complete."""
     from drtool.actions import snapshot
 
     result = snapshot.create(app.out, app.config_path, src, store, model, model_version, source_host, wait,
-                             recheck_share, part_size_mib, verify_sample, metrics_file)
+                             recheck_share, part_size_mib, verify_sample, metrics_file, version_from)
     app.out.result(result, lambda c: c.print(
         f"snapshot [bold]{result['id']}[/] of {result['model']}: {result['files']} files, "
         f"{_bytes(result['bytes_total'])}; read {_bytes(result['bytes_read'])}, "

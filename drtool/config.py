@@ -76,6 +76,9 @@ class Model:
     name: str
     weights_path: str
     image: str
+    # The weights' own JSON file that names their version (relative to weights_path): snapshots taken on the host,
+    # the nightly ones included, are labelled from it. None: only `drtool backup` labels (from the registry).
+    version_file: str | None = "config.json"
 
 
 @dataclass(frozen=True)

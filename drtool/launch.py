@@ -44,6 +44,7 @@ SNAPSHOT_CREATE_OPTIONS = {
     "--store": ("store", str),
     "--model": ("model", str),
     "--version": ("model_version", str),
+    "--version-from": ("version_from", str),
     "--source-host": ("source_host", str),
     "--wait": ("wait", _float_in(0, None)),
     "--recheck-share": ("recheck_share", _float_in(0, 1)),
@@ -52,8 +53,8 @@ SNAPSHOT_CREATE_OPTIONS = {
     "--metrics-file": ("metrics_file", str),
     "--json": ("json", None),
 }
-SNAPSHOT_CREATE_DEFAULTS = {"model_version": None, "source_host": None, "wait": 0.0, "recheck_share": 1 / 7,
-                            "part_size_mib": 16, "verify_sample": None, "metrics_file": None}
+SNAPSHOT_CREATE_DEFAULTS = {"model_version": None, "version_from": None, "source_host": None, "wait": 0.0,
+                            "recheck_share": 1 / 7, "part_size_mib": 16, "verify_sample": None, "metrics_file": None}
 REQUIRED = ("src", "store", "model")
 
 
@@ -138,7 +139,7 @@ def run_snapshot_create(kw: dict) -> int:
 
         result = create(_JsonOnly(), kw["config_path"], kw["src"], kw["store"], kw["model"], kw["model_version"],
                         kw["source_host"], kw["wait"], kw["recheck_share"], kw["part_size_mib"],
-                        kw["verify_sample"], kw["metrics_file"])
+                        kw["verify_sample"], kw["metrics_file"], kw["version_from"])
     except DrtoolError as err:
         sys.stdout.write(error_json(err))
         sys.stdout.flush()

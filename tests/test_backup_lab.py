@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from .conftest import MODEL, cli_json, run_cli
+from .conftest import MODEL, PROD_VERSION, cli_json, run_cli
 
 pytestmark = pytest.mark.lab
 
@@ -35,6 +35,8 @@ def test_backup_snapshots_on_the_host_and_copies_to_dr(lab_config, production):
     (snap,) = res["snapshots"]
     assert snap["host"] == "pw-gpu1" and snap["model"] == MODEL and snap["files"] >= 2
     assert snap["bytes_uploaded"] == 0  # same weights as the production snapshot: every blob deduplicated
+    # Labelled with the registry's production version, which the weights' own config.json confirmed on the host.
+    assert snap["version"] == PROD_VERSION and snap["version_from"] == "config.json"
     (copy,) = res["copies"]
     assert copy["to"] == lab_config.site("dr-east").object_stores[0].url and copy["verify"] == "sample"
     listed = cli_json("snapshot", "list", "--store", copy["to"])
@@ -43,7 +45,9 @@ def test_backup_snapshots_on_the_host_and_copies_to_dr(lab_config, production):
     assert shown["manifest"]["source_host"] == "pw-gpu1"
 
 
-def test_nightly_job_installs_runs_with_lock_and_metrics_and_uninstalls(lab, production):
+def test_nightly_job_installs_runs_with_lock_and_metrics_and_uninstalls(lab, lab_config, production):
+    store = lab_config.site("prod-west").object_stores[0].url
+    before = {s["id"] for s in cli_json("snapshot", "list", "--store", store, "--model", MODEL)["snapshots"]}
     cli_json("backup", "--install-schedule")
     srv = lab.state_dir / "hosts" / "pw-gpu1" / "srv" / "drtool"
     cron = (srv / "cron.d" / "drtool-backup").read_text()
@@ -58,6 +62,11 @@ def test_nightly_job_installs_runs_with_lock_and_metrics_and_uninstalls(lab, pro
     line = next(ln for ln in metrics.splitlines() if ln.startswith("drtool_backup_last_success_timestamp_seconds"))
     assert float(line.split()[-1]) > 0
     assert f'drtool_backup_verify_failures_total{{model="{MODEL}"}} 0.0' in metrics
+    # No registry on the host: the job labels its snapshot from the weights' config.json, so a failover (which
+    # restores the newest snapshot of the production version) can choose it.
+    (new,) = [s for s in cli_json("snapshot", "list", "--store", store, "--model", MODEL)["snapshots"]
+              if s["id"] not in before]
+    assert new["version"] == PROD_VERSION
     cli_json("backup", "--remove-schedule")
     assert not (srv / "cron.d" / "drtool-backup").exists()
 

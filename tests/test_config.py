@@ -81,6 +81,10 @@ def test_three_mistakes_cli_exit_2_json(tmp_path: Path):
         (lambda t: t + "extra_key: 1\n", "unknown key(s) 'extra_key'"),
         (lambda t: t.replace("tsig_key_file: /k}\n    serving: {port: 8080}",
                              "tsig_key_file: k}\n    serving: {port: 8080}"), "must be an absolute path"),
+        (lambda t: t.replace("image: asr}", "image: asr, version_file: ../config.json}"),
+         "expected a path relative to weights_path"),
+        (lambda t: t.replace("image: asr}", "image: asr, version_file: /etc/config.json}"),
+         "expected a path relative to weights_path"),
     ],
 )
 def test_semantic_and_schema_rules(tmp_path: Path, mutation, expected):
@@ -93,6 +97,19 @@ def test_semantic_and_schema_rules(tmp_path: Path, mutation, expected):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert any(expected in d for d in info.value.details), info.value.details
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    ("", "config.json"),  # the default: the file drtool's model format and server use
+    (", version_file: meta/version.json", "meta/version.json"),
+    (", version_file: null", None),  # turned off: only `drtool backup` labels, from the registry
+])
+def test_version_file_default_and_override(tmp_path: Path, entry, expected):
+    text = (THREE_MISTAKES.replace("primari", "primary").replace("Bad_Bucket", "bad-bucket").replace("80800", "8080")
+            .replace("image: asr}", "image: asr" + entry + "}"))
+    path = tmp_path / "drtool.yaml"
+    path.write_text(text)
+    assert load_config(path).model("asr").version_file == expected
 
 
 def test_not_yaml_names_line(tmp_path: Path):

@@ -18,13 +18,14 @@ VERIFY_SAMPLE_PCT = 5.0
 
 def _models(config: Config, model: str | None) -> list[dict]:
     chosen = [config.model(model)] if model else list(config.models.values())
-    return [{"name": m.name, "weights_path": m.weights_path} for m in chosen]
+    return [{"name": m.name, "weights_path": m.weights_path, "version_file": m.version_file} for m in chosen]
 
 
 def _label_versions(config: Config, site: Site, models: list[dict]) -> list[dict]:
-    """Label each snapshot with the version the site's registry names production: the weights a serving host
-    holds are that version's, and a failover restores the newest snapshot of the production version (RPO).
-    The nightly cron job has no registry at hand and leaves the version empty."""
+    """Label each snapshot with the version the site's registry names production: a failover restores the newest
+    snapshot of the production version (RPO). When the model has a version_file, the host checks that its weights
+    say the same version and refuses to label them otherwise; the nightly job, with no registry at hand, labels from
+    that file alone."""
     from drtool.actions.registry import site_registry
 
     try:

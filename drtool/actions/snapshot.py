@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 
 from drtool.errors import UsageError
 from drtool.snapshot.chunking import MiB
@@ -91,7 +90,8 @@ class RichProgress:
 
 def create(out: Output, config_path: str | None, src: str, store: str, model: str, version: str | None,
            source_host: str | None, wait: float, recheck_share: float, part_size_mib: int,
-           verify_sample: float | None = None, metrics_file: str | None = None) -> dict:
+           verify_sample: float | None = None, metrics_file: str | None = None,
+           version_from: str | None = None) -> dict:
     import time
 
     from drtool.errors import DrtoolError, VerificationError
@@ -99,8 +99,8 @@ def create(out: Output, config_path: str | None, src: str, store: str, model: st
 
     if metrics_file:
         from drtool.snapshot.metrics import write_backup_metrics  # prometheus_client: ~60 ms, only when asked
-    opts = CreateOptions(source=Path(src), model=model, version=version, source_host=source_host, wait=wait,
-                         recheck_share=recheck_share, part_size=part_size_mib * MiB)
+    opts = CreateOptions(source=src, model=model, version=version, source_host=source_host, wait=wait,
+                         recheck_share=recheck_share, part_size=part_size_mib * MiB, version_from=version_from)
     t0 = time.monotonic()
     result = None
     try:
@@ -112,11 +112,11 @@ def create(out: Output, config_path: str | None, src: str, store: str, model: st
                 result["verify"] = verify_snapshot(blob_store, result["id"], sample_percent=verify_sample)
     except DrtoolError as exc:
         if metrics_file:
-            write_backup_metrics(Path(metrics_file), model, False, time.monotonic() - t0, result,
+            write_backup_metrics(metrics_file, model, False, time.monotonic() - t0, result,
                                  verify_failed=isinstance(exc, VerificationError) and result is not None)
         raise
     if metrics_file:
-        write_backup_metrics(Path(metrics_file), model, True, time.monotonic() - t0, result)
+        write_backup_metrics(metrics_file, model, True, time.monotonic() - t0, result)
     for line in result["skipped"]:
         out.info(f"[yellow]skipped[/] {line}")
     for path in result["recheck_mismatches"]:
@@ -170,6 +170,8 @@ def verify(out: Output, config_path: str | None, store: str, snapshot_id: str, r
 
 def restore(out: Output, config_path: str | None, store: str, snapshot_id: str, dest: str,
             manifest_out: str | None = None) -> dict:
+    from pathlib import Path
+
     from drtool.fsutil import write_atomic
     from drtool.snapshot.catalog import load, resolve
     from drtool.snapshot.restore import restore_snapshot

@@ -12,9 +12,8 @@ import os
 import threading
 import time
 from collections import namedtuple
-from pathlib import Path
 
-from drtool.errors import OperationFailed, UsageError
+from drtool.errors import OperationFailed, UsageError, VerificationError
 from drtool.snapshot.cache import DEFAULT_RECHECK_SHARE, IncrementalCache, entry_json, in_recheck_bucket
 from drtool.snapshot.chunking import DEFAULT_PART_SIZE, DEFAULT_WORKERS, BufferPool, part_sizes, read_into
 from drtool.snapshot.lease import Lease, live_prune
@@ -33,10 +32,13 @@ if TYPE_CHECKING:
 SAFETENSORS_SUFFIX = ".safetensors"
 
 
-class CreateOptions(namedtuple("CreateOptions", "source model version source_host wait recheck_share part_size workers",
-                               defaults=(None, None, 0.0, DEFAULT_RECHECK_SHARE, DEFAULT_PART_SIZE, DEFAULT_WORKERS))):
+class CreateOptions(namedtuple("CreateOptions", "source model version source_host wait recheck_share part_size workers "
+                                                "version_from",
+                               defaults=(None, None, 0.0, DEFAULT_RECHECK_SHARE, DEFAULT_PART_SIZE, DEFAULT_WORKERS,
+                                         None))):
     """What to snapshot and how: source (a directory), model, version, source_host, wait (seconds for a busy lease),
-    recheck_share, part_size (bytes), workers."""
+    recheck_share, part_size (bytes), workers, version_from (a JSON file of the weights, relative to the source, whose
+    "version" labels the snapshot)."""
 
     __slots__ = ()
 
@@ -62,7 +64,7 @@ class Counters:
             self.blobs_repaired += outcome == REPAIRED
 
 
-def validate_options(opts: CreateOptions) -> Path:
+def validate_options(opts: CreateOptions) -> str:
     if not MODEL_NAME_RE.match(opts.model):
         raise UsageError(f"model name {opts.model!r} is not valid",
                          hint="letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128")
@@ -70,12 +72,12 @@ def validate_options(opts: CreateOptions) -> Path:
         raise UsageError(f"--recheck-share {opts.recheck_share} is not between 0 and 1")
     if opts.part_size < 1 << 16:
         raise UsageError(f"part size {opts.part_size} is too small (at least 64 KiB)")
-    src = Path(opts.source).expanduser()
-    if not src.exists():
+    src = os.path.expanduser(str(opts.source))
+    if not os.path.exists(src):
         raise UsageError(f"source {src} does not exist")
-    if not src.is_dir():
+    if not os.path.isdir(src):
         raise UsageError(f"source {src} is not a directory", hint="snapshot the directory that holds the weights")
-    return src.resolve()
+    return os.path.realpath(src)
 
 
 def utc_now() -> str:
@@ -88,7 +90,7 @@ def create_snapshot(store: BlobStore, opts: CreateOptions, progress: ProgressSin
     t0 = time.monotonic()
     run_started = time.time()
     src = validate_options(opts)
-    files, skipped = scan_source(str(src))
+    files, skipped = scan_source(src)
     if not files:
         raise UsageError(f"source {src} holds no files", hint="point SRC at the directory with the weights")
     lease = Lease(store, opts.model, f"snapshot create {opts.model}")
@@ -106,9 +108,9 @@ def create_snapshot(store: BlobStore, opts: CreateOptions, progress: ProgressSin
     return result
 
 
-def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: Path, files: list[SourceFile], lease: Lease,
+def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: str, files: list[SourceFile], lease: Lease,
                           run_started: float, progress: ProgressSink) -> dict:
-    cache = IncrementalCache(store.url, opts.model, str(src), opts.part_size).load()
+    cache = IncrementalCache(store.url, opts.model, src, opts.part_size).load()
     counters = Counters()
     texts: dict[str, str] = {}  # path -> the file's manifest entry as canonical JSON text
     rechecked: dict[str, str] = {}  # path -> the cached entry of an unchanged file read again (the re-check share)
@@ -138,11 +140,14 @@ def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: Path, file
     else:
         mismatches = []
 
+    version = opts.version
+    if opts.version_from:
+        version = version_from_file(src, files, texts, opts)
     for sf in files:
         cache.record(sf.path, sf.signature, texts[sf.path], run_started)
     created = utc_now()
-    data = encode_manifest({"model": opts.model, "version": opts.version, "created": created,
-                            "source_host": opts.source_host or os.uname().nodename, "source_path": str(src),
+    data = encode_manifest({"model": opts.model, "version": version, "created": created,
+                            "source_host": opts.source_host or os.uname().nodename, "source_path": src,
                             "part_size": opts.part_size}, [texts[sf.path] for sf in files])
     snapshot_id = hashlib.sha256(data).hexdigest()
     store.flush()
@@ -151,7 +156,8 @@ def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: Path, file
     store.put_if_absent(manifest_key(opts.model, snapshot_id), data)
     cache.save(snapshot_id)
     return {
-        "id": snapshot_id, "store": store.url, "model": opts.model, "version": opts.version,
+        "id": snapshot_id, "store": store.url, "model": opts.model, "version": version,
+        "version_from": opts.version_from,
         "created": created, "files": len(files), "files_cached": files_cached,
         "files_read": len(files) - files_cached, "bytes_total": sum(sf.size for sf in files),
         "bytes_read": counters.bytes_read, "bytes_uploaded": counters.bytes_uploaded,
@@ -159,6 +165,45 @@ def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: Path, file
         "blobs_repaired": counters.blobs_repaired,
         "recheck_mismatches": mismatches, "cache_note": cache.problem,
     }
+
+
+MAX_VERSION_FILE = 1 << 20
+
+
+def version_from_file(src: str, files: list[SourceFile], texts: dict[str, str], opts: CreateOptions) -> str:
+    """The version the weights say they are: the "version" string of the JSON file `opts.version_from` (relative to
+    SRC, and part of this snapshot: its bytes are checked against the digest the manifest records). A "model" in it
+    must be this model; a --version given too must agree. Nothing is written when they do not."""
+    name = opts.version_from
+    sf = next((f for f in files if f.path == name), None)
+    if sf is None:
+        raise UsageError(f"--version-from {name}: no such file in {src}",
+                         hint="name the weights' JSON file that holds their \"version\" (relative to SRC), or pass "
+                              "--version")
+    try:
+        with open(sf.abspath, "rb") as f:
+            data = f.read(MAX_VERSION_FILE + 1)
+    except OSError as exc:
+        raise OperationFailed(f"cannot read {sf.abspath}: {exc.strerror}") from None
+    if hashlib.sha256(data).hexdigest() != json.loads(texts[name])["sha256"]:
+        raise _changed(sf)
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = None
+    version = doc.get("version") if isinstance(doc, dict) else None
+    if not isinstance(version, str) or not version.strip() or len(version) > 256:
+        raise UsageError(f"{sf.abspath} has no \"version\" string (a JSON object's \"version\", at most 256 "
+                         "characters)", hint="write the version into it, or pass --version instead of --version-from")
+    model = doc.get("model")
+    if isinstance(model, str) and model != opts.model:
+        raise VerificationError(f"{sf.abspath} is model {model!r}, not {opts.model!r}: refusing to label it",
+                                hint="check SRC and --model; no snapshot was recorded")
+    if opts.version is not None and opts.version != version:
+        raise VerificationError(f"the weights in {src} are version {version!r} ({name}), not {opts.version!r}",
+                                hint="a snapshot labelled with a version its weights are not would be restored for "
+                                     "that version; check which version the host serves (no snapshot was recorded)")
+    return version
 
 
 def _entries_missing_blobs(store: BlobStore, texts: dict[str, str], workers: int) -> list[str]:

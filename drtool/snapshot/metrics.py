@@ -28,8 +28,9 @@ def _previous(path: Path) -> dict[str, float]:
     return out
 
 
-def write_backup_metrics(path: Path, model: str, ok: bool, duration_s: float, result: dict | None = None,
+def write_backup_metrics(path: str | Path, model: str, ok: bool, duration_s: float, result: dict | None = None,
                          verify_failed: bool = False) -> None:
+    path = Path(path)
     prev = _previous(path)
     reg = CollectorRegistry()
 

@@ -10,7 +10,6 @@ import time
 from abc import ABC, abstractmethod
 from collections import namedtuple
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from drtool.errors import OperationFailed, UsageError
@@ -115,7 +114,7 @@ class MissingBlob(Exception):
         self.digest = digest
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -131,55 +130,58 @@ def write_all(fd: int, data: memoryview | bytes) -> None:
 
 class FileStore(BlobStore):
     """A directory tree: one file per object. Writes go to a temp file in the same directory, are fsynced,
-    then renamed (or hard-linked, for a conditional create) into place."""
+    then renamed (or hard-linked, for a conditional create) into place. Paths are plain strings (no pathlib:
+    start-up time of an unchanged re-run, docs/benchmarks.md)."""
 
-    def __init__(self, url: str, root: Path, create: bool):
+    def __init__(self, url: str, root: str, create: bool):
         self.url = url
         self.root = root
-        if not root.is_dir():
+        if not os.path.isdir(root):
             if not create:
                 raise UsageError(f"store {url}: {root} does not exist",
                                  hint="check --store, or create a snapshot first")
             try:
-                root.mkdir(parents=True, exist_ok=True)
+                os.makedirs(root, exist_ok=True)
             except OSError as exc:
                 raise OperationFailed(f"store {url}: cannot create {root}: {exc.strerror}") from None
-        self._made_dirs: set[Path] = set()
-        self._dirty_dirs: set[Path] = set()
+        self._made_dirs: set[str] = set()
+        self._dirty_dirs: set[str] = set()
 
-    def _path(self, key: str) -> Path:
-        return self.root / key
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, key)
 
-    def _parent(self, path: Path) -> Path:
-        parent = path.parent
+    def _parent(self, path: str) -> str:
+        parent = os.path.dirname(path)
         if parent not in self._made_dirs:
-            parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(parent, exist_ok=True)
             self._made_dirs.add(parent)
         return parent
 
-    def _write_temp(self, path: Path, data: memoryview | bytes) -> Path:
-        tmp = self._parent(path) / f"{TEMP_PREFIX}{os.urandom(8).hex()}"
+    def _write_temp(self, path: str, data: memoryview | bytes) -> str:
+        tmp = os.path.join(self._parent(path), f"{TEMP_PREFIX}{os.urandom(8).hex()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             write_all(fd, data)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
         os.close(fd)
         return tmp
 
     def get(self, key):
         try:
-            return self._path(key).read_bytes()
+            with open(self._path(key), "rb") as f:
+                return f.read()
         except (FileNotFoundError, NotADirectoryError):
             return None
 
     def put(self, key, data):
         path = self._path(key)
         os.replace(self._write_temp(path, data), path)
-        _fsync_dir(path.parent)
+        _fsync_dir(os.path.dirname(path))
 
     def put_if_absent(self, key, data):
         path = self._path(key)
@@ -189,39 +191,39 @@ class FileStore(BlobStore):
         except FileExistsError:
             return False
         finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        _fsync_dir(os.path.dirname(path))
         return True
 
     def delete(self, key):
         path = self._path(key)
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            self._dirty_dirs.add(path.parent)
+            os.unlink(path)
+            self._dirty_dirs.add(os.path.dirname(path))
 
     def list(self, prefix):
-        top = self._path(prefix)
-        for dirpath, _dirs, names in os.walk(top):
+        for dirpath, _dirs, names in os.walk(self._path(prefix)):
             for name in names:
                 if name.startswith(TEMP_PREFIX):
                     continue
-                path = Path(dirpath, name)
+                path = os.path.join(dirpath, name)
                 try:
-                    st = path.stat()
+                    st = os.stat(path)
                 except FileNotFoundError:
                     continue
-                yield StoredObject(path.relative_to(self.root).as_posix(), st.st_size, st.st_mtime)
+                yield StoredObject(os.path.relpath(path, self.root).replace(os.sep, "/"), st.st_size, st.st_mtime)
 
     def size(self, key):
         try:
-            return self._path(key).stat().st_size
+            return os.stat(self._path(key)).st_size
         except (FileNotFoundError, NotADirectoryError):
             return None
 
     def put_blob(self, digest, data):
         path = self._path(blob_key(digest))
         os.replace(self._write_temp(path, data), path)
-        self._dirty_dirs.add(path.parent)
+        self._dirty_dirs.add(os.path.dirname(path))
 
     def read_blob(self, digest):
         try:
@@ -246,10 +248,10 @@ class FileStore(BlobStore):
         cutoff = time.time() - older_than
         for dirpath, _dirs, names in os.walk(self.root):
             for name in names:
-                path = Path(dirpath, name)
+                path = os.path.join(dirpath, name)
                 with contextlib.suppress(FileNotFoundError):
-                    if name.startswith(TEMP_PREFIX) and path.stat().st_mtime < cutoff:
-                        path.unlink()
+                    if name.startswith(TEMP_PREFIX) and os.stat(path).st_mtime < cutoff:
+                        os.unlink(path)
                         removed += 1
         return removed
 
@@ -452,7 +454,7 @@ def open_store(settings: ObjectStore | str, *, create: bool = False, workers: in
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
             raise UsageError(f"{url!r}: a file store URL is file:///absolute/path")
-        return FileStore(url, Path(unquote(parsed.path)), create)
+        return FileStore(url, unquote(parsed.path), create)
     if parsed.scheme == "s3":
         if isinstance(settings, str):
             from drtool.config import ObjectStore
