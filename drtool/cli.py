@@ -718,6 +718,8 @@ def drill_group(ctx: click.Context, site, scenarios, live, report_dir, model):
 
     app.out.result(result, render)
     if not result["passed"]:
+        if app.out.json_mode:
+            ctx.exit(VerificationError.exit_code)  # the result is the one JSON document; it says what failed
         failed = [c["name"] for s in result["scenarios"] for c in s["checks"] if not c["passed"]]
         errors = [s["error"] for s in result["scenarios"] if s["error"]]
         raise VerificationError(f"drill {result['drill_id']} failed: " + ", ".join(failed + errors),

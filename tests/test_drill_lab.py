@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from .conftest import MODEL, REPO, cli_json, dig, run_cli
+from .conftest import MODEL, PROD_VERSION, REPO, cli_json, dig, run_cli
 from .test_failover_lab import PRIMARY
 
 pytestmark = pytest.mark.lab
@@ -138,3 +138,29 @@ def test_interrupted_drill_still_cleans_up(lab, production, drill_state):
     assert lab.is_powered("pw-gpu1") and dig() == PRIMARY and dig(DRILL_RECORD) == ""
     assert standbys_cold(lab)
     assert MODEL in json.dumps(report)
+
+
+@pytest.mark.nightly
+def test_live_drill_moves_production_and_fails_back(lab, production, drill_state):
+    """--live: the production record itself moves to the DR site (fenced primary, verified standby), then drtool
+    fails back; afterwards production is compared with what it was, as in every drill. A backup first, so that a
+    newer snapshot of the production version than the one the primary serves exists: failback restores that one."""
+    newer = cli_json("backup")["snapshots"][0]
+    assert newer["version"] == PROD_VERSION
+    proc = run_cli("--json", "drill", "--site", "dr-east", "--live", "--report", str(drill_state / "report"))
+    assert proc.stdout, proc.stderr
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 0, json.dumps(result, indent=1)[:4000]
+    assert result["live"] and result["record"] == "model.drlab.test"
+    (sc,) = result["scenarios"]
+    assert sc["passed"] and sc["scenario"] == "primary-down"
+    names = [s["name"] for s in sc["steps"]]
+    assert "fence_primary" in names and names.index("fence_primary") < names.index("flip_dns")
+    flip = next(s for s in sc["steps"] if s["name"] == "flip_dns")
+    assert flip["evidence"]["record"] == "model.drlab.test" and flip["evidence"]["changed"]
+    assert flip["evidence"]["before"] == [PRIMARY] and flip["evidence"]["after"] != [PRIMARY]
+    assert flip["evidence"]["previous_saved"]  # the record it replaced, kept for `drtool dns restore`
+    assert_production_as_before(lab, result)
+    evidence = next(c for c in sc["checks"] if c["name"] == "primary_unchanged")["evidence"]
+    assert evidence["after"]["pw-gpu1"]["version"] == PROD_VERSION and evidence["after"]["pw-gpu1"]["ready"]
+    assert evidence["after"]["pw-gpu1"]["snapshot_id"] == newer["id"] and evidence["snapshot_changed_on"] == ["pw-gpu1"]

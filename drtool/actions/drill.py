@@ -351,10 +351,18 @@ class Drill:
                 now(), "done" if not sc.doc["not_cleaned"] else "failed")
         if before is not None:
             after = self.production_state()
-            sc.check("production_dns_unchanged", after["dns"] == before["dns"] or self.live,
-                     {"before": before["dns"], "after": after["dns"]})
-            sc.check("primary_unchanged", after["primary"] == before["primary"],
-                     {"before": before["primary"], "after": after["primary"]})
+            # A live drill moved production and failed back: the same addresses must be back (the TTL may be the
+            # one failback writes), and the primary must serve the same model, version and image; failback
+            # restores the newest verified snapshot of that version, which may be newer than the one it served.
+            same_dns = after["dns"] == before["dns"] or (
+                self.live and after["dns"]["addresses"] == before["dns"]["addresses"])
+            sc.check("production_dns_unchanged", same_dns, {"before": before["dns"], "after": after["dns"]})
+            changed = sorted(h for h, s in after["primary"].items()
+                             if s.get("snapshot_id") != before["primary"].get(h, {}).get("snapshot_id"))
+            same_primary = after["primary"] == before["primary"] or (
+                self.live and _without_snapshot(after["primary"]) == _without_snapshot(before["primary"]))
+            sc.check("primary_unchanged", same_primary,
+                     {"before": before["primary"], "after": after["primary"], "snapshot_changed_on": changed})
             try:
                 sc.check("steady_state_after", True, self.steady())
             except DrtoolError as exc:
@@ -408,3 +416,7 @@ def history(config: Config, site: str, limit: int) -> list[dict]:
         store.close()
     docs = [d for d in docs if d.get("site") == dr.name]
     return reports.history_rows(docs)[-limit:]
+
+
+def _without_snapshot(served: dict) -> dict:
+    return {host: {k: v for k, v in state.items() if k != "snapshot_id"} for host, state in served.items()}
