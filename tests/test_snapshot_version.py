@@ -4,6 +4,8 @@ which has no registry at hand, labels what a failover restores. A label the weig
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 
@@ -30,12 +32,21 @@ def test_version_comes_from_the_weights_and_an_unchanged_rerun_still_reads_nothi
             "--recheck-share", "0")
     first = snap_env.json(*args)
     assert first["version"] == "v7" and first["version_from"] == "config.json"
+    config_size = (src / "config.json").stat().st_size
+    assert first["bytes_read"] == first["bytes_total"] + config_size  # hashed, then read for its version
     again = snap_env.json(*args)
-    assert again["version"] == "v7" and again["bytes_read"] == 0
+    assert again["version"] == "v7" and again["bytes_read"] == 0  # the cache keeps the label under the digest
     shown = snap_env.json("snapshot", "show", again["id"], "--store", store)
     assert shown["manifest"]["version"] == "v7"
     agreed = snap_env.json(*args, "--version", "v7")
     assert agreed["version"] == "v7"
+    config = src / "config.json"
+    config.write_text(json.dumps({"model": "m", "version": "v8", "hidden": 64}))
+    os.utime(config, (time.time() - 60, time.time() - 60))  # only this file changes: the others stay cached
+    bumped = snap_env.json(*args)
+    assert bumped["version"] == "v8" and bumped["bytes_read"] == 2 * config.stat().st_size
+    refused = snap_env.json(*args, "--version", "v7", code=3)
+    assert "are version 'v8' (config.json), not 'v7'" in refused["message"]
 
 
 @pytest.mark.parametrize(("config", "extra", "code", "words"), [

@@ -69,6 +69,9 @@ class IncrementalCache:
         self.last_snapshot: str | None = None  # the snapshot the entries were recorded for
         self._new: list[str] = []
         self.problem: str | None = None  # why an existing cache file was ignored
+        # What the --version-from file said, under its digest ({"file", "sha256", "version", "model"}): read from the
+        # last run's cache, replaced by this run's (create.version_from_file), saved in the header.
+        self.version_label: dict | None = None
 
     def load(self) -> IncrementalCache:
         try:
@@ -87,6 +90,8 @@ class IncrementalCache:
             self._old = files
             last = header.get("snapshot")
             self.last_snapshot = last if isinstance(last, str) and SNAPSHOT_ID_RE.match(last) else None
+            label = header.get("version_label")
+            self.version_label = label if isinstance(label, dict) else None
         return self
 
     def lookup(self, path: str, sig: list[int]) -> str | None:
@@ -104,7 +109,8 @@ class IncrementalCache:
         lost or torn in a crash is ignored by load() (the next run reads everything), never wrong."""
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.{os.getpid()}.tmp"
-        header = json.dumps({**self.header, "snapshot": snapshot_id}, sort_keys=True)
+        extra = {"version_label": self.version_label} if self.version_label else {}
+        header = json.dumps({**self.header, "snapshot": snapshot_id, **extra}, sort_keys=True)
         with open(tmp, "wb") as f:
             f.write("\n".join([MAGIC, header, *self._new, ""]).encode())
         os.replace(tmp, self.path)

@@ -142,7 +142,7 @@ def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: str, files
 
     version = opts.version
     if opts.version_from:
-        version = version_from_file(src, files, texts, opts)
+        version = version_from_file(src, files, texts, opts, cache, counters)
     for sf in files:
         cache.record(sf.path, sf.signature, texts[sf.path], run_started)
     created = utc_now()
@@ -170,32 +170,26 @@ def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: str, files
 MAX_VERSION_FILE = 1 << 20
 
 
-def version_from_file(src: str, files: list[SourceFile], texts: dict[str, str], opts: CreateOptions) -> str:
+def version_from_file(src: str, files: list[SourceFile], texts: dict[str, str], opts: CreateOptions,
+                      cache: IncrementalCache, counters: Counters) -> str:
     """The version the weights say they are: the "version" string of the JSON file `opts.version_from` (relative to
     SRC, and part of this snapshot: its bytes are checked against the digest the manifest records). A "model" in it
-    must be this model; a --version given too must agree. Nothing is written when they do not."""
+    must be this model; a --version given too must agree. Nothing is written when they do not. The cache keeps what
+    the file said under its digest, so an unchanged re-run reads nothing (the digest stands for the content)."""
     name = opts.version_from
     sf = next((f for f in files if f.path == name), None)
     if sf is None:
         raise UsageError(f"--version-from {name}: no such file in {src}",
                          hint="name the weights' JSON file that holds their \"version\" (relative to SRC), or pass "
                               "--version")
-    try:
-        with open(sf.abspath, "rb") as f:
-            data = f.read(MAX_VERSION_FILE + 1)
-    except OSError as exc:
-        raise OperationFailed(f"cannot read {sf.abspath}: {exc.strerror}") from None
-    if hashlib.sha256(data).hexdigest() != json.loads(texts[name])["sha256"]:
-        raise _changed(sf)
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        doc = None
-    version = doc.get("version") if isinstance(doc, dict) else None
+    digest = json.loads(texts[name])["sha256"]
+    said = cache.version_label
+    if not (said and said.get("file") == name and said.get("sha256") == digest):
+        said = {"file": name, "sha256": digest, **_read_version_file(sf, digest, counters)}
+    version, model = said.get("version"), said.get("model")
     if not isinstance(version, str) or not version.strip() or len(version) > 256:
         raise UsageError(f"{sf.abspath} has no \"version\" string (a JSON object's \"version\", at most 256 "
                          "characters)", hint="write the version into it, or pass --version instead of --version-from")
-    model = doc.get("model")
     if isinstance(model, str) and model != opts.model:
         raise VerificationError(f"{sf.abspath} is model {model!r}, not {opts.model!r}: refusing to label it",
                                 hint="check SRC and --model; no snapshot was recorded")
@@ -203,7 +197,28 @@ def version_from_file(src: str, files: list[SourceFile], texts: dict[str, str], 
         raise VerificationError(f"the weights in {src} are version {version!r} ({name}), not {opts.version!r}",
                                 hint="a snapshot labelled with a version its weights are not would be restored for "
                                      "that version; check which version the host serves (no snapshot was recorded)")
+    cache.version_label = said
     return version
+
+
+def _read_version_file(sf: SourceFile, digest: str, counters: Counters) -> dict:
+    """{"version": ..., "model": ...} as the file says (None where it says nothing usable); its bytes must hash to
+    `digest`, the one the manifest records for it."""
+    try:
+        with open(sf.abspath, "rb") as f:
+            data = f.read(MAX_VERSION_FILE + 1)
+    except OSError as exc:
+        raise OperationFailed(f"cannot read {sf.abspath}: {exc.strerror}") from None
+    counters.bytes_read += len(data)
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise _changed(sf)
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        return {"version": None, "model": None}
+    return {"version": doc.get("version"), "model": doc.get("model")}
 
 
 def _entries_missing_blobs(store: BlobStore, texts: dict[str, str], workers: int) -> list[str]:
