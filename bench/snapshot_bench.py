@@ -52,6 +52,9 @@ class Run:
     returncode: int
 
 
+SETTLE_S = 3.0  # --settle: seconds of quiet before each timed step (see run())
+
+
 def sync() -> None:
     os.sync()
 
@@ -59,8 +62,14 @@ def sync() -> None:
 def run(name: str, argv: list[str], env: dict | None = None, cwd: Path | None = None,
         stdout_path: Path | None = None) -> Run:
     """Run argv as a child and measure it: wall time, and CPU and peak RSS of that child (and its own children,
-    which it waits for) from wait4, not the whole benchmark's."""
+    which it waits for) from wait4, not the whole benchmark's.
+
+    Before each step: `sync`, then SETTLE_S seconds of quiet. Our VMs hand memory that the guest frees back to the
+    host (free page reporting), and faulting it in again costs ~3 s of system time per GB, more than the copy itself:
+    without the pause, whichever tool ran right after another tool's scratch was deleted got cheap recycled pages
+    and the next one expensive ones, and single runs varied by 2x. With it, every tool starts alike."""
     sync()
+    time.sleep(SETTLE_S)
     out = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL
     try:
         t0 = time.perf_counter()
@@ -417,14 +426,18 @@ def print_report(report: dict) -> None:
 
 
 def main() -> None:
+    global SETTLE_S
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-gib", type=float, default=2.0, help="dataset size (default 2)")
     parser.add_argument("--data-dir", type=Path, default=REPO / ".bench-data", help="where data and scratch go")
     parser.add_argument("--repeat", type=int, default=3, help="runs per step; the median is reported")
     parser.add_argument("--only", default="local,restore,s3,rss", help="comma-separated sections to run")
     parser.add_argument("--aws", default=shutil.which("aws"), help="aws-cli executable (default: on PATH)")
+    parser.add_argument("--settle", type=float, default=SETTLE_S,
+                        help=f"seconds of quiet before each timed step (default {SETTLE_S}; see run())")
     parser.add_argument("--json-out", type=Path, help="report path (default DATA_DIR/snapshot_bench.json)")
     args = parser.parse_args()
+    SETTLE_S = args.settle
     for tool in ("sha256sum", "rclone", "restic"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is not installed (apt-get install {tool})")
@@ -434,7 +447,8 @@ def main() -> None:
     dataset = make_dataset(work / "data", size)
     b = Bench(work, work / "data" / "model", args.repeat)
     only = set(args.only.split(","))
-    report = {"dataset": dataset, "repeat": args.repeat, "cpus": os.cpu_count(), "started": time.time()}
+    report = {"dataset": dataset, "repeat": args.repeat, "cpus": os.cpu_count(), "started": time.time(),
+              "settle_s": SETTLE_S}
     if "local" in only:
         report["local"] = bench_local(b)
     if "restore" in only:

@@ -6,6 +6,8 @@ import os
 import threading
 from collections import deque
 
+from drtool.snapshot.directio import aligned_buffer
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time, docs/benchmarks.md)
 if TYPE_CHECKING:  # types only: neither is imported on an unchanged re-run's path (docs/benchmarks.md)
     from collections.abc import Callable, Iterable, Iterator
@@ -29,7 +31,8 @@ def part_sizes(size: int, part_size: int) -> list[int]:
 
 
 class BufferPool:
-    """A fixed set of part-sized buffers. Taking one blocks while all are in use, which is what bounds memory:
+    """A fixed set of part-sized, page-aligned buffers (so that whole parts can be read and written with O_DIRECT,
+    drtool.snapshot.directio). Taking one blocks while all are in use, which is what bounds memory:
     a reader can never run more than `count` parts ahead of the threads that hash and store them. A buffer
     handed to several threads goes back to the pool when the last of them releases it."""
 
@@ -46,14 +49,15 @@ class BufferPool:
         with self._lock:
             make = self._unmade > 0 and self._free.empty()
             self._unmade -= make
-        buf = bytearray(self.size) if make else self._free.get()
+        buf = aligned_buffer(self.size) if make else self._free.get()
         with self._lock:
             self._users[id(buf)] = users
         return buf
 
-    def release(self, buf: bytearray) -> None:
+    def release(self, buf: bytearray, all_users: bool = False) -> None:
+        """One user is done with `buf` (with all_users, every one: an error path); the last returns it."""
         with self._lock:
-            left = self._users[id(buf)] - 1
+            left = 0 if all_users else self._users[id(buf)] - 1
             if left:
                 self._users[id(buf)] = left
                 return

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 
 from drtool.errors import OperationFailed, UsageError, VerificationError
 from drtool.snapshot.catalog import load, resolve
-from drtool.snapshot.chunking import DEFAULT_WORKERS, ordered_map
+from drtool.snapshot.chunking import DEFAULT_WORKERS, BufferPool, ordered_map
+from drtool.snapshot.directio import ALIGN, MIN_DIRECT, is_aligned, set_direct
 from drtool.snapshot.manifest import EMPTY_SHA256, FileEntry, SnapshotManifest
 from drtool.snapshot.progress import NO_PROGRESS
 from drtool.snapshot.scan import RESTORE_TEMP_PREFIX
-from drtool.snapshot.stores import BlobStore, MissingBlob, write_all
+from drtool.snapshot.stores import BlobStore, MissingBlob
 
 if TYPE_CHECKING:
     from drtool.snapshot.progress import ProgressSink
@@ -131,42 +132,68 @@ def _writer_alive(name: str) -> bool:
     return True
 
 
-def _fetch(store: BlobStore, f: FileEntry, index: int) -> tuple[bytes, str | None]:
-    """A part's bytes; for a one-part file also their digest (which is the file's), computed here in parallel."""
+def _fetch(store: BlobStore, f: FileEntry, index: int, buffers: BufferPool) -> tuple[memoryview, bytearray, str | None]:
+    """A part's bytes (in a buffer of the pool, which the caller releases); for a one-part file also their digest
+    (which is the file's), computed here in parallel."""
     part = f.parts[index]
+    buf = buffers.acquire(1 if len(f.parts) == 1 else 2)  # a multi-part file's part is also hashed in order (_hash)
     try:
-        data = store.read_blob(part.sha256)
+        data = memoryview(store.read_blob(part.sha256, into=buf))
     except MissingBlob:
+        buffers.release(buf, all_users=True)
         raise VerificationError(f"{f.path}: blob {part.sha256} (part {index}) is missing from the store",
                                 hint="restore another snapshot; run `drtool snapshot verify` on this one") from None
-    return data, hashlib.sha256(data).hexdigest() if len(f.parts) == 1 else None
+    except BaseException:
+        buffers.release(buf, all_users=True)
+        raise
+    return data, buf, hashlib.sha256(data).hexdigest() if len(f.parts) == 1 else None
+
+
+def _hash(whole, data: memoryview, buf, buffers: BufferPool) -> None:
+    try:
+        whole.update(data)
+    finally:
+        buffers.release(buf)
 
 
 def _restore_files(store: BlobStore, manifest: SnapshotManifest, writer: _Writer, executor: ThreadPoolExecutor,
                    workers: int, progress: ProgressSink) -> None:
     items = [(f, i) for f in manifest.files for i in range(len(f.parts))]
-    fetched = ordered_map(executor, lambda item: _fetch(store, *item), items, window=workers + 2)
+    window = workers + 2
+    # Part-sized buffers, reused: at most `window` parts are fetched ahead, one is being written, and a few wait for
+    # the in-order whole-file hash. Fresh memory for every part cost more than the copy itself on our VMs (page
+    # faults; docs/benchmarks.md).
+    largest = max((p.size for f in manifest.files for p in f.parts), default=0)
+    buffers = BufferPool(window + 3, max(largest, 1))
+    fetched = ordered_map(executor, lambda item: _fetch(store, *item, buffers), items, window=window)
     finals: list[Future] = []
-    for f in manifest.files:
-        tmp = writer.open(f)
-        whole = hashlib.sha256() if len(f.parts) > 1 else None
-        actual = EMPTY_SHA256
-        for part in f.parts:
-            data, digest = next(fetched)
-            if len(data) != part.size:
-                raise _mismatch(f, f"(a {len(data)}-byte part where {part.size} bytes were expected)",
-                                [f"blob {part.sha256} has the wrong size"])
-            writer.write(tmp, data)
+    # A multi-part file's digest is computed in part order on its own thread while this one writes the parts.
+    with ThreadPoolExecutor(1, thread_name_prefix="restore-hash") as hasher:
+        for f in manifest.files:
+            tmp = writer.open(f)
+            whole = hashlib.sha256() if len(f.parts) > 1 else None
+            actual = EMPTY_SHA256
+            for part in f.parts:
+                data, buf, digest = next(fetched)
+                handed = False
+                try:
+                    if len(data) != part.size:
+                        raise _mismatch(f, f"(a {len(data)}-byte part where {part.size} bytes were expected)",
+                                        [f"blob {part.sha256} has the wrong size"])
+                    if whole is not None:
+                        hasher.submit(_hash, whole, data, buf, buffers)
+                        handed = True
+                    else:
+                        actual = digest
+                    writer.write(tmp, data)
+                finally:
+                    buffers.release(buf, all_users=not handed)
+                progress.advance(part.size)
             if whole is not None:
-                whole.update(data)
-            else:
-                actual = digest
-            progress.advance(len(data))
-        if whole is not None:
-            actual = whole.hexdigest()
-        if actual != f.sha256:
-            raise _mismatch(f, actual, writer.bad_parts(tmp, f))
-        finals.append(executor.submit(writer.commit, tmp, f))
+                actual = hasher.submit(whole.hexdigest).result()
+            if actual != f.sha256:
+                raise _mismatch(f, actual, writer.bad_parts(tmp, f))
+            finals.append(executor.submit(writer.commit, tmp, f))
     for fut in finals:
         fut.result()
 
@@ -178,10 +205,12 @@ def _mismatch(f: FileEntry, actual: str, bad_parts: list[str]) -> VerificationEr
 
 
 class _TempFile:
-    def __init__(self, fd: int, path: Path, final: Path):
+    def __init__(self, fd: int, path: Path, final: Path, direct: bool):
         self.fd = fd
         self.path = path
         self.final = final
+        self.direct = direct  # O_DIRECT is on: whole aligned parts go around the page cache (directio)
+        self.offset = 0  # bytes written so far
 
 
 class _Writer:
@@ -209,14 +238,27 @@ class _Writer:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise _write_error(f.path, exc) from None
-        tmp = _TempFile(fd, path, final)
+        tmp = _TempFile(fd, path, final, f.size >= MIN_DIRECT and set_direct(fd, True))
         with self._lock:
             self._open[path] = tmp
         return tmp
 
-    def write(self, tmp: _TempFile, data: bytes) -> None:
+    def write(self, tmp: _TempFile, data: memoryview) -> None:
         try:
-            write_all(tmp.fd, data)
+            if tmp.direct and (len(data) % ALIGN or not is_aligned(data)):
+                tmp.direct = False  # an unaligned part (a file's last, usually): the rest through the page cache
+                set_direct(tmp.fd, False)
+            view = memoryview(data)
+            done = 0
+            while done < len(view):
+                try:
+                    done += os.pwrite(tmp.fd, view[done:], tmp.offset + done)
+                except OSError as exc:
+                    if not (tmp.direct and exc.errno == errno.EINVAL):
+                        raise
+                    tmp.direct = False  # refused after all: go on through the page cache
+                    set_direct(tmp.fd, False)
+            tmp.offset += done
         except OSError as exc:
             raise _write_error(str(tmp.final.relative_to(self.root)), exc) from None
 
@@ -237,6 +279,9 @@ class _Writer:
         """Which parts of a mismatching multi-part file differ from their blob digest (read back from the temp)."""
         if len(f.parts) < 2:
             return []  # the file digest is the part digest: the message already names both
+        if tmp.direct:
+            tmp.direct = False
+            set_direct(tmp.fd, False)  # read back into ordinary buffers
         found = []
         offset = 0
         for i, part in enumerate(f.parts):

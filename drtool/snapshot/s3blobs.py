@@ -124,10 +124,10 @@ class BlobRequests:
             return "exists"
         return None
 
-    def get(self, key: str) -> bytearray | None:
+    def get(self, key: str, into: bytearray | None = None) -> bytearray | memoryview | None:
         """The object's bytes, or None: make the call through botocore instead (a 404 too: botocore tells a missing
-        key from a missing bucket)."""
-        response = self._send("GET", key, {}, None)
+        key from a missing bucket). With `into`, a body that fits is read into it (a view of it is returned)."""
+        response = self._send("GET", key, {}, None, into)
         if response is None:
             return None
         status, body = response
@@ -135,7 +135,8 @@ class BlobRequests:
             return body
         return None
 
-    def _send(self, method: str, key: str, extra: dict, body) -> tuple[int, bytearray] | None:
+    def _send(self, method: str, key: str, extra: dict, body,
+              into: bytearray | None = None) -> tuple[int, bytearray | memoryview] | None:
         path = self.base_path + quote(key, safe="/~")
         headers = self._sign(method, path, extra)
         conn = self._connection()
@@ -147,7 +148,7 @@ class BlobRequests:
                 conn.putheader("Content-Length", str(len(body)))
             conn.endheaders(memoryview(body) if body is not None else None)
             response = conn.getresponse()
-            data = _read_body(response)
+            data = _read_body(response, into if response.status == 200 else None)
             if response.will_close:
                 conn.close()
             return response.status, data
@@ -200,20 +201,24 @@ class BlobRequests:
         return headers
 
 
-def _read_body(response: http.client.HTTPResponse) -> bytearray:
-    """The whole body, read straight into one buffer when its length is known (no chunk list to join)."""
+def _read_body(response: http.client.HTTPResponse, into: bytearray | None = None) -> bytearray | memoryview:
+    """The whole body, read straight into one buffer when its length is known (no chunk list to join): `into` when
+    the body fits in it (a view of it is returned), else a new one."""
     length = response.length
     if length is None:
         return bytearray(response.read())
-    buf = bytearray(length)
-    view = memoryview(buf)
+    if into is not None and length <= len(into):
+        buf, view = None, memoryview(into)[:length]
+    else:
+        buf = bytearray(length)
+        view = memoryview(buf)
     got = 0
     while got < length:
         n = response.readinto(view[got:])
         if not n:
             raise http.client.IncompleteRead(bytes(view[:got]), length - got)
         got += n
-    return buf
+    return view if buf is None else buf
 
 
 def _proxied(scheme: str, host: str) -> bool:

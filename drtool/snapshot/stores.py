@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from urllib.parse import unquote, urlparse
 
 from drtool.errors import OperationFailed, UsageError
+from drtool.snapshot.directio import read_file_into, write_new_file
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time, docs/benchmarks.md)
 if TYPE_CHECKING:  # drtool.config pulls in jsonschema and yaml: not needed to open a store
@@ -96,8 +97,10 @@ class BlobStore(ABC):
             return False
 
     @abstractmethod
-    def read_blob(self, digest: str) -> bytes:
-        """The blob's bytes as stored (not checked here); MissingBlob when it is not there."""
+    def read_blob(self, digest: str, into: bytearray | None = None) -> bytes | memoryview:
+        """The blob's bytes as stored (not checked here); MissingBlob when it is not there. With `into`, a blob that
+        fits is read into that buffer and a view of it returned: a restore reuses its buffers instead of faulting in
+        fresh memory for every part (docs/benchmarks.md)."""
 
     @abstractmethod
     def flush(self) -> None:
@@ -158,17 +161,9 @@ class FileStore(BlobStore):
         return parent
 
     def _write_temp(self, path: str, data: memoryview | bytes) -> str:
+        """A new temp file beside `path` holding `data`, fsynced (large aligned parts written with O_DIRECT)."""
         tmp = os.path.join(self._parent(path), f"{TEMP_PREFIX}{os.urandom(8).hex()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        os.close(fd)
+        write_new_file(tmp, data)
         return tmp
 
     def get(self, key):
@@ -225,9 +220,13 @@ class FileStore(BlobStore):
         os.replace(self._write_temp(path, data), path)
         self._dirty_dirs.add(os.path.dirname(path))
 
-    def read_blob(self, digest):
+    def read_blob(self, digest, into=None):
         try:
             with open(self._path(blob_key(digest)), "rb", buffering=0) as f:
+                if into is not None:
+                    view = read_file_into(f.fileno(), os.fstat(f.fileno()).st_size, into)
+                    if view is not None:
+                        return view
                 return f.readall()
         except FileNotFoundError:
             raise MissingBlob(digest) from None
@@ -379,10 +378,10 @@ class S3Store(BlobStore):
                 return "exists"
         return "created"
 
-    def read_blob(self, digest):
+    def read_blob(self, digest, into=None):
         fast = self._blob_requests()
         if fast is not None:
-            data = fast.get(self._key(blob_key(digest)))
+            data = fast.get(self._key(blob_key(digest)), into)
             if data is not None:
                 return data
         with s3_errors(self):
