@@ -54,6 +54,22 @@ def set_direct(fd: int, on: bool) -> bool:
     return True
 
 
+def write_at(fd: int, view: memoryview, offset: int, direct: bool) -> bool:
+    """pwrite all of `view` at `offset`. `direct` says O_DIRECT is on for `fd`; if the file system refuses a direct
+    write after all (EINVAL), O_DIRECT is turned off and the rest goes through the page cache. Returns whether
+    O_DIRECT is still on."""
+    done = 0
+    while done < len(view):
+        try:
+            done += os.pwrite(fd, view[done:], offset + done)
+        except OSError as exc:
+            if not (direct and exc.errno == errno.EINVAL):
+                raise
+            direct = False
+            set_direct(fd, False)
+    return direct
+
+
 def write_new_file(path: str, data, mode: int = 0o644) -> int:
     """Create `path` (it must not exist) holding `data`, fsynced. The aligned head of a large aligned buffer is written
     with O_DIRECT, the rest through the page cache. Returns the bytes written directly. On error the file is removed."""
@@ -62,18 +78,10 @@ def write_new_file(path: str, data, mode: int = 0o644) -> int:
     head = n - n % ALIGN if O_DIRECT and n >= MIN_DIRECT and is_aligned(view) else 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        done = 0
-        if head and set_direct(fd, True):
-            try:
-                while done < head:
-                    done += os.write(fd, view[done:head])
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
+        direct = bool(head) and set_direct(fd, True) and write_at(fd, view[:head], 0, True)
+        if direct:
             set_direct(fd, False)
-        direct = done
-        while done < n:
-            done += os.write(fd, view[done:])
+        write_at(fd, view[head if direct else 0:], head if direct else 0, False)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -83,7 +91,7 @@ def write_new_file(path: str, data, mode: int = 0o644) -> int:
             pass
         raise
     os.close(fd)
-    return direct
+    return head if direct else 0
 
 
 def read_file_into(fd: int, size: int, into) -> memoryview | None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from drtool.errors import OperationFailed, UsageError, VerificationError
 from drtool.snapshot.catalog import load, resolve
 from drtool.snapshot.chunking import DEFAULT_WORKERS, BufferPool, ordered_map
-from drtool.snapshot.directio import ALIGN, MIN_DIRECT, is_aligned, set_direct
+from drtool.snapshot.directio import ALIGN, MIN_DIRECT, is_aligned, set_direct, write_at
 from drtool.snapshot.manifest import EMPTY_SHA256, FileEntry, SnapshotManifest
 from drtool.snapshot.progress import NO_PROGRESS
 from drtool.snapshot.scan import RESTORE_TEMP_PREFIX
@@ -248,17 +248,8 @@ class _Writer:
             if tmp.direct and (len(data) % ALIGN or not is_aligned(data)):
                 tmp.direct = False  # an unaligned part (a file's last, usually): the rest through the page cache
                 set_direct(tmp.fd, False)
-            view = memoryview(data)
-            done = 0
-            while done < len(view):
-                try:
-                    done += os.pwrite(tmp.fd, view[done:], tmp.offset + done)
-                except OSError as exc:
-                    if not (tmp.direct and exc.errno == errno.EINVAL):
-                        raise
-                    tmp.direct = False  # refused after all: go on through the page cache
-                    set_direct(tmp.fd, False)
-            tmp.offset += done
+            tmp.direct = write_at(tmp.fd, memoryview(data), tmp.offset, tmp.direct)
+            tmp.offset += len(data)
         except OSError as exc:
             raise _write_error(str(tmp.final.relative_to(self.root)), exc) from None
 
