@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -230,3 +231,93 @@ def test_restore_without_room_fails_cleanly(snap_env):
         assert os.listdir(small) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def _without_root_file_access(argv: list[str]) -> list[str]:
+    """argv run as root without the capabilities that let root read any file (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+    a mode-000 file is then unreadable, as it is to any other user, while drtool and its venv stay readable."""
+    drop = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *argv]
+
+
+def test_unreadable_source_file_exits_1_before_storing_anything(snap_env):
+    src = model_dir(snap_env.tmp / "src")
+    store = snap_env.store("file")
+    first = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m", "--recheck-share", "0")
+    blobs_before = sorted(p.name for p in (snap_env.tmp / "store").rglob("*") if p.is_file())
+
+    def create(source: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(_without_root_file_access([DRTOOL, "snapshot", "create", str(source), "--store", store,
+                                                         "--model", "m", "--recheck-share", "0", "--json"]),
+                              capture_output=True, text=True, env=snap_env.vars, timeout=120)
+
+    # A file the last snapshot read that is now unreadable (chmod moves its ctime: the cache does not trust it).
+    (src / "config.json").chmod(0)
+    err = _error(create(src), 1)
+    assert "cannot read" in err["message"] and "config.json" in err["message"]
+    assert "permission denied" in err["message"]
+    # A new file nobody can read, beside new content that would otherwise be uploaded first.
+    write_random(src / "new-shard.bin", 2 * MiB)
+    (src / "zz-secret.bin").write_bytes(b"x" * 100)
+    (src / "zz-secret.bin").chmod(0)
+    err = _error(create(src), 1)
+    assert "cannot read" in err["message"]
+    listed = snap_env.json("snapshot", "list", "--store", store, "--model", "m")["snapshots"]
+    assert [s["id"] for s in listed] == [first["id"]]
+    assert sorted(p.name for p in (snap_env.tmp / "store").rglob("*") if p.is_file()) == blobs_before
+    # Readable again: the next run goes ahead.
+    (src / "config.json").chmod(0o644)
+    (src / "zz-secret.bin").chmod(0o600)
+    again = create(src)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_what_create_reads_skips_and_refuses_in_the_source(snap_env):
+    src = model_dir(snap_env.tmp / "src")
+    outside = write_random(snap_env.tmp / "elsewhere" / "shared.bin", 1000)
+    (src / "deep" / "er").mkdir(parents=True)
+    (src / "deep" / "er" / "leaf.txt").write_text("leaf\n")
+    (src / "linked.bin").symlink_to(outside)  # read through: the snapshot holds the content
+    (src / "linked-dir").symlink_to(outside.parent, target_is_directory=True)
+    os.mkfifo(src / "a-fifo")
+    (src / ".drtool-restore-123-abcd").write_bytes(b"half a restored file")
+    store = snap_env.store("file")
+    created = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m")
+    assert sorted(created["skipped"]) == ["a-fifo: not a regular file", "linked-dir: symlink to a directory"]
+    shown = snap_env.json("snapshot", "show", created["id"], "--store", store)
+    paths = [f["path"] for f in shown["manifest"]["files"]]
+    assert paths == sorted(paths)
+    assert {"deep/er/leaf.txt", "linked.bin", "tokenizer/vocab.bin", "EMPTY"} <= set(paths)
+    assert not any(p.startswith(("a-fifo", "linked-dir", ".drtool-restore-")) for p in paths)
+    linked = next(f for f in shown["manifest"]["files"] if f["path"] == "linked.bin")
+    assert linked["sha256"] == hashlib.sha256(outside.read_bytes()).hexdigest()
+
+    (src / "bad\tname.bin").write_bytes(b"x")
+    err = _error(snap_env.run("snapshot", "create", str(src), "--store", store, "--model", "m", "--json"), 2)
+    assert "control character" in err["message"]
+    (src / "bad\tname.bin").unlink()
+    (src / "dangling").symlink_to(snap_env.tmp / "gone")
+    err = _error(snap_env.run("snapshot", "create", str(src), "--store", store, "--model", "m", "--json"), 1)
+    assert "dangling" in err["message"] and "broken symlink" in err["message"]
+    assert [s["id"] for s in snap_env.json("snapshot", "list", "--store", store)["snapshots"]] == [created["id"]]
+
+
+@pytest.mark.parametrize("form", ["file://{}", "file://localhost{}", "file://{}?", "file://{}#"])
+def test_file_store_urls_name_the_directory_with_or_without_urllib(tmp_path, form):
+    from drtool.snapshot.stores import open_store
+
+    root = tmp_path / "a store" / "with%"
+    root.mkdir(parents=True)
+    plain = open_store(f"file://{root}".replace("%", "%25").replace(" ", "%20"))  # percent-encoded: urllib's path
+    assert plain.root == str(root)
+    spaced = tmp_path / "a store"
+    assert open_store(form.format(spaced)).root == str(spaced)
+
+
+@pytest.mark.parametrize("url", ["file://host/x", "file:relative/x", "ftp:///x", "/no/scheme"])
+def test_store_urls_that_are_not_a_local_directory_are_usage_errors(url):
+    from drtool.errors import UsageError
+    from drtool.snapshot.stores import open_store
+
+    with pytest.raises(UsageError):
+        open_store(url)

@@ -19,7 +19,7 @@ from drtool.snapshot.chunking import DEFAULT_PART_SIZE, DEFAULT_WORKERS, BufferP
 from drtool.snapshot.lease import Lease, live_prune
 from drtool.snapshot.manifest import EMPTY_SHA256, MODEL_NAME_RE, FileEntry, PartRef, encode_manifest
 from drtool.snapshot.progress import NO_PROGRESS
-from drtool.snapshot.scan import SourceFile, scan_source, signature
+from drtool.snapshot.scan import SourceFile, readable_or_fail, scan_source, signature
 from drtool.snapshot.stores import PRESENT, REPAIRED, BlobStore, blob_key, manifest_key
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time, docs/benchmarks.md)
@@ -134,6 +134,7 @@ def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: str, files
             to_read.append(by_path[path])
     files_cached = len(texts)
     if to_read:
+        readable_or_fail(to_read)
         new = _read_files(store, opts, sorted(to_read, key=lambda f: f.path), counters, progress, set(rechecked))
         texts.update((path, entry_json(entry)) for path, entry in new.items())
         mismatches = sorted(p for p, old in rechecked.items() if new[p].sha256 != json.loads(old)["sha256"])

@@ -38,42 +38,54 @@ class SourceFile:
 
 def scan_source(src: str) -> tuple[list[SourceFile], list[str]]:
     """Regular files under src (symlinks to files are read through), sorted by manifest path; and what was skipped,
-    with why. A restore's leftover temp files (`.drtool-restore-*`) are neither snapshotted nor listed."""
+    with why. A restore's leftover temp files (`.drtool-restore-*`) are neither snapshotted nor listed.
 
-    def walk_error(exc: OSError):
-        raise OperationFailed(f"cannot read directory {exc.filename}: {exc.strerror}",
-                              hint="fix its permissions, or snapshot a directory drtool can read") from None
-
+    Only stats: whether a file can be read is checked by the caller for the files it will read (readable_or_fail),
+    as a cached file whose signature (ctime included: chmod and ACL changes move it) is unchanged was read before."""
     safe = re.compile(PATH_PATTERN).match
     files: list[SourceFile] = []
     skipped: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(src, onerror=walk_error):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, src).replace(os.sep, "/")
-        prefix = "" if rel_dir == "." else rel_dir + "/"
-        for d in list(dirnames):
-            if os.path.islink(os.path.join(dirpath, d)):
-                skipped.append(f"{prefix}{d}: symlink to a directory")
-        for name in sorted(filenames):
+    pending = [(src, "")]  # (directory, its manifest path prefix)
+    while pending:
+        dirpath, prefix = pending.pop()
+        try:
+            with os.scandir(dirpath) as it:
+                entries = list(it)
+        except OSError as exc:
+            raise OperationFailed(f"cannot read directory {dirpath}: {exc.strerror}",
+                                  hint="fix its permissions, or snapshot a directory drtool can read") from None
+        for entry in entries:
+            name = entry.name
+            rel = prefix + name
+            if entry.is_dir(follow_symlinks=False):
+                pending.append((entry.path, rel + "/"))
+                continue
             if name.startswith(RESTORE_TEMP_PREFIX):
                 continue  # an unfinished file of a killed restore (the next restore removes it): never content
-            full = os.path.join(dirpath, name)
-            rel = prefix + name
             if not safe(rel):
                 raise UsageError(f"file name {rel!r} has a control character or a backslash",
                                  hint="rename it: manifest paths must print as one line for `sha256sum -c`")
             try:
-                st = os.stat(full)
+                st = entry.stat()  # follows a symlink: its target's content is what a snapshot holds
             except FileNotFoundError:
-                raise OperationFailed(f"{full}: broken symlink or vanished while scanning") from None
+                raise OperationFailed(f"{entry.path}: broken symlink or vanished while scanning") from None
             except OSError as exc:
-                raise OperationFailed(f"cannot stat {full}: {exc.strerror}") from None
+                raise OperationFailed(f"cannot stat {entry.path}: {exc.strerror}") from None
+            if stat.S_ISDIR(st.st_mode):
+                skipped.append(f"{rel}: symlink to a directory")
+                continue
             if not stat.S_ISREG(st.st_mode):
                 skipped.append(f"{rel}: not a regular file")
                 continue
-            if not os.access(full, os.R_OK):
-                raise OperationFailed(f"cannot read {full}: permission denied",
-                                      hint="fix its permissions (nothing was uploaded yet)")
-            files.append(SourceFile(rel, full, signature(st), stat.S_IMODE(st.st_mode)))
+            files.append(SourceFile(rel, entry.path, signature(st), stat.S_IMODE(st.st_mode)))
     files.sort(key=lambda f: f.path)
+    skipped.sort()
     return files, skipped
+
+
+def readable_or_fail(files: list[SourceFile]) -> None:
+    """Refuse, before anything is stored, to go on when one of the files to be read cannot be."""
+    for sf in files:
+        if not os.access(sf.abspath, os.R_OK):
+            raise OperationFailed(f"cannot read {sf.abspath}: permission denied",
+                                  hint="fix its permissions (nothing was uploaded yet)")
