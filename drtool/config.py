@@ -9,10 +9,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import yaml
-
 from drtool.errors import ConfigError, UsageError
+
+# jsonschema and yaml are imported when a config file is read: an s3:// snapshot without a config (the nightly job
+# on a host) imports this module for ObjectStore alone, and the two cost ~0.1 s of CPU (docs/benchmarks.md).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import jsonschema
+    import yaml
 
 DEFAULT_CONFIG_NAME = "drtool.yaml"
 DEFAULT_LAB_DIR = Path("/var/lib/drtool-lab")
@@ -216,6 +220,8 @@ def resolve_config_path(explicit: str | os.PathLike | None) -> Path:
 
 def _line_index(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
     """Map each key path in the YAML document to its 1-based line, for error messages."""
+    import yaml
+
     lines: dict[tuple, int] = {path: node.start_mark.line + 1}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
@@ -301,6 +307,9 @@ def load_config(explicit: str | os.PathLike | None = None) -> Config:
                          hint="check --config / DRTOOL_CONFIG, or run `drtool lab up` for the lab") from None
     except OSError as exc:
         raise UsageError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    import jsonschema
+    import yaml
+
     try:
         node = yaml.compose(text)
         doc = yaml.safe_load(text)

@@ -195,16 +195,17 @@ def test_corrupted_signature_is_refused(auth_s3, monkeypatch):
 
         monkeypatch.setattr(fast, "_sign", corrupted)
         for method, key, body_sent in (("PUT", "corrupt/refused", body), ("GET", "corrupt/ok", None)):
-            status, reply = fast._send(method, key, dict(extra) if body_sent else {}, body_sent)
+            status, reply, _ = fast._send(method, key, dict(extra) if body_sent else {}, body_sent)
             assert status == 403, reply
             assert b"<Code>SignatureDoesNotMatch</Code>" in reply
         assert fast.put("corrupt/refused", memoryview(body), digest, if_none_match=True) is None  # -> botocore
         assert fast.get("corrupt/ok") is None
+        assert fast.size("corrupt/ok") is None  # a refused HEAD (403) is not "absent": botocore is asked
     finally:
         fast.close()
     wrong_secret = _lean(auth_s3, "corrupt", Credentials(auth_s3.key_id, _wrong(auth_s3.secret)))
     try:
-        status, reply = wrong_secret._send("GET", "corrupt/ok", {}, None)
+        status, reply, _ = wrong_secret._send("GET", "corrupt/ok", {}, None)
         assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in reply, reply
     finally:
         wrong_secret.close()
@@ -228,7 +229,9 @@ def test_lean_path_signs_for_the_server(auth_s3, principal):
         for data in (small, big):
             digest = hashlib.sha256(data).hexdigest()
             key = f"{prefix}/blobs/sha256/{digest[:2]}/{digest}"
+            assert fast.size(key) is False  # absent
             assert fast.put(key, memoryview(data), digest, if_none_match=True) == "created"
+            assert fast.size(key) == len(data)
             assert fast.put(key, memoryview(data), digest, if_none_match=True) == "exists"
             assert fast.put(key, memoryview(data), digest, if_none_match=False) == "created"
             assert bytes(fast.get(key)) == data

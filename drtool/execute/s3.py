@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-import boto3
 import botocore.session
 from botocore.config import Config as BotoConfig
 
@@ -32,20 +31,19 @@ def parse_s3_url(url: str) -> S3Location:
 def client(store: ObjectStore, max_pool: int = 16):
     """A boto3 S3 client for the store. Credentials come the standard AWS ways, or from the store's
     credentials_file (AWS shared-credentials format); they are never passed on a command line."""
-    bsession = botocore.session.Session(profile=store.profile)
-    if store.credentials_file:
-        bsession.set_config_variable("credentials_file", store.credentials_file)
-    session = boto3.Session(botocore_session=bsession, region_name=store.region)
+    import boto3
+
+    session = boto3.Session(botocore_session=_botocore_session(store), region_name=store.region)
     cfg = BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=max_pool,
                      connect_timeout=5, read_timeout=60)
     return session.client("s3", endpoint_url=store.endpoint_url, config=cfg)
 
 
-def _session(store: ObjectStore) -> boto3.Session:
+def _botocore_session(store: ObjectStore) -> botocore.session.Session:
     bsession = botocore.session.Session(profile=store.profile)
     if store.credentials_file:
         bsession.set_config_variable("credentials_file", store.credentials_file)
-    return boto3.Session(botocore_session=bsession, region_name=store.region)
+    return bsession
 
 
 def transfer_client(store: ObjectStore, max_pool: int):
@@ -55,6 +53,8 @@ def transfer_client(store: ObjectStore, max_pool: int):
     which the server checks and the signature covers; so botocore's own extra passes over the data are turned off:
     the default CRC32 request checksum, response checksum validation, and payload hashing on plain-HTTP endpoints.
     A fixed User-Agent also skips botocore's per-request user-agent assembly (~0.4 ms of CPU per request, measured).
+    A plain botocore client: the blob calls need none of boto3's additions, and not importing boto3 (and the
+    s3transfer it loads) saves ~0.1 s of CPU per run.
     """
     from drtool import __version__
 
@@ -63,4 +63,5 @@ def transfer_client(store: ObjectStore, max_pool: int):
                      request_checksum_calculation="when_required", response_checksum_validation="when_required",
                      s3={"payload_signing_enabled": False},
                      user_agent=f"drtool/{__version__} botocore/{botocore.__version__}")
-    return _session(store).client("s3", endpoint_url=store.endpoint_url, config=cfg)
+    return _botocore_session(store).create_client("s3", region_name=store.region, endpoint_url=store.endpoint_url,
+                                                  config=cfg)

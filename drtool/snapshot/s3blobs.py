@@ -117,7 +117,7 @@ class BlobRequests:
         response = self._send("PUT", key, headers, body)
         if response is None:
             return None
-        status, _ = response
+        status, _, _ = response
         if status == 200:
             return "created"
         if if_none_match and status in (409, 412):
@@ -130,13 +130,25 @@ class BlobRequests:
         response = self._send("GET", key, {}, None, into)
         if response is None:
             return None
-        status, body = response
+        status, body, _ = response
         if status == 200:
             return body
         return None
 
+    def size(self, key: str) -> int | None | bool:
+        """The object's size (HEAD); False when there is none (404); None: ask botocore instead. A HEAD answers a
+        missing bucket with a bare 404 as well, to botocore too: the PUT that follows is what reports it."""
+        response = self._send("HEAD", key, {}, None)
+        if response is None:
+            return None
+        status, _, length = response
+        if status == 404:
+            return False
+        return length if status == 200 and length is not None else None
+
     def _send(self, method: str, key: str, extra: dict, body,
-              into: bytearray | None = None) -> tuple[int, bytearray | memoryview] | None:
+              into: bytearray | None = None) -> tuple[int, bytearray | memoryview, int | None] | None:
+        """(status, body, the Content-Length header as an int or None), or None when the request failed."""
         path = self.base_path + quote(key, safe="/~")
         headers = self._sign(method, path, extra)
         conn = self._connection()
@@ -151,7 +163,8 @@ class BlobRequests:
             data = _read_body(response, into if response.status == 200 else None)
             if response.will_close:
                 conn.close()
-            return response.status, data
+            length = response.getheader("Content-Length")
+            return response.status, data, int(length) if length and length.isdigit() else None
         except (OSError, http.client.HTTPException):
             conn.close()
             return None

@@ -326,6 +326,11 @@ class S3Store(BlobStore):
                     yield StoredObject(obj["Key"][strip:], obj["Size"], obj["LastModified"].timestamp())
 
     def size(self, key):
+        if key.startswith(BLOBS):  # a blob's HEAD (before a large part is sent): the lean path when it applies
+            fast = self._blob_requests()
+            answer = fast.size(self._key(key)) if fast is not None else None
+            if answer is not None:
+                return None if answer is False else answer
         from botocore.exceptions import ClientError
 
         with s3_errors(self):
