@@ -52,12 +52,19 @@ def test_nightly_job_installs_runs_with_lock_and_metrics_and_uninstalls(lab, lab
     srv = lab.state_dir / "hosts" / "pw-gpu1" / "srv" / "drtool"
     cron = (srv / "cron.d" / "drtool-backup").read_text()
     assert "/srv/drtool/sbin/drtool-nightly-snapshot" in cron and cron.split("\n")[3].startswith("15 2 ")
-    # Run it on the host as cron would (no jitter), and a second one while the first holds the lock.
-    r = ssh(lab, "DRTOOL_NO_JITTER=1 /srv/drtool/sbin/drtool-nightly-snapshot & sleep 0.5; "
-                 "DRTOOL_NO_JITTER=1 /srv/drtool/sbin/drtool-nightly-snapshot; wait")
+    # Run it on the host as cron would (no jitter): first while another run holds the lock (this shell holds it, so
+    # the outcome does not hang on how long a run takes), then with the lock free.
+    log_path = srv / "log" / "drtool-backup.log"
+    seen = log_path.read_text() if log_path.exists() else ""
+    r = ssh(lab, "set -e; exec 8>/srv/drtool/drtool-backup.lock; flock -n 8; "
+                 "DRTOOL_NO_JITTER=1 /srv/drtool/sbin/drtool-nightly-snapshot; exec 8>&-; "
+                 "DRTOOL_NO_JITTER=1 /srv/drtool/sbin/drtool-nightly-snapshot")
     assert r.returncode == 0, r.stderr
-    log = (srv / "log" / "drtool-backup.log").read_text()
-    assert "another snapshot run holds" in log
+    log = log_path.read_text()
+    assert log.startswith(seen)
+    held, _, rest = log[len(seen):].partition("another snapshot run holds")
+    assert rest, log
+    assert " start" not in held and f"snapshot {MODEL} end" in rest  # refused outright, then the free run ran
     metrics = (srv / "textfile" / f"drtool_backup_{MODEL}.prom").read_text()
     line = next(ln for ln in metrics.splitlines() if ln.startswith("drtool_backup_last_success_timestamp_seconds"))
     assert float(line.split()[-1]) > 0
