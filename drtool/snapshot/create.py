@@ -20,7 +20,7 @@ from drtool.snapshot.lease import Lease, live_prune
 from drtool.snapshot.manifest import EMPTY_SHA256, MODEL_NAME_RE, FileEntry, PartRef, encode_manifest
 from drtool.snapshot.progress import NO_PROGRESS
 from drtool.snapshot.scan import SourceFile, readable_or_fail, scan_source, signature
-from drtool.snapshot.stores import PRESENT, REPAIRED, BlobStore, blob_key, manifest_key
+from drtool.snapshot.stores import PRESENT, REPAIRED, BlobStore, manifest_key
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time, docs/benchmarks.md)
 if TYPE_CHECKING:
@@ -229,7 +229,7 @@ def _entries_missing_blobs(store: BlobStore, texts: dict[str, str], workers: int
     entries = {path: FileEntry.from_json(json.loads(text)) for path, text in texts.items()}
     needed = sorted({(p.sha256, p.size) for e in entries.values() for p in e.parts})
     with ThreadPoolExecutor(workers, thread_name_prefix="snapshot-check") as executor:
-        sizes = executor.map(lambda ds: store.size(blob_key(ds[0])), needed)
+        sizes = executor.map(lambda ds: store.blob_size(ds[0]), needed)
         present = {d for (d, size), got in zip(needed, sizes, strict=True) if got == size}
     return [path for path, e in entries.items() if not all(p.sha256 in present for p in e.parts)]
 

@@ -12,7 +12,7 @@ from drtool.snapshot.catalog import load, resolve
 from drtool.snapshot.chunking import DEFAULT_WORKERS
 from drtool.snapshot.lease import Lease, live_prune
 from drtool.snapshot.progress import NO_PROGRESS
-from drtool.snapshot.stores import BlobStore, MissingBlob, blob_key
+from drtool.snapshot.stores import BlobStore, MissingBlob
 
 if TYPE_CHECKING:
     from drtool.snapshot.progress import ProgressSink
@@ -30,7 +30,7 @@ def replicate_snapshot(source: BlobStore, target: BlobStore, snapshot_id: str, w
     try:
         sizes = {p.sha256: p.size for f in manifest.files for p in f.parts}
         with ThreadPoolExecutor(workers, thread_name_prefix="replicate") as executor:
-            have = dict(zip(sizes, executor.map(lambda d: target.size(blob_key(d)), sizes), strict=True))
+            have = dict(zip(sizes, executor.map(lambda d: target.blob_size(d), sizes), strict=True))
             missing = [d for d in sizes if have[d] != sizes[d]]
             progress.start(f"replicate {ref.id[:12]}", sum(sizes[d] for d in missing))
 

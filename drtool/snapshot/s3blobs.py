@@ -148,7 +148,7 @@ class BlobRequests:
 
     def _send(self, method: str, key: str, extra: dict, body,
               into: bytearray | None = None) -> tuple[int, bytearray | memoryview, int | None] | None:
-        """(status, body, the Content-Length header as an int or None), or None when the request failed."""
+        """(status, body, a HEAD's Content-Length as an int or None), or None when the request failed."""
         path = self.base_path + quote(key, safe="/~")
         headers = self._sign(method, path, extra)
         conn = self._connection()
@@ -163,7 +163,7 @@ class BlobRequests:
             data = _read_body(response, into if response.status == 200 else None)
             if response.will_close:
                 conn.close()
-            length = response.getheader("Content-Length")
+            length = response.getheader("Content-Length") if method == "HEAD" else None  # HEAD's has no body
             return response.status, data, int(length) if length and length.isdigit() else None
         except (OSError, http.client.HTTPException):
             conn.close()

@@ -76,6 +76,10 @@ class BlobStore(ABC):
     def size(self, key: str) -> int | None:
         """The object's size, or None when it does not exist."""
 
+    def blob_size(self, digest: str) -> int | None:
+        """The stored blob's size, or None when it is not there."""
+        return self.size(blob_key(digest))
+
     @abstractmethod
     def put_blob(self, digest: str, data: memoryview) -> None: ...
 
@@ -83,7 +87,7 @@ class BlobStore(ABC):
         """Store the blob unless the store holds it intact: UPLOADED, PRESENT, or REPAIRED (it was there but damaged,
         and was overwritten). A present blob of the wrong size is always replaced; with `scrub` (the files of the
         rotating re-check) the stored copy is also read back and hashed, and replaced when it does not match."""
-        size = self.size(blob_key(digest))
+        size = self.blob_size(digest)
         if size == len(data) and (not scrub or self.stored_blob_matches(digest)):
             return PRESENT
         self.put_blob(digest, data)
@@ -326,11 +330,6 @@ class S3Store(BlobStore):
                     yield StoredObject(obj["Key"][strip:], obj["Size"], obj["LastModified"].timestamp())
 
     def size(self, key):
-        if key.startswith(BLOBS):  # a blob's HEAD (before a large part is sent): the lean path when it applies
-            fast = self._blob_requests()
-            answer = fast.size(self._key(key)) if fast is not None else None
-            if answer is not None:
-                return None if answer is False else answer
         from botocore.exceptions import ClientError
 
         with s3_errors(self):
@@ -340,6 +339,13 @@ class S3Store(BlobStore):
                 if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                     return None
                 raise
+
+    def blob_size(self, digest):
+        fast = self._blob_requests()
+        answer = fast.size(self._key(blob_key(digest))) if fast is not None else None
+        if answer is None:
+            return self.size(blob_key(digest))
+        return None if answer is False else answer
 
     def put_blob(self, digest, data):
         fast = self._blob_requests()

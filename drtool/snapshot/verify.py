@@ -13,7 +13,7 @@ from drtool.snapshot.catalog import load, resolve
 from drtool.snapshot.chunking import DEFAULT_WORKERS, ordered_map
 from drtool.snapshot.manifest import FileEntry, SnapshotManifest
 from drtool.snapshot.progress import NO_PROGRESS
-from drtool.snapshot.stores import BlobStore, MissingBlob, blob_key
+from drtool.snapshot.stores import BlobStore, MissingBlob
 
 if TYPE_CHECKING:
     from drtool.snapshot.progress import ProgressSink
@@ -59,7 +59,7 @@ def _check_presence(store: BlobStore, manifest: SnapshotManifest, executor: Thre
     sizes = {p.sha256: p.size for f in manifest.files for p in f.parts}
     users = _users(manifest)
     problems = []
-    for digest, got in zip(sizes, executor.map(lambda d: store.size(blob_key(d)), sizes), strict=True):
+    for digest, got in zip(sizes, executor.map(lambda d: store.blob_size(d), sizes), strict=True):
         if got is None:
             problems.append(f"{users[digest][0]}: blob {digest} is missing")
         elif got != sizes[digest]:
