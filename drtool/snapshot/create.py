@@ -298,13 +298,17 @@ class _PartWriter:
             if self.failed.is_set():
                 break
             pending.append(self._read_file(sf))
-        for sf, whole, tensors, futures in pending:
+        for sf, sizes, whole, tensors, futures in pending:
             digests = [f.result() for f in futures]
-            sizes = part_sizes(sf.size, self.part_size)
             sha = whole.result() if whole else (digests[0] if digests else EMPTY_SHA256)
+            refs = None
+            if tensors is not None:
+                from drtool.snapshot.safetensors import tensor_refs
+
+                layout, aligned, hashed = tensors
+                refs = tensor_refs(layout, hashed.result(), aligned, digests)
             yield sf, FileEntry(sf.path, sf.size, sf.mode, sha,
-                                tuple(PartRef(d, s) for d, s in zip(digests, sizes, strict=True)),
-                                tensors.result() if tensors else None)
+                                tuple(PartRef(d, s) for d, s in zip(digests, sizes, strict=True)), refs)
 
     def _read_file(self, sf: SourceFile):
         try:
@@ -319,13 +323,16 @@ class _PartWriter:
             if before != sf.signature:
                 raise _changed(sf)
             sizes = part_sizes(sf.size, self.part_size)
-            tensor_hasher = None
+            tensor_hasher = layout = aligned = None
             if sf.path.endswith(SAFETENSORS_SUFFIX):
-                from drtool.snapshot.safetensors import TensorHasher, read_layout
+                from drtool.snapshot.safetensors import TensorHasher, part_plan, read_layout
 
                 layout, header_bytes = read_layout(fd, sf.size, sf.abspath)
                 self._count_read(header_bytes)
-                tensor_hasher = TensorHasher(layout)
+                # Large tensors get parts of their own, which identify them: only the small ones are hashed apart.
+                sizes, aligned = part_plan(layout, sf.size, self.part_size)
+                if len(aligned) < len(layout.tensors):
+                    tensor_hasher = TensorHasher(layout, skip=set(aligned))
             whole = hashlib.sha256() if len(sizes) > 1 else None  # one part: its digest is the file's
             users = 1 + (whole is not None) + (tensor_hasher is not None)
             futures: list[Future[str]] = []
@@ -354,11 +361,23 @@ class _PartWriter:
             raise OperationFailed(f"cannot read {sf.abspath}: {exc.strerror}") from None
         finally:
             os.close(fd)
-        return (sf, self.whole_thread.submit(whole.hexdigest) if whole else None,
-                self.tensor_thread.submit(tensor_hasher.results) if tensor_hasher else None, futures)
+        if layout is None:
+            tensors = None
+        else:
+            hashed = self.tensor_thread.submit(tensor_hasher.digests) if tensor_hasher else _done({})
+            tensors = (layout, aligned, hashed)
+        return sf, sizes, self.whole_thread.submit(whole.hexdigest) if whole else None, tensors, futures
 
     def _count_read(self, n: int) -> None:
         self.counters.bytes_read += n  # only the reading thread writes this counter
+
+
+def _done(value):
+    from concurrent.futures import Future
+
+    future = Future()
+    future.set_result(value)
+    return future
 
 
 def _changed(sf: SourceFile) -> OperationFailed:

@@ -10,7 +10,8 @@ from collections import namedtuple
 
 from drtool.errors import VerificationError
 
-FORMAT = "drtool.snapshot/1"
+FORMAT = "drtool.snapshot/2"  # 2: a large tensor may be recorded by its parts instead of its own SHA-256
+FORMATS_READ = ("drtool.snapshot/1", FORMAT)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SNAPSHOT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -26,7 +27,7 @@ MANIFEST_SCHEMA = {
     "additionalProperties": False,
     "required": ["format", "model", "version", "created", "source_host", "source_path", "part_size", "files"],
     "properties": {
-        "format": {"const": FORMAT},
+        "format": {"enum": list(FORMATS_READ)},
         "model": {"type": "string", "pattern": MODEL_NAME_RE.pattern},
         "version": {"type": ["string", "null"], "maxLength": 256},
         "created": {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"},
@@ -54,13 +55,18 @@ MANIFEST_SCHEMA = {
                         "items": {
                             "type": "object",
                             "additionalProperties": False,
-                            "required": ["name", "dtype", "shape", "offsets", "sha256"],
+                            "required": ["name", "dtype", "shape", "offsets"],
+                            # its own SHA-256, or (format 2) the parts of the file that hold exactly its bytes:
+                            # [index of the first, count], at least two (one part's digest is the tensor's SHA-256)
+                            "oneOf": [{"required": ["sha256"]}, {"required": ["parts"]}],
                             "properties": {
                                 "name": {"type": "string"},
                                 "dtype": {"type": "string"},
                                 "shape": {"type": "array", "items": _SIZE},
                                 "offsets": {"type": "array", "items": _SIZE, "minItems": 2, "maxItems": 2},
                                 "sha256": _SHA256,
+                                "parts": {"type": "array", "minItems": 2, "maxItems": 2,
+                                          "prefixItems": [_SIZE, {"type": "integer", "minimum": 2}]},
                             },
                         },
                     },
@@ -87,11 +93,33 @@ class PartRef(namedtuple("PartRef", "sha256 size")):
     __slots__ = ()
 
 
-class TensorRef(namedtuple("TensorRef", "name dtype shape offsets sha256")):
+class TensorRef(namedtuple("TensorRef", "name dtype shape offsets sha256 parts", defaults=(None,))):
     """One tensor of a safetensors file: offsets are relative to the start of the data region, as in the header;
-    shape is a tuple of ints, offsets a (begin, end) pair."""
+    shape is a tuple of ints, offsets a (begin, end) pair. Identified by sha256 (of its bytes), or, for a large
+    tensor stored in several whole parts of the file, by parts: (index of the first part, count)."""
 
     __slots__ = ()
+
+    def identity(self, file_parts: tuple[PartRef, ...]) -> str | tuple[str, ...]:
+        """What tells two versions of the tensor apart: its SHA-256, or the digests of the parts that hold it."""
+        if self.parts is None:
+            return self.sha256
+        first, count = self.parts
+        return tuple(p.sha256 for p in file_parts[first:first + count])
+
+    def to_json(self) -> dict:
+        doc = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "offsets": list(self.offsets)}
+        if self.parts is None:
+            doc["sha256"] = self.sha256
+        else:
+            doc["parts"] = list(self.parts)
+        return doc
+
+    @classmethod
+    def from_json(cls, t: dict) -> TensorRef:
+        parts = t.get("parts")
+        return cls(t["name"], t["dtype"], tuple(t["shape"]), (t["offsets"][0], t["offsets"][1]), t.get("sha256"),
+                   None if parts is None else (parts[0], parts[1]))
 
 
 class FileEntry(namedtuple("FileEntry", "path size mode sha256 parts tensors", defaults=(None,))):
@@ -103,8 +131,7 @@ class FileEntry(namedtuple("FileEntry", "path size mode sha256 parts tensors", d
         doc = {"path": self.path, "size": self.size, "mode": self.mode, "sha256": self.sha256,
                "parts": [{"sha256": p.sha256, "size": p.size} for p in self.parts]}
         if self.tensors is not None:
-            doc["tensors"] = [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "offsets": list(t.offsets),
-                               "sha256": t.sha256} for t in self.tensors]
+            doc["tensors"] = [t.to_json() for t in self.tensors]
         return doc
 
     @classmethod
@@ -113,9 +140,7 @@ class FileEntry(namedtuple("FileEntry", "path size mode sha256 parts tensors", d
         return cls(
             path=doc["path"], size=doc["size"], mode=doc["mode"], sha256=doc["sha256"],
             parts=tuple(PartRef(p["sha256"], p["size"]) for p in doc["parts"]),
-            tensors=None if tensors is None else tuple(
-                TensorRef(t["name"], t["dtype"], tuple(t["shape"]), (t["offsets"][0], t["offsets"][1]), t["sha256"])
-                for t in tensors),
+            tensors=None if tensors is None else tuple(TensorRef.from_json(t) for t in tensors),
         )
 
 
@@ -192,7 +217,7 @@ def parse_manifest(data: bytes, expected_id: str, where: str) -> SnapshotManifes
     problems = sorted(f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
                       for e in _validator().iter_errors(doc))
     if problems:
-        raise VerificationError(f"manifest {where} does not match the snapshot schema {FORMAT}",
+        raise VerificationError(f"manifest {where} does not match the snapshot schema ({', '.join(FORMATS_READ)})",
                                 details=problems[:20], hint="the manifest was not written by drtool, or is damaged")
     manifest = SnapshotManifest(
         model=doc["model"], version=doc["version"], created=doc["created"], source_host=doc["source_host"],
@@ -227,6 +252,14 @@ def check_consistency(manifest: SnapshotManifest, where: str) -> None:
                                     f"{sum(p.size for p in f.parts)} bytes, the file has {f.size}")
         if f.size == 0 and f.sha256 != EMPTY_SHA256:
             raise VerificationError(f"manifest {where}: {f.path}: empty file with a non-empty sha256")
+        for t in f.tensors or ():
+            if t.parts is not None:
+                first, count = t.parts
+                held = f.parts[first:first + count]
+                if len(held) != count or sum(p.size for p in held) != t.offsets[1] - t.offsets[0]:
+                    raise VerificationError(f"manifest {where}: {f.path}: tensor {t.name!r} names parts "
+                                            f"{first}..{first + count - 1} that do not hold its "
+                                            f"{t.offsets[1] - t.offsets[0]} bytes")
         if len(f.parts) == 1 and f.parts[0].sha256 != f.sha256:
             raise VerificationError(f"manifest {where}: {f.path}: single-part file whose part digest differs "
                                     f"from the file digest ({f.parts[0].sha256} vs {f.sha256})")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from drtool.errors import OperationFailed, UsageError, VerificationError
 from drtool.snapshot.catalog import load, resolve
 from drtool.snapshot.chunking import DEFAULT_WORKERS, BufferPool, ordered_map
-from drtool.snapshot.directio import ALIGN, MIN_DIRECT, is_aligned, set_direct, write_at
+from drtool.snapshot.directio import ALIGN, MIN_DIRECT, direct_span, place, set_direct, write_at
 from drtool.snapshot.manifest import EMPTY_SHA256, FileEntry, SnapshotManifest
 from drtool.snapshot.progress import NO_PROGRESS
 from drtool.snapshot.scan import RESTORE_TEMP_PREFIX
@@ -132,13 +132,18 @@ def _writer_alive(name: str) -> bool:
     return True
 
 
-def _fetch(store: BlobStore, f: FileEntry, index: int, buffers: BufferPool) -> tuple[memoryview, bytearray, str | None]:
+def _fetch(store: BlobStore, f: FileEntry, index: int, offset: int,
+           buffers: BufferPool) -> tuple[memoryview, bytearray, str | None]:
     """A part's bytes (in a buffer of the pool, which the caller releases); for a one-part file also their digest
-    (which is the file's), computed here in parallel."""
+    (which is the file's), computed here in parallel. A part of a large file that starts at an unaligned offset (a
+    safetensors tensor's) is moved to the same offset modulo ALIGN in its buffer, so most of it can still be written
+    around the page cache (directio.place)."""
     part = f.parts[index]
     buf = buffers.acquire(1 if len(f.parts) == 1 else 2)  # a multi-part file's part is also hashed in order (_hash)
     try:
         data = memoryview(store.read_blob(part.sha256, into=buf))
+        if offset % ALIGN and f.size >= MIN_DIRECT and len(data) >= 2 * ALIGN and len(data) + ALIGN <= len(buf):
+            data = place(buf, data, offset)
     except MissingBlob:
         buffers.release(buf, all_users=True)
         raise VerificationError(f"{f.path}: blob {part.sha256} (part {index}) is missing from the store",
@@ -158,13 +163,13 @@ def _hash(whole, data: memoryview, buf, buffers: BufferPool) -> None:
 
 def _restore_files(store: BlobStore, manifest: SnapshotManifest, writer: _Writer, executor: ThreadPoolExecutor,
                    workers: int, progress: ProgressSink) -> None:
-    items = [(f, i) for f in manifest.files for i in range(len(f.parts))]
+    items = [(f, i, offset) for f in manifest.files for i, offset in enumerate(_part_offsets(f))]
     window = workers + 2
     # Part-sized buffers, reused: at most `window` parts are fetched ahead, one is being written, and a few wait for
     # the in-order whole-file hash. Fresh memory for every part cost more than the copy itself on our VMs (page
     # faults; docs/benchmarks.md).
     largest = max((p.size for f in manifest.files for p in f.parts), default=0)
-    buffers = BufferPool(window + 3, max(largest, 1))
+    buffers = BufferPool(window + 3, largest + ALIGN)  # + ALIGN: room to move a part (directio.place)
     fetched = ordered_map(executor, lambda item: _fetch(store, *item, buffers), items, window=window)
     finals: list[Future] = []
     # A multi-part file's digest is computed in part order on its own thread while this one writes the parts.
@@ -198,6 +203,14 @@ def _restore_files(store: BlobStore, manifest: SnapshotManifest, writer: _Writer
         fut.result()
 
 
+def _part_offsets(f: FileEntry) -> list[int]:
+    offsets, at = [], 0
+    for p in f.parts:
+        offsets.append(at)
+        at += p.size
+    return offsets
+
+
 def _mismatch(f: FileEntry, actual: str, bad_parts: list[str]) -> VerificationError:
     return VerificationError(f"{f.path}: sha256 mismatch: expected {f.sha256}, actual {actual}",
                              details=bad_parts, hint="the store holds damaged data for this file; nothing was "
@@ -209,8 +222,10 @@ class _TempFile:
         self.fd = fd
         self.path = path
         self.final = final
-        self.direct = direct  # O_DIRECT is on: whole aligned parts go around the page cache (directio)
+        self.can_direct = direct  # the file system takes O_DIRECT for this (large) file
+        self.direct = direct  # O_DIRECT is on now: aligned spans of parts go around the page cache (directio)
         self.offset = 0  # bytes written so far
+        self.bytes_direct = 0
 
 
 class _Writer:
@@ -244,11 +259,21 @@ class _Writer:
         return tmp
 
     def write(self, tmp: _TempFile, data: memoryview) -> None:
+        """Append a part: its aligned span with O_DIRECT, the bytes before and after it (which share file blocks
+        with the neighbouring parts) through the page cache."""
+        start, end = direct_span(tmp.offset, data) if tmp.can_direct else (0, 0)
         try:
-            if tmp.direct and (len(data) % ALIGN or not is_aligned(data)):
-                tmp.direct = False  # an unaligned part (a file's last, usually): the rest through the page cache
-                set_direct(tmp.fd, False)
-            tmp.direct = write_at(tmp.fd, memoryview(data), tmp.offset, tmp.direct)
+            for lo, hi, direct in ((0, start, False), (start, end, True), (end if end else start, len(data), False)):
+                if lo == hi:
+                    continue
+                direct = direct and tmp.can_direct
+                if direct != tmp.direct:
+                    set_direct(tmp.fd, direct)
+                    tmp.direct = direct
+                still = write_at(tmp.fd, data[lo:hi], tmp.offset + lo, direct)
+                if direct:
+                    tmp.bytes_direct += hi - lo if still else 0
+                    tmp.can_direct = tmp.direct = still  # refused after all (EINVAL): the rest through the cache
             tmp.offset += len(data)
         except OSError as exc:
             raise _write_error(str(tmp.final.relative_to(self.root)), exc) from None

@@ -92,13 +92,47 @@ def read_layout(fd: int, file_size: int, name: str) -> tuple[SafetensorsLayout, 
     return SafetensorsLayout(8 + header_len, tuple(spans)), 8 + header_len
 
 
-class TensorHasher:
-    """Feed the file's bytes in order (any chunking); get one SHA-256 per tensor."""
+# A tensor of at least this size starts a part of its own and is cut into parts from its first byte (part_plan).
+ALIGNED_TENSOR_MIN = 1 << 20
 
-    def __init__(self, layout: SafetensorsLayout):
+
+def part_plan(layout: SafetensorsLayout, file_size: int,
+              part_size: int) -> tuple[list[int], dict[str, tuple[int, int]]]:
+    """The parts of a safetensors file, and which whole parts hold each large tensor.
+
+    Each tensor of at least ALIGNED_TENSOR_MIN bytes begins a new part and is cut every `part_size` bytes from its
+    own start; the header and runs of small tensors between them are cut the same way from their start. So every
+    part is at most `part_size`, a large tensor's parts depend only on its own bytes (an edit of the header or of
+    another tensor leaves them, and their blobs, as they were), and the digests of a large tensor's parts identify
+    it without hashing its bytes a third time (the part digests and the whole-file digest are two passes already).
+    Returns (part sizes in file order, {tensor name: (index of its first part, number of parts)})."""
+    cuts = {0, file_size}
+    for span in layout.tensors:
+        if span.end - span.begin >= ALIGNED_TENSOR_MIN:
+            cuts.update((layout.data_start + span.begin, layout.data_start + span.end))
+    bounds = sorted(cuts)
+    sizes: list[int] = []
+    first_part: dict[int, int] = {}  # region start -> index of its first part
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        first_part[lo] = len(sizes)
+        full, rest = divmod(hi - lo, part_size)
+        sizes += [part_size] * full + ([rest] if rest else [])
+    aligned = {}
+    for span in layout.tensors:
+        n = span.end - span.begin
+        if n >= ALIGNED_TENSOR_MIN:
+            aligned[span.name] = (first_part[layout.data_start + span.begin], -(-n // part_size))
+    return sizes, aligned
+
+
+class TensorHasher:
+    """Feed the file's bytes in order (any chunking); get one SHA-256 per tensor, for the tensors not in `skip`
+    (the large ones, which their parts identify)."""
+
+    def __init__(self, layout: SafetensorsLayout, skip: set[str] | frozenset = frozenset()):
         self._start = layout.data_start
-        self._spans = layout.tensors
-        self._hashers = [hashlib.sha256() for _ in layout.tensors]
+        self._spans = [s for s in layout.tensors if s.name not in skip]
+        self._hashers = [hashlib.sha256() for _ in self._spans]
         self._i = 0
 
     def update(self, offset: int, view: memoryview) -> None:
@@ -111,11 +145,30 @@ class TensorHasher:
             if span_end <= pos:
                 self._i += 1
                 continue
+            pos = max(pos, self._start + span.begin)  # the hashed tensors need not be contiguous
+            if pos >= end:
+                break
             take = min(span_end, end) - pos
             self._hashers[self._i].update(view[pos - offset:pos - offset + take])
             pos += take
 
-    def results(self) -> tuple[TensorRef, ...]:
-        refs = [TensorRef(s.name, s.dtype, s.shape, (s.begin, s.end), h.hexdigest())
-                for s, h in zip(self._spans, self._hashers, strict=True)]
-        return tuple(sorted(refs, key=lambda t: t.name))
+    def digests(self) -> dict[str, str]:
+        return {s.name: h.hexdigest() for s, h in zip(self._spans, self._hashers, strict=True)}
+
+
+def tensor_refs(layout: SafetensorsLayout, hashed: dict[str, str], aligned: dict[str, tuple[int, int]],
+                part_digests: list[str]) -> tuple[TensorRef, ...]:
+    """Every tensor's manifest record, sorted by name: a small tensor (or a large one in a single part, whose part
+    digest is the SHA-256 of its bytes) by its SHA-256; a large tensor in several parts by those parts (first index
+    and count), whose digests identify it."""
+    refs = []
+    for s in layout.tensors:
+        if s.name in aligned:
+            first, count = aligned[s.name]
+            if count == 1:
+                refs.append(TensorRef(s.name, s.dtype, s.shape, (s.begin, s.end), part_digests[first]))
+            else:
+                refs.append(TensorRef(s.name, s.dtype, s.shape, (s.begin, s.end), None, (first, count)))
+        else:
+            refs.append(TensorRef(s.name, s.dtype, s.shape, (s.begin, s.end), hashed[s.name]))
+    return tuple(sorted(refs, key=lambda t: t.name))
