@@ -117,12 +117,18 @@ def test_an_unchanged_rerun_imports_neither_click_rich_nor_the_heavy_stdlib(tmp_
     argv = ["--json", "snapshot", "create", str(src), "--store", f"file://{tmp_path / 'store'}", "--model", "m",
             "--recheck-share", "0"]
     assert _run(argv, env, via_click=False).returncode == 0
-    probe = ("import sys; sys.argv = ['drtool'] + sys.argv[1:]\n"
-             "from drtool.launch import main\n"
-             "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+    # The fast path ends with os._exit (no interpreter teardown): the probe reports from there.
+    probe = ("import os, sys; sys.argv = ['drtool'] + sys.argv[1:]\n"
              "heavy = ['click', 'rich', 'yaml', 'jsonschema', 'boto3', 'dataclasses', 'typing', 'concurrent.futures',"
              " 'socket', 'datetime', 'secrets', 'queue', 'drtool.config', 'drtool.output']\n"
-             "print(json.dumps(sorted(m for m in heavy if m in sys.modules)), file=sys.stderr)\n")
+             "real_exit = os._exit\n"
+             "def report(code):\n"
+             "    print(json.dumps(sorted(m for m in heavy if m in sys.modules)), file=sys.stderr, flush=True)\n"
+             "    real_exit(code)\n"
+             "os._exit = report\n"
+             "from drtool.launch import main\n"
+             "main()\n"
+             "raise SystemExit('the fast path returned instead of ending the process')\n")
     proc = subprocess.run([PYTHON, "-c", "import json\n" + probe, *argv], capture_output=True, text=True, env=env,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
