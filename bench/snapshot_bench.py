@@ -7,7 +7,8 @@ Compares (each a child process; wall time, and user+sys CPU and peak RSS from wa
   restore (verifies all)    vs  restic restore (and restic restore --verify)
   unchanged re-run          vs  the first run (time ratio, bytes read), with the dev venv's drtool (an editable
                                 install) and with drtool installed from its wheel, as `drtool agent install` puts
-                                it on hosts (what the nightly cron job runs); 5 re-runs after each first run
+                                it on hosts (what the nightly cron job runs: a venv of the system Python, Debian's
+                                /usr/bin/python3 where there is one); 5 re-runs after each first run
   S3 create / restore       vs  aws s3 cp --recursive up / down, against one moto server on 127.0.0.1
   4 GiB single file         peak RSS of create and restore
 
@@ -214,20 +215,38 @@ def median_run(samples: list[Run]) -> dict:
             "all_cpu_seconds": [round(r.cpu_seconds, 3) for r in samples], "median_cpu_seconds": cpu[len(cpu) // 2]}
 
 
-def agent_drtool(work: Path) -> str:
-    """drtool installed from its wheel into a new venv, as `drtool agent install` installs it on hosts (no editable
-    import hook; pip byte-compiles it). Only drtool itself: its dependencies add no start-up work (none installs a
-    .pth hook) and a file:// snapshot imports none of them."""
+# The interpreter the drtool_agent role makes the hosts' venv with (roles/drtool_agent/defaults/main.yml).
+AGENT_PYTHON = "/usr/bin/python3"
+
+
+def agent_drtool(work: Path) -> tuple[str, str]:
+    """drtool installed from its wheel into a new venv, as `drtool agent install` installs it on hosts: made by the
+    system Python the role uses (Debian's, when this machine has it; else this one), no editable import hook, and
+    byte-compiled by pip. Only drtool itself: its dependencies add no start-up work (none installs a .pth hook)
+    and a file:// snapshot imports none of them."""
     wheels, venv = work / "agent-wheel", work / "agent-venv"
     shutil.rmtree(wheels, ignore_errors=True)
     shutil.rmtree(venv, ignore_errors=True)
+    python = AGENT_PYTHON if _venv_capable(AGENT_PYTHON) else sys.executable
     for argv in ([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)],
-                 [sys.executable, "-m", "venv", str(venv)]):
+                 [python, "-m", "venv", str(venv)]):
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
     wheel = next(wheels.glob("drtool-*.whl"))
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
                    stdout=subprocess.DEVNULL)
-    return str(venv / "bin" / "drtool")
+    version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    return str(venv / "bin" / "drtool"), f"{python} ({version})"
+
+
+def _venv_capable(python: str) -> bool:
+    """Whether `python` runs and can make a venv with pip (Debian's needs python3-venv), and is 3.11 or newer."""
+    try:
+        probe = subprocess.run([python, "-c", "import sys, ensurepip, venv; assert sys.version_info >= (3, 11)"],
+                               capture_output=True, timeout=30)
+    except OSError:
+        return False
+    return probe.returncode == 0
 
 
 def bench_local(b: Bench) -> dict:
@@ -236,7 +255,7 @@ def bench_local(b: Bench) -> dict:
                                                       "rclone_sync", "drtool_rerun", "agent_create", "agent_rerun")}
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "drtool")], check=True,
                    stdout=subprocess.DEVNULL)
-    agent = agent_drtool(b.work)
+    agent, agent_python = agent_drtool(b.work)
     agent_env = {**b.env, "DRTOOL_CACHE_DIR": str(b.work / "cache-agent")}
     first_json, rerun_json = {}, {}
     for _ in range(b.repeat):
@@ -265,6 +284,8 @@ def bench_local(b: Bench) -> dict:
     result = {k: median_run(v) for k, v in samples.items()}
     result["create_json"] = first_json
     result["rerun_json"] = rerun_json
+    result["agent_python"] = agent_python
+    result["dev_python"] = f"{sys.executable} ({sys.version.split()[0]})"
     return result
 
 
@@ -411,7 +432,10 @@ def ratios(report: dict) -> list[tuple[str, float | None, str, bool | None]]:
 
 def print_report(report: dict) -> None:
     print(f"\ndata: {report['dataset']['files']} files, {report['dataset']['bytes'] / GiB:.2f} GiB; "
-          f"median of {report['repeat']} runs; {report['cpus']} CPUs\n")
+          f"median of {report['repeat']} runs; {report['cpus']} CPUs")
+    if report.get("local"):
+        print(f"agent install: {report['local']['agent_python']}; dev venv: {report['local']['dev_python']}")
+    print()
     print(f"{'step':52} {'wall s':>8} {'cpu s':>8} {'rss MiB':>8}")
     for section in ("local", "restore", "s3"):
         for name, r in (report.get(section) or {}).items():

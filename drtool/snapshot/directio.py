@@ -62,7 +62,7 @@ def direct_span(offset: int, view) -> tuple[int, int]:
 def place(buf, data, offset: int) -> memoryview:
     """`data` (a view of `buf` from its start, or other bytes) copied into `buf` at `offset` modulo ALIGN, and a view
     of it there: so that its aligned middle can be written with O_DIRECT at file `offset` (direct_span). `buf` must
-    hold len(data) + ALIGN bytes. A copy of a 16 MiB part takes ~2 ms; writing it through the page cache instead
+    hold len(data) + ALIGN bytes. A copy of a 16 MiB part takes under 1 ms here; writing it through the page cache
     costs ~50 ms of system time on our VMs (docs/benchmarks.md)."""
     shift = offset % ALIGN
     view = memoryview(buf)
