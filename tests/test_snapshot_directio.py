@@ -11,8 +11,16 @@ import subprocess
 import pytest
 
 from drtool.snapshot import directio
-from drtool.snapshot.directio import (ALIGN, MIN_DIRECT, aligned_buffer, direct_span, is_aligned, place, read_file_into,
-                                      write_new_file)
+from drtool.snapshot.directio import (
+    ALIGN,
+    MIN_DIRECT,
+    aligned_buffer,
+    direct_span,
+    is_aligned,
+    place,
+    read_file_into,
+    write_new_file,
+)
 
 from .snapshot_helpers import model_dir, settle
 
