@@ -141,7 +141,8 @@ def _resident_bytes(path) -> int:
     return int(out.split()[0])
 
 
-def test_restore_of_parts_at_unaligned_offsets_writes_them_around_the_page_cache(snap_env):
+@pytest.mark.parametrize("kind", ["file", "s3"])
+def test_restore_of_parts_at_unaligned_offsets_writes_them_around_the_page_cache(snap_env, kind):
     """A safetensors file's parts start where its large tensors do, at offsets that are not block-aligned: restore
     still writes their whole blocks with O_DIRECT (only the partial blocks at each part's ends go through the page
     cache), which on our VMs is what keeps a restore's system time low (docs/benchmarks.md). Byte-exact."""
@@ -155,7 +156,7 @@ def test_restore_of_parts_at_unaligned_offsets_writes_them_around_the_page_cache
     tensors["norm.weight"] = torch.ones(333)
     save_file(tensors, str(src / "model.safetensors"), metadata={"note": "x" * 77})  # an odd-sized header
     settle(src)
-    store = snap_env.store("file")
+    store = snap_env.store(kind)
     made = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m", "--part-size", "1")
     offsets, at = [], 0
     (entry,) = json.loads(snap_env.run("snapshot", "show", made["id"], "--store", store, "--json").stdout)[
