@@ -141,11 +141,9 @@ def _resident_bytes(path) -> int:
     return int(out.split()[0])
 
 
-@pytest.mark.parametrize("kind", ["file", "s3"])
-def test_restore_of_parts_at_unaligned_offsets_writes_them_around_the_page_cache(snap_env, kind):
-    """A safetensors file's parts start where its large tensors do, at offsets that are not block-aligned: restore
-    still writes their whole blocks with O_DIRECT (only the partial blocks at each part's ends go through the page
-    cache), which on our VMs is what keeps a restore's system time low (docs/benchmarks.md). Byte-exact."""
+def _unaligned_snapshot(snap_env, kind: str):
+    """A snapshot of one safetensors file whose large tensors' parts start at unaligned offsets (1 MiB parts):
+    (source dir, store URL, create's JSON, the file's manifest entry)."""
     import torch
     from safetensors.torch import save_file
 
@@ -158,9 +156,18 @@ def test_restore_of_parts_at_unaligned_offsets_writes_them_around_the_page_cache
     settle(src)
     store = snap_env.store(kind)
     made = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m", "--part-size", "1")
-    offsets, at = [], 0
     (entry,) = json.loads(snap_env.run("snapshot", "show", made["id"], "--store", store, "--json").stdout)[
         "manifest"]["files"]
+    return src, store, made, entry
+
+
+@pytest.mark.parametrize("kind", ["file", "s3"])
+def test_restore_of_parts_at_unaligned_offsets_writes_them_around_the_page_cache(snap_env, kind):
+    """A safetensors file's parts start where its large tensors do, at offsets that are not block-aligned: restore
+    still writes their whole blocks with O_DIRECT (only the partial blocks at each part's ends go through the page
+    cache), which on our VMs is what keeps a restore's system time low (docs/benchmarks.md). Byte-exact."""
+    src, store, made, entry = _unaligned_snapshot(snap_env, kind)
+    offsets, at = [], 0
     for p in entry["parts"]:
         offsets.append(at)
         at += p["size"]
@@ -171,3 +178,26 @@ def test_restore_of_parts_at_unaligned_offsets_writes_them_around_the_page_cache
     # Before anything reads it back: in the page cache are at most the two partial blocks at each part's ends.
     assert _resident_bytes(restored) <= 2 * len(entry["parts"]) * ALIGN, restored.stat().st_size
     assert restored.read_bytes() == (src / "model.safetensors").read_bytes()
+
+
+def test_a_restore_where_o_direct_is_refused_writes_unaligned_parts_through_the_page_cache(snap_env, monkeypatch):
+    """The file system refuses O_DIRECT (EINVAL from fcntl, as tmpfs): the same restore, in this process, is still
+    byte-exact and complete."""
+    from drtool.snapshot.restore import restore_snapshot
+    from drtool.snapshot.stores import open_store
+
+    src, store, made, _ = _unaligned_snapshot(snap_env, "file")
+    real_fcntl = __import__("fcntl").fcntl
+    refused = []
+
+    def refusing(fd, cmd, arg=0):
+        if cmd == __import__("fcntl").F_SETFL and arg & directio.O_DIRECT:
+            refused.append(fd)
+            raise OSError(22, "Invalid argument")
+        return real_fcntl(fd, cmd, arg)
+
+    monkeypatch.setattr("fcntl.fcntl", refusing)
+    dest = snap_env.tmp / "dest"
+    restore_snapshot(open_store(store), made["id"], dest)
+    assert refused  # O_DIRECT was asked for, and refused
+    assert (dest / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()

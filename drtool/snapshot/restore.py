@@ -225,7 +225,6 @@ class _TempFile:
         self.can_direct = direct  # the file system takes O_DIRECT for this (large) file
         self.direct = direct  # O_DIRECT is on now: aligned spans of parts go around the page cache (directio)
         self.offset = 0  # bytes written so far
-        self.bytes_direct = 0
 
 
 class _Writer:
@@ -263,17 +262,18 @@ class _Writer:
         with the neighbouring parts) through the page cache."""
         start, end = direct_span(tmp.offset, data) if tmp.can_direct else (0, 0)
         try:
-            for lo, hi, direct in ((0, start, False), (start, end, True), (end if end else start, len(data), False)):
+            for lo, hi, direct in ((0, start, False), (start, end, True), (end, len(data), False)):
                 if lo == hi:
-                    continue
+                    continue  # with no span (start == end == 0), only the last piece, the whole part, is written
                 direct = direct and tmp.can_direct
                 if direct != tmp.direct:
-                    set_direct(tmp.fd, direct)
+                    if not set_direct(tmp.fd, direct) and direct:
+                        tmp.can_direct = direct = False  # refused (EINVAL): this and the rest through the cache
                     tmp.direct = direct
-                still = write_at(tmp.fd, data[lo:hi], tmp.offset + lo, direct)
                 if direct:
-                    tmp.bytes_direct += hi - lo if still else 0
-                    tmp.can_direct = tmp.direct = still  # refused after all (EINVAL): the rest through the cache
+                    tmp.can_direct = tmp.direct = write_at(tmp.fd, data[lo:hi], tmp.offset + lo, True)
+                else:
+                    write_at(tmp.fd, data[lo:hi], tmp.offset + lo, False)
             tmp.offset += len(data)
         except OSError as exc:
             raise _write_error(str(tmp.final.relative_to(self.root)), exc) from None
