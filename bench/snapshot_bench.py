@@ -227,26 +227,27 @@ def agent_drtool(work: Path) -> tuple[str, str]:
     wheels, venv = work / "agent-wheel", work / "agent-venv"
     shutil.rmtree(wheels, ignore_errors=True)
     shutil.rmtree(venv, ignore_errors=True)
-    python = AGENT_PYTHON if _venv_capable(AGENT_PYTHON) else sys.executable
+    python, version = AGENT_PYTHON, _venv_python_version(AGENT_PYTHON)
+    if version is None:
+        python, version = sys.executable, sys.version.split()[0]
     for argv in ([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)],
                  [python, "-m", "venv", str(venv)]):
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
     wheel = next(wheels.glob("drtool-*.whl"))
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
                    stdout=subprocess.DEVNULL)
-    version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
-                             text=True, check=True).stdout.strip()
     return str(venv / "bin" / "drtool"), f"{python} ({version})"
 
 
-def _venv_capable(python: str) -> bool:
-    """Whether `python` runs and can make a venv with pip (Debian's needs python3-venv), and is 3.11 or newer."""
+def _venv_python_version(python: str) -> str | None:
+    """The version of `python` if it runs, can make a venv with pip (Debian's needs python3-venv) and is 3.11 or
+    newer; else None."""
+    check = "import sys, ensurepip, venv; assert sys.version_info >= (3, 11); print(sys.version.split()[0])"
     try:
-        probe = subprocess.run([python, "-c", "import sys, ensurepip, venv; assert sys.version_info >= (3, 11)"],
-                               capture_output=True, timeout=30)
+        probe = subprocess.run([python, "-c", check], capture_output=True, text=True, timeout=30)
     except OSError:
-        return False
-    return probe.returncode == 0
+        return None
+    return probe.stdout.strip() if probe.returncode == 0 else None
 
 
 def bench_local(b: Bench) -> dict:

@@ -305,8 +305,8 @@ class _PartWriter:
             if tensors is not None:
                 from drtool.snapshot.safetensors import tensor_refs
 
-                layout, aligned, hashed = tensors
-                refs = tensor_refs(layout, hashed.result(), aligned, digests)
+                layout, aligned, hashed = tensors  # hashed: None when every tensor is large (none hashed apart)
+                refs = tensor_refs(layout, hashed.result() if hashed else {}, aligned, digests)
             yield sf, FileEntry(sf.path, sf.size, sf.mode, sha,
                                 tuple(PartRef(d, s) for d, s in zip(digests, sizes, strict=True)), refs)
 
@@ -364,20 +364,11 @@ class _PartWriter:
         if layout is None:
             tensors = None
         else:
-            hashed = self.tensor_thread.submit(tensor_hasher.digests) if tensor_hasher else _done({})
-            tensors = (layout, aligned, hashed)
+            tensors = (layout, aligned, self.tensor_thread.submit(tensor_hasher.digests) if tensor_hasher else None)
         return sf, sizes, self.whole_thread.submit(whole.hexdigest) if whole else None, tensors, futures
 
     def _count_read(self, n: int) -> None:
         self.counters.bytes_read += n  # only the reading thread writes this counter
-
-
-def _done(value):
-    from concurrent.futures import Future
-
-    future = Future()
-    future.set_result(value)
-    return future
 
 
 def _changed(sf: SourceFile) -> OperationFailed:

@@ -14,7 +14,7 @@ def _tensor_changes(a: FileEntry, b: FileEntry) -> dict | None:
     for name in sorted(ta.keys() & tb.keys()):
         x, y = ta[name], tb[name]
         ix, iy = x.identity(a.parts), y.identity(b.parts)
-        if (x.dtype, x.shape) == (y.dtype, y.shape) and not _comparable(x, a, y, b):
+        if (x.dtype, x.shape) == (y.dtype, y.shape) and _pieces(x, a) != _pieces(y, b):
             unknown.append(name)  # recorded two ways (a format-1 snapshot, or another part size): bytes unseen
             continue
         if (ix, x.dtype, x.shape) != (iy, y.dtype, y.shape):
@@ -34,10 +34,6 @@ def _pieces(t: TensorRef, f: FileEntry) -> tuple[int, ...]:
         return (t.offsets[1] - t.offsets[0],)
     first, count = t.parts
     return tuple(p.size for p in f.parts[first:first + count])
-
-
-def _comparable(x: TensorRef, a: FileEntry, y: TensorRef, b: FileEntry) -> bool:
-    return _pieces(x, a) == _pieces(y, b)
 
 
 def _shown(identity: str | tuple[str, ...]) -> str | list[str]:

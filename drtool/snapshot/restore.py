@@ -204,6 +204,7 @@ def _restore_files(store: BlobStore, manifest: SnapshotManifest, writer: _Writer
 
 
 def _part_offsets(f: FileEntry) -> list[int]:
+    """Where each part of the file starts."""
     offsets, at = [], 0
     for p in f.parts:
         offsets.append(at)
@@ -299,12 +300,10 @@ class _Writer:
             tmp.direct = False
             set_direct(tmp.fd, False)  # read back into ordinary buffers
         found = []
-        offset = 0
-        for i, part in enumerate(f.parts):
+        for i, (part, offset) in enumerate(zip(f.parts, _part_offsets(f), strict=True)):
             got = hashlib.sha256(os.pread(tmp.fd, part.size, offset)).hexdigest()
             if got != part.sha256:
                 found.append(f"part {i} at offset {offset} (blob {part.sha256}): expected {part.sha256}, actual {got}")
-            offset += part.size
         return found
 
     def discard(self) -> None:
