@@ -53,7 +53,8 @@ def outside(snap_env):
     return d
 
 
-@pytest.mark.parametrize("hostile", ["absolute", "dotdot", "nested-dotdot", "duplicate", "file-and-dir"])
+@pytest.mark.parametrize("hostile", ["absolute", "dotdot", "nested-dotdot", "duplicate", "file-and-dir",
+                                     "final-newline"])
 def test_hostile_manifest_paths_exit_3_before_writing_anything(snap_env, outside, hostile):
     store_root = snap_env.tmp / "store"
     files = {
@@ -62,6 +63,8 @@ def test_hostile_manifest_paths_exit_3_before_writing_anything(snap_env, outside
         "nested-dotdot": [_entry("a/../../outside/evil.txt")],
         "duplicate": [_entry("a.txt"), _entry("a.txt")],
         "file-and-dir": [_entry("a"), _entry("a/b")],
+        # a name `sha256sum -c` would misread; the schema's pattern lets a final newline through (Python's `$`)
+        "final-newline": [_entry("evil.txt\n")],
     }[hostile]
     sid = _plant(store_root, files)
     dest = snap_env.tmp / "dest"

@@ -6,12 +6,11 @@ costs a stat and a list comparison, with nothing parsed or re-encoded (docs/benc
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 
-from drtool.snapshot.manifest import SNAPSHOT_ID_RE, FileEntry, canonical_json
+from drtool import fastjson
+from drtool.snapshot.manifest import FileEntry, canonical_json, is_snapshot_id, sha256
 
 # Format 1 was JSON with entries as objects: it is still read (and rewritten as 2), so an upgrade reads no data.
 CACHE_FORMAT = 2
@@ -39,7 +38,7 @@ def in_recheck_bucket(path: str, share: float, day: int | None = None) -> bool:
     buckets = max(1, round(1 / min(share, 1.0)))
     if day is None:
         day = int(time.time() // 86400)
-    return int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big") % buckets == day % buckets
+    return int.from_bytes(sha256(path.encode()).digest()[:8], "big") % buckets == day % buckets
 
 
 def entry_json(entry: FileEntry) -> str:
@@ -62,7 +61,7 @@ class IncrementalCache:
     newline, so a line splits in three; a file that does not is ignored whole (the run reads everything)."""
 
     def __init__(self, store_url: str, model: str, source: str, part_size: int):
-        self.key = hashlib.sha256(json.dumps([store_url, model, str(source)]).encode()).hexdigest()[:32]
+        self.key = sha256(fastjson.dumps([store_url, model, str(source)]).encode()).hexdigest()[:32]
         self.path = os.path.join(cache_dir(), "snapshots", f"{self.key}.json")
         self.header = {"store": store_url, "model": model, "source": str(source), "part_size": part_size}
         self._old: dict[str, tuple[str, str]] = {}  # path -> (signature text, entry JSON text)
@@ -89,7 +88,7 @@ class IncrementalCache:
         if all(header.get(k) == v for k, v in self.header.items()):
             self._old = files
             last = header.get("snapshot")
-            self.last_snapshot = last if isinstance(last, str) and SNAPSHOT_ID_RE.match(last) else None
+            self.last_snapshot = last if isinstance(last, str) and is_snapshot_id(last) else None
             label = header.get("version_label")
             self.version_label = label if isinstance(label, dict) else None
         return self
@@ -110,7 +109,7 @@ class IncrementalCache:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.{os.getpid()}.tmp"
         extra = {"version_label": self.version_label} if self.version_label else {}
-        header = json.dumps({**self.header, "snapshot": snapshot_id, **extra}, sort_keys=True)
+        header = fastjson.dumps({**self.header, "snapshot": snapshot_id, **extra}, sort_keys=True)
         with open(tmp, "wb") as f:
             f.write("\n".join([MAGIC, header, *self._new, ""]).encode())
         os.replace(tmp, self.path)
@@ -123,7 +122,7 @@ def _parse(data: str) -> tuple[dict, dict[str, tuple[str, str]]]:
     lines = data.split("\n")
     if lines[0] != MAGIC or len(lines) < 3 or lines[-1] != "":
         raise ValueError("not a drtool snapshot cache, or cut short")
-    header = json.loads(lines[1])
+    header = fastjson.loads(lines[1])
     if not isinstance(header, dict):
         raise ValueError("header is not an object")
     files = {}
@@ -135,7 +134,7 @@ def _parse(data: str) -> tuple[dict, dict[str, tuple[str, str]]]:
 
 def _parse_format_1(data: str) -> tuple[dict, dict[str, tuple[str, str]]]:
     """The JSON cache drtool wrote before (entries as objects): read, so that an upgrade re-reads no data."""
-    doc = json.loads(data)
+    doc = fastjson.loads(data)
     if not isinstance(doc, dict) or doc.get("format") != 1 or not isinstance(doc.get("files"), dict):
         raise ValueError("not a drtool snapshot cache")
     files = {}

@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from drtool.errors import DrtoolError, UsageError, VerificationError
-from drtool.snapshot.manifest import MODEL_NAME_RE, SnapshotManifest, parse_manifest
+from drtool.snapshot.manifest import MODEL_NAME_PATTERN, SnapshotManifest, is_model_name, parse_manifest
 from drtool.snapshot.stores import SNAPSHOTS, BlobStore, manifest_key
 
 MIN_PREFIX = 8
-_KEY_RE = re.compile(rf"^{SNAPSHOTS}/({MODEL_NAME_RE.pattern[1:-1]})/([0-9a-f]{{64}})\.json$")
+_KEY_RE = re.compile(rf"^{SNAPSHOTS}/({MODEL_NAME_PATTERN[1:-1]})/([0-9a-f]{{64}})\.json$")
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,12 @@ class SnapshotRef:
 
 def list_refs(store: BlobStore, model: str | None = None) -> list[SnapshotRef]:
     """Every manifest in the store. A manifest exists only once its snapshot is complete (it is written last)."""
-    if model is not None and not MODEL_NAME_RE.match(model):
+    if model is not None and not is_model_name(model):
         raise UsageError(f"model name {model!r} is not valid")
     prefix = f"{SNAPSHOTS}/{model}" if model else SNAPSHOTS
     refs = []
     for obj in store.list(prefix):
-        m = _KEY_RE.match(obj.key)
+        m = _KEY_RE.fullmatch(obj.key)
         if m:
             refs.append(SnapshotRef(id=m.group(2), model=m.group(1)))
     return refs

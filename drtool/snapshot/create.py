@@ -6,18 +6,17 @@ be read), because its whole process must fit in 2% of the first run (docs/benchm
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 import time
 from collections import namedtuple
 
+from drtool import fastjson
 from drtool.errors import OperationFailed, UsageError, VerificationError
 from drtool.snapshot.cache import DEFAULT_RECHECK_SHARE, IncrementalCache, entry_json, in_recheck_bucket
 from drtool.snapshot.chunking import DEFAULT_PART_SIZE, DEFAULT_WORKERS, BufferPool, part_sizes, read_into
 from drtool.snapshot.lease import Lease, live_prune
-from drtool.snapshot.manifest import EMPTY_SHA256, MODEL_NAME_RE, FileEntry, PartRef, encode_manifest
+from drtool.snapshot.manifest import EMPTY_SHA256, FileEntry, PartRef, encode_manifest, is_model_name, snapshot_id
 from drtool.snapshot.progress import NO_PROGRESS
 from drtool.snapshot.scan import SourceFile, readable_or_fail, scan_source, signature
 from drtool.snapshot.stores import PRESENT, REPAIRED, BlobStore, manifest_key
@@ -65,7 +64,7 @@ class Counters:
 
 
 def validate_options(opts: CreateOptions) -> str:
-    if not MODEL_NAME_RE.match(opts.model):
+    if not is_model_name(opts.model):
         raise UsageError(f"model name {opts.model!r} is not valid",
                          hint="letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128")
     if not 0.0 <= opts.recheck_share <= 1.0:
@@ -137,7 +136,7 @@ def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: str, files
         readable_or_fail(to_read)
         new = _read_files(store, opts, sorted(to_read, key=lambda f: f.path), counters, progress, set(rechecked))
         texts.update((path, entry_json(entry)) for path, entry in new.items())
-        mismatches = sorted(p for p, old in rechecked.items() if new[p].sha256 != json.loads(old)["sha256"])
+        mismatches = sorted(p for p, old in rechecked.items() if new[p].sha256 != fastjson.loads(old)["sha256"])
     else:
         mismatches = []
 
@@ -150,14 +149,14 @@ def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: str, files
     data = encode_manifest({"model": opts.model, "version": version, "created": created,
                             "source_host": opts.source_host or os.uname().nodename, "source_path": src,
                             "part_size": opts.part_size}, [texts[sf.path] for sf in files])
-    snapshot_id = hashlib.sha256(data).hexdigest()
+    manifest_id = snapshot_id(data)
     store.flush()
     lease.check_held()
     # Conditional: an existing key holds these very bytes (the key is their digest), so losing the race is fine.
-    store.put_if_absent(manifest_key(opts.model, snapshot_id), data)
-    cache.save(snapshot_id)
+    store.put_if_absent(manifest_key(opts.model, manifest_id), data)
+    cache.save(manifest_id)
     return {
-        "id": snapshot_id, "store": store.url, "model": opts.model, "version": version,
+        "id": manifest_id, "store": store.url, "model": opts.model, "version": version,
         "version_from": opts.version_from,
         "created": created, "files": len(files), "files_cached": files_cached,
         "files_read": len(files) - files_cached, "bytes_total": sum(sf.size for sf in files),
@@ -183,7 +182,7 @@ def version_from_file(src: str, files: list[SourceFile], texts: dict[str, str], 
         raise UsageError(f"--version-from {name}: no such file in {src}",
                          hint="name the weights' JSON file that holds their \"version\" (relative to SRC), or pass "
                               "--version")
-    digest = json.loads(texts[name])["sha256"]
+    digest = fastjson.loads(texts[name])["sha256"]
     said = cache.version_label
     if not (said and said.get("file") == name and said.get("sha256") == digest):
         said = {"file": name, "sha256": digest, **_read_version_file(sf, digest, counters)}
@@ -211,10 +210,10 @@ def _read_version_file(sf: SourceFile, digest: str, counters: Counters) -> dict:
     except OSError as exc:
         raise OperationFailed(f"cannot read {sf.abspath}: {exc.strerror}") from None
     counters.bytes_read += len(data)
-    if hashlib.sha256(data).hexdigest() != digest:
+    if snapshot_id(data) != digest:  # the SHA-256 the manifest records for the file
         raise _changed(sf)
     try:
-        doc = json.loads(data)
+        doc = fastjson.loads(data)
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
@@ -226,7 +225,7 @@ def _entries_missing_blobs(store: BlobStore, texts: dict[str, str], workers: int
     """Paths of cached entries with a blob no longer in the store (checked one by one: the last manifest is gone)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    entries = {path: FileEntry.from_json(json.loads(text)) for path, text in texts.items()}
+    entries = {path: FileEntry.from_json(fastjson.loads(text)) for path, text in texts.items()}
     needed = sorted({(p.sha256, p.size) for e in entries.values() for p in e.parts})
     with ThreadPoolExecutor(workers, thread_name_prefix="snapshot-check") as executor:
         sizes = executor.map(lambda ds: store.blob_size(ds[0]), needed)
@@ -267,11 +266,14 @@ class _PartWriter:
         self.pool = BufferPool(opts.workers + 2, opts.part_size)
         self.failed = threading.Event()
         self.scrub_paths = scrub_paths  # the re-check share: their stored blobs are read back and hashed too
+        import hashlib  # OpenSSL's SHA-256: loaded only by a run that reads data (manifest.sha256)
+
+        self.sha256 = hashlib.sha256
 
     def _store_part(self, buf: bytearray, length: int, scrub: bool) -> str:
         try:
             view = memoryview(buf)[:length]
-            digest = hashlib.sha256(view).hexdigest()
+            digest = self.sha256(view).hexdigest()
             self.counters.stored(self.store.store_blob(digest, view, scrub), length)
             return digest
         except BaseException:
@@ -333,7 +335,7 @@ class _PartWriter:
                 sizes, aligned = part_plan(layout, sf.size, self.part_size)
                 if len(aligned) < len(layout.tensors):
                     tensor_hasher = TensorHasher(layout, skip=set(aligned))
-            whole = hashlib.sha256() if len(sizes) > 1 else None  # one part: its digest is the file's
+            whole = self.sha256() if len(sizes) > 1 else None  # one part: its digest is the file's
             users = 1 + (whole is not None) + (tensor_hasher is not None)
             futures: list[Future[str]] = []
             offset = 0

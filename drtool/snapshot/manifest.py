@@ -3,22 +3,51 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
-import re
+import sys
 from collections import namedtuple
 
+from drtool import fastjson
 from drtool.errors import VerificationError
 
 FORMAT = "drtool.snapshot/2"  # 2: a large tensor may be recorded by its parts instead of its own SHA-256
 FORMATS_READ = ("drtool.snapshot/1", FORMAT)
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-SNAPSHOT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # of b""
+# The patterns are the schema's; the checks below say the same with string methods, as the create path runs them
+# where importing `re` would cost an unchanged re-run ~6 ms of its budget (docs/benchmarks.md).
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+SNAPSHOT_ID_PATTERN = r"^[0-9a-f]{64}$"
 # No control characters and no backslash: every path must print as one line that `sha256sum -c` reads back as is.
 PATH_PATTERN = r"^[^\u0000-\u001f\u007f\\]+$"
+_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_HEX = "0123456789abcdef"
+_UNPRINTABLE = frozenset(map(chr, [*range(0x20), 0x7F]))
+try:
+    from _sha256 import sha256 as _BUILTIN_SHA256  # Python 3.11
+except ImportError:
+    try:
+        from _sha2 import sha256 as _BUILTIN_SHA256  # Python 3.12 and later
+    except ImportError:
+        _BUILTIN_SHA256 = None
 
-_SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+
+def is_model_name(name: str) -> bool:
+    """Letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128 (MODEL_NAME_PATTERN)."""
+    return 0 < len(name) <= 128 and name[0] in _ALNUM and not name.strip(_ALNUM + "._-")
+
+
+def is_snapshot_id(text: str) -> bool:
+    """64 lowercase hex digits: a SHA-256 (SNAPSHOT_ID_PATTERN)."""
+    return len(text) == 64 and not text.strip(_HEX)
+
+
+def is_safe_path_text(path: str) -> bool:
+    """Not empty, no control character and no backslash (PATH_PATTERN). isprintable() answers for nearly every
+    name at C speed; only a name it refuses (it also refuses some non-ASCII spaces and marks) is looked at closely."""
+    if "\\" in path or not path:
+        return False
+    return path.isprintable() or _UNPRINTABLE.isdisjoint(path)
+
+_SHA256 = {"type": "string", "pattern": SNAPSHOT_ID_PATTERN}
 _SIZE = {"type": "integer", "minimum": 0}
 
 MANIFEST_SCHEMA = {
@@ -28,7 +57,7 @@ MANIFEST_SCHEMA = {
     "required": ["format", "model", "version", "created", "source_host", "source_path", "part_size", "files"],
     "properties": {
         "format": {"enum": list(FORMATS_READ)},
-        "model": {"type": "string", "pattern": MODEL_NAME_RE.pattern},
+        "model": {"type": "string", "pattern": MODEL_NAME_PATTERN},
         "version": {"type": ["string", "null"], "maxLength": 256},
         "created": {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"},
         "source_host": {"type": "string", "maxLength": 256},
@@ -177,7 +206,7 @@ class SnapshotManifest(namedtuple("SnapshotManifest", "model version created sou
 
 
 def canonical_json(doc: dict) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    return fastjson.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
 def encode_manifest(meta: dict, file_entries: list[str]) -> bytes:
@@ -191,8 +220,20 @@ def encode_manifest(meta: dict, file_entries: list[str]) -> bytes:
     return before + (b"," if len(before) > 1 else b"") + files + (b"," if len(after) > 1 else b"") + after
 
 
+def sha256(data: bytes = b""):
+    """A SHA-256 hash object: OpenSSL's (hashlib: SHA-NI, for data) once a step that hashes data has loaded it, and
+    until then the interpreter's built-in one, which needs no shared library. Loading libcrypto costs ~5 ms, a
+    seventh of an unchanged re-run, which hashes only its manifest and the names of its files (docs/benchmarks.md).
+    Both give the same digests."""
+    if _BUILTIN_SHA256 is None or "hashlib" in sys.modules:
+        import hashlib
+
+        return hashlib.sha256(data)
+    return _BUILTIN_SHA256(data)
+
+
 def snapshot_id(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return sha256(data).hexdigest()
 
 
 def parse_manifest(data: bytes, expected_id: str, where: str) -> SnapshotManifest:
@@ -208,6 +249,8 @@ def parse_manifest(data: bytes, expected_id: str, where: str) -> SnapshotManifes
         if len(keys) != len(set(keys)):
             raise ValueError(f"duplicate key in object: {sorted(k for k in keys if keys.count(k) > 1)[0]!r}")
         return dict(pairs)
+
+    import json  # with object_pairs_hook, which fastjson does not take on (reading a manifest is not start-up work)
 
     try:
         doc = json.loads(data.decode("utf-8"), object_pairs_hook=reject_duplicate_keys)
@@ -229,6 +272,9 @@ def parse_manifest(data: bytes, expected_id: str, where: str) -> SnapshotManifes
 
 def check_relative_path(path: str, where: str) -> None:
     """A manifest path must stay inside the destination: relative, no '..', no '.' or empty components."""
+    if not is_safe_path_text(path):  # the schema's PATH_PATTERN, whose `$` lets a final newline through in Python
+        raise VerificationError(f"manifest {where}: unsafe path {path!r} (a control character or a backslash)",
+                                hint="refusing to restore a manifest whose paths `sha256sum -c` could not read back")
     parts = path.split("/")
     if path.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise VerificationError(f"manifest {where}: unsafe path {path!r} (absolute, '..', '.' or empty component)",
@@ -237,6 +283,8 @@ def check_relative_path(path: str, where: str) -> None:
 
 def check_consistency(manifest: SnapshotManifest, where: str) -> None:
     """Rules the schema cannot say: safe unique paths, parts that add up, tensors that tile the data region."""
+    if not is_model_name(manifest.model):  # as for paths: the schema's pattern lets a final newline through
+        raise VerificationError(f"manifest {where}: model name {manifest.model!r} is not valid")
     seen: set[str] = set()
     dirs: set[str] = set()
     for f in manifest.files:

@@ -11,7 +11,7 @@ from drtool.errors import UsageError, VerificationError
 from drtool.snapshot.catalog import MIN_PREFIX, SnapshotRef, list_refs, load_many
 from drtool.snapshot.chunking import DEFAULT_WORKERS
 from drtool.snapshot.lease import LEASE_TTL, PRUNE_LEASE, Lease, first_live_writer
-from drtool.snapshot.manifest import SNAPSHOT_ID_RE, SnapshotManifest
+from drtool.snapshot.manifest import SnapshotManifest, is_snapshot_id
 from drtool.snapshot.stores import BLOBS, BlobStore, FileStore, blob_key, manifest_key
 
 
@@ -144,7 +144,7 @@ def _prune(store: BlobStore, policy: RetentionPolicy, model: str | None, protect
         if ref.id not in removed_ids:
             referenced |= manifest.blob_digests()
     garbage = [(obj.key, obj.size) for obj in store.list(BLOBS)
-               if SNAPSHOT_ID_RE.match(obj.key.rsplit("/", 1)[-1]) and obj.key.rsplit("/", 1)[-1] not in referenced
+               if is_snapshot_id(obj.key.rsplit("/", 1)[-1]) and obj.key.rsplit("/", 1)[-1] not in referenced
                and obj.key == blob_key(obj.key.rsplit("/", 1)[-1])]
     stale_temps = 0
     if not dry_run:

@@ -6,11 +6,10 @@ and one manifest write, and its whole process must fit in 2% of the first run (d
 from __future__ import annotations
 
 import os
-import re
 import stat
 
 from drtool.errors import OperationFailed, UsageError
-from drtool.snapshot.manifest import PATH_PATTERN
+from drtool.snapshot.manifest import is_safe_path_text
 
 # A restore writes each file under a temporary name first: `.drtool-restore-<pid>-<hex>` (drtool.snapshot.restore).
 RESTORE_TEMP_PREFIX = ".drtool-restore-"
@@ -42,7 +41,6 @@ def scan_source(src: str) -> tuple[list[SourceFile], list[str]]:
 
     Only stats: whether a file can be read is checked by the caller for the files it will read (readable_or_fail),
     as a cached file whose signature (ctime included: chmod and ACL changes move it) is unchanged was read before."""
-    safe = re.compile(PATH_PATTERN).match
     files: list[SourceFile] = []
     skipped: list[str] = []
     pending = [(src, "")]  # (directory, its manifest path prefix)
@@ -62,7 +60,7 @@ def scan_source(src: str) -> tuple[list[SourceFile], list[str]]:
                 continue
             if name.startswith(RESTORE_TEMP_PREFIX):
                 continue  # an unfinished file of a killed restore (the next restore removes it): never content
-            if not safe(rel):
+            if not is_safe_path_text(rel):
                 raise UsageError(f"file name {rel!r} has a control character or a backslash",
                                  hint="rename it: manifest paths must print as one line for `sha256sum -c`")
             try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 import time
@@ -94,6 +93,8 @@ class BlobStore(ABC):
         return UPLOADED if size is None else REPAIRED
 
     def stored_blob_matches(self, digest: str) -> bool:
+        import hashlib  # not at start-up: see manifest.sha256
+
         try:
             return hashlib.sha256(self.read_blob(digest)).hexdigest() == digest
         except MissingBlob:
@@ -417,6 +418,8 @@ def _b64(raw: bytes) -> bytes:
 
 
 def _b64_sha256(data: bytes) -> str:
+    import hashlib  # not at start-up: see manifest.sha256
+
     return _b64(hashlib.sha256(data).digest()).decode()
 
 
