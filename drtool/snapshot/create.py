@@ -16,7 +16,15 @@ from drtool.errors import OperationFailed, UsageError, VerificationError
 from drtool.snapshot.cache import DEFAULT_RECHECK_SHARE, IncrementalCache, entry_json, in_recheck_bucket
 from drtool.snapshot.chunking import DEFAULT_PART_SIZE, DEFAULT_WORKERS, BufferPool, part_sizes, read_into
 from drtool.snapshot.lease import Lease, live_prune
-from drtool.snapshot.manifest import EMPTY_SHA256, FileEntry, PartRef, encode_manifest, is_model_name, snapshot_id
+from drtool.snapshot.manifest import (
+    EMPTY_SHA256,
+    FileEntry,
+    PartRef,
+    encode_manifest,
+    is_model_name,
+    sha256,
+    snapshot_id,
+)
 from drtool.snapshot.progress import NO_PROGRESS
 from drtool.snapshot.scan import SourceFile, readable_or_fail, scan_source, signature
 from drtool.snapshot.stores import PRESENT, REPAIRED, BlobStore, manifest_key
@@ -210,7 +218,7 @@ def _read_version_file(sf: SourceFile, digest: str, counters: Counters) -> dict:
     except OSError as exc:
         raise OperationFailed(f"cannot read {sf.abspath}: {exc.strerror}") from None
     counters.bytes_read += len(data)
-    if snapshot_id(data) != digest:  # the SHA-256 the manifest records for the file
+    if sha256(data).hexdigest() != digest:
         raise _changed(sf)
     try:
         doc = fastjson.loads(data)
