@@ -47,6 +47,7 @@ def is_safe_path_text(path: str) -> bool:
         return False
     return path.isprintable() or _UNPRINTABLE.isdisjoint(path)
 
+
 _SHA256 = {"type": "string", "pattern": SNAPSHOT_ID_PATTERN}
 _SIZE = {"type": "integer", "minimum": 0}
 
