@@ -324,7 +324,8 @@ def prepare(state: ServerState) -> None:
     while not state.stop.is_set():
         try:
             configure_determinism(s.threads)
-            state.set("verifying", f"hashing weight files in {s.model_dir}")
+            if last_wait is None:  # a look again while `waiting` stays `waiting` until it ends: /readyz never flickers
+                state.set("verifying", f"hashing weight files in {s.model_dir}")
             t0 = time.perf_counter()
             verified = verify_weights(s.model_dir, s.manifest, workers=min(4, os.cpu_count() or 1))
             VERIFY_SECONDS.set(time.perf_counter() - t0)
