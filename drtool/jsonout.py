@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from drtool import fastjson
+import json
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time, docs/benchmarks.md)
 if TYPE_CHECKING:
@@ -11,8 +11,8 @@ if TYPE_CHECKING:
 
 
 def result_json(data: dict) -> str:
-    return fastjson.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
 
 
 def error_json(err: DrtoolError) -> str:
-    return fastjson.dumps(err.to_dict(), indent=2, default=str) + "\n"
+    return json.dumps(err.to_dict(), indent=2, default=str) + "\n"

@@ -111,7 +111,7 @@ def test_fast_path_and_click_print_the_same_json_and_exit_codes(tmp_path, env):
         assert f.stdout == s.stdout and json.loads(f.stdout)["error"] == "UsageError"
 
 
-def test_an_unchanged_rerun_imports_neither_click_rich_nor_the_heavy_stdlib(tmp_path, env):
+def test_an_unchanged_rerun_imports_neither_click_rich_nor_what_only_other_commands_need(tmp_path, env):
     """Start-up time is the whole cost of an unchanged nightly re-run (docs/benchmarks.md): what it must not load."""
     src = model_dir(tmp_path / "src")
     argv = ["--json", "snapshot", "create", str(src), "--store", f"file://{tmp_path / 'store'}", "--model", "m",
@@ -120,9 +120,7 @@ def test_an_unchanged_rerun_imports_neither_click_rich_nor_the_heavy_stdlib(tmp_
     # The fast path ends with os._exit (no interpreter teardown): the probe reports from there.
     probe = ("import os, sys; sys.argv = ['drtool'] + sys.argv[1:]\n"
              "heavy = ['click', 'rich', 'yaml', 'jsonschema', 'boto3', 'dataclasses', 'typing', 'concurrent.futures',"
-             " 'socket', 'datetime', 'secrets', 'queue', 'drtool.config', 'drtool.output',"
-             # json (with re and its regular expressions) and hashlib (with OpenSSL's libcrypto): ~5 ms each
-             " 'json', 're', 'enum', 'hashlib', '_hashlib']\n"
+             " 'socket', 'datetime', 'secrets', 'queue', 'drtool.config', 'drtool.output']\n"
              # what the interpreter loaded before drtool ran (the dev venv's editable-install finder imports re)
              "before = set(sys.modules)\n"
              "real_exit = os._exit\n"

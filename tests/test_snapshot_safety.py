@@ -6,12 +6,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from drtool.snapshot.manifest import FORMAT, canonical_json
+from drtool.snapshot.manifest import (
+    FORMAT,
+    MODEL_NAME_PATTERN,
+    PATH_PATTERN,
+    SNAPSHOT_ID_PATTERN,
+    canonical_json,
+    is_model_name,
+    is_safe_path_text,
+    is_snapshot_id,
+)
 
 from .snapshot_helpers import DRTOOL, MiB, model_dir, write_random
 
@@ -324,3 +335,20 @@ def test_store_urls_that_are_not_a_local_directory_are_usage_errors(url):
 
     with pytest.raises(UsageError):
         open_store(url)
+
+
+CHECKS = [(is_model_name, MODEL_NAME_PATTERN), (is_snapshot_id, SNAPSHOT_ID_PATTERN), (is_safe_path_text, PATH_PATTERN)]
+NAME_ALPHABET = "aZ09f._-/ \\\n\t\x00\x1f\x7f\x80\u00a0\u00e9\u200b\u2028"
+
+
+@pytest.mark.parametrize(("check", "pattern"), CHECKS, ids=["model", "snapshot-id", "path"])
+def test_string_checks_accept_exactly_what_their_pattern_matches_whole(check, pattern):
+    """The create path checks model names, snapshot ids and source paths with string methods, not the schema: they
+    must refuse exactly what the schema's patterns refuse (read as whole-string matches)."""
+    whole = re.compile(pattern.removesuffix("$") + r"\Z").match
+    rng = random.Random(11)
+    samples = ["", "a", "a" * 128, "a" * 129, "e" * 64, "e" * 63, "E" * 64, "model\n", "f" * 64 + "\n", "-a", ".a"]
+    for _ in range(20000):
+        samples.append("".join(rng.choice(NAME_ALPHABET) for _ in range(rng.choice([1, 2, 5, 64, 130]))))
+    for text in samples:
+        assert check(text) == bool(whole(text)), repr(text)

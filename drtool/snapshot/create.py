@@ -6,12 +6,13 @@ be read), because its whole process must fit in 2% of the first run (docs/benchm
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 import time
 from collections import namedtuple
 
-from drtool import fastjson
 from drtool.errors import OperationFailed, UsageError, VerificationError
 from drtool.snapshot.cache import DEFAULT_RECHECK_SHARE, IncrementalCache, entry_json, in_recheck_bucket
 from drtool.snapshot.chunking import DEFAULT_PART_SIZE, DEFAULT_WORKERS, BufferPool, part_sizes, read_into
@@ -22,7 +23,6 @@ from drtool.snapshot.manifest import (
     PartRef,
     encode_manifest,
     is_model_name,
-    sha256,
     snapshot_id,
 )
 from drtool.snapshot.progress import NO_PROGRESS
@@ -144,7 +144,7 @@ def _create_holding_lease(store: BlobStore, opts: CreateOptions, src: str, files
         readable_or_fail(to_read)
         new = _read_files(store, opts, sorted(to_read, key=lambda f: f.path), counters, progress, set(rechecked))
         texts.update((path, entry_json(entry)) for path, entry in new.items())
-        mismatches = sorted(p for p, old in rechecked.items() if new[p].sha256 != fastjson.loads(old)["sha256"])
+        mismatches = sorted(p for p, old in rechecked.items() if new[p].sha256 != json.loads(old)["sha256"])
     else:
         mismatches = []
 
@@ -190,7 +190,7 @@ def version_from_file(src: str, files: list[SourceFile], texts: dict[str, str], 
         raise UsageError(f"--version-from {name}: no such file in {src}",
                          hint="name the weights' JSON file that holds their \"version\" (relative to SRC), or pass "
                               "--version")
-    digest = fastjson.loads(texts[name])["sha256"]
+    digest = json.loads(texts[name])["sha256"]
     said = cache.version_label
     if not (said and said.get("file") == name and said.get("sha256") == digest):
         said = {"file": name, "sha256": digest, **_read_version_file(sf, digest, counters)}
@@ -218,10 +218,10 @@ def _read_version_file(sf: SourceFile, digest: str, counters: Counters) -> dict:
     except OSError as exc:
         raise OperationFailed(f"cannot read {sf.abspath}: {exc.strerror}") from None
     counters.bytes_read += len(data)
-    if sha256(data).hexdigest() != digest:
+    if hashlib.sha256(data).hexdigest() != digest:
         raise _changed(sf)
     try:
-        doc = fastjson.loads(data)
+        doc = json.loads(data)
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
@@ -233,7 +233,7 @@ def _entries_missing_blobs(store: BlobStore, texts: dict[str, str], workers: int
     """Paths of cached entries with a blob no longer in the store (checked one by one: the last manifest is gone)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    entries = {path: FileEntry.from_json(fastjson.loads(text)) for path, text in texts.items()}
+    entries = {path: FileEntry.from_json(json.loads(text)) for path, text in texts.items()}
     needed = sorted({(p.sha256, p.size) for e in entries.values() for p in e.parts})
     with ThreadPoolExecutor(workers, thread_name_prefix="snapshot-check") as executor:
         sizes = executor.map(lambda ds: store.blob_size(ds[0]), needed)
@@ -274,8 +274,6 @@ class _PartWriter:
         self.pool = BufferPool(opts.workers + 2, opts.part_size)
         self.failed = threading.Event()
         self.scrub_paths = scrub_paths  # the re-check share: their stored blobs are read back and hashed too
-        import hashlib  # OpenSSL's SHA-256: loaded only by a run that reads data (manifest.sha256)
-
         self.sha256 = hashlib.sha256
 
     def _store_part(self, buf: bytearray, length: int, scrub: bool) -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 
-from drtool import fastjson
 from drtool.errors import BusyError, OperationFailed
 from drtool.snapshot.stores import LEASES, BlobStore, lease_key
 
@@ -79,7 +79,7 @@ class LeaseHolder:
     @classmethod
     def parse(cls, data: bytes) -> LeaseHolder | None:
         try:
-            doc = fastjson.loads(data.decode())
+            doc = json.loads(data.decode())
             return cls(purpose=str(doc["purpose"]), host=str(doc["host"]), pid=int(doc["pid"]),
                        boot_id=str(doc.get("boot_id", "")), started=str(doc["started"]),
                        expires=float(doc["expires"]), token=str(doc["token"]))
@@ -107,7 +107,7 @@ class Lease:
     def _body(self) -> bytes:
         holder = LeaseHolder(self.purpose, hostname(), os.getpid(), _boot_id(), self._started,
                              time.time() + self.ttl, self._token)
-        return fastjson.dumps(holder.to_json(), sort_keys=True).encode()
+        return json.dumps(holder.to_json(), sort_keys=True).encode()
 
     def holder(self) -> LeaseHolder | None:
         data = self.store.get(self.key)

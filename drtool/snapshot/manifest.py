@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import functools
-import sys
+import json
 from collections import namedtuple
+from hashlib import sha256  # also imported from here (drtool/snapshot/cache.py)
 
-from drtool import fastjson
 from drtool.errors import VerificationError
 
 FORMAT = "drtool.snapshot/2"  # 2: a large tensor may be recorded by its parts instead of its own SHA-256
 FORMATS_READ = ("drtool.snapshot/1", FORMAT)
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # of b""
-# The patterns are the schema's; the checks below say the same with string methods, as the create path runs them
-# where importing `re` would cost an unchanged re-run ~6 ms of its budget (docs/benchmarks.md).
+# The patterns are the schema's; the checks below say the same with string methods (tests/test_snapshot_safety.py
+# checks that they accept exactly what the patterns match), for the create path, which runs no schema.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 SNAPSHOT_ID_PATTERN = r"^[0-9a-f]{64}$"
 # No control characters and no backslash: every path must print as one line that `sha256sum -c` reads back as is.
@@ -21,13 +21,6 @@ PATH_PATTERN = r"^[^\u0000-\u001f\u007f\\]+$"
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _HEX = "0123456789abcdef"
 _UNPRINTABLE = frozenset(map(chr, [*range(0x20), 0x7F]))
-try:
-    from _sha256 import sha256 as _BUILTIN_SHA256  # Python 3.11
-except ImportError:
-    try:
-        from _sha2 import sha256 as _BUILTIN_SHA256  # Python 3.12 and later
-    except ImportError:
-        _BUILTIN_SHA256 = None
 
 
 def is_model_name(name: str) -> bool:
@@ -207,7 +200,7 @@ class SnapshotManifest(namedtuple("SnapshotManifest", "model version created sou
 
 
 def canonical_json(doc: dict) -> bytes:
-    return fastjson.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
 def encode_manifest(meta: dict, file_entries: list[str]) -> bytes:
@@ -219,18 +212,6 @@ def encode_manifest(meta: dict, file_entries: list[str]) -> bytes:
     after = canonical_json({k: v for k, v in doc.items() if k > "files"})[1:]  # without its opening brace
     files = b'"files":[' + ",".join(file_entries).encode() + b"]"
     return before + (b"," if len(before) > 1 else b"") + files + (b"," if len(after) > 1 else b"") + after
-
-
-def sha256(data: bytes = b""):
-    """A SHA-256 hash object: OpenSSL's (hashlib: SHA-NI, for data) once a step that hashes data has loaded it, and
-    until then the interpreter's built-in one, which needs no shared library. Loading libcrypto costs ~5 ms, a
-    seventh of an unchanged re-run, which hashes only its manifest and the names of its files (docs/benchmarks.md).
-    Both give the same digests."""
-    if _BUILTIN_SHA256 is None or "hashlib" in sys.modules:
-        import hashlib
-
-        return hashlib.sha256(data)
-    return _BUILTIN_SHA256(data)
 
 
 def snapshot_id(data: bytes) -> str:
@@ -250,8 +231,6 @@ def parse_manifest(data: bytes, expected_id: str, where: str) -> SnapshotManifes
         if len(keys) != len(set(keys)):
             raise ValueError(f"duplicate key in object: {sorted(k for k in keys if keys.count(k) > 1)[0]!r}")
         return dict(pairs)
-
-    import json  # with object_pairs_hook, which fastjson does not take on (reading a manifest is not start-up work)
 
     try:
         doc = json.loads(data.decode("utf-8"), object_pairs_hook=reject_duplicate_keys)
