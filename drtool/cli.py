@@ -401,15 +401,30 @@ def snapshot_prune(app: App, store, model, keep_last, keep_daily, keep_weekly, k
 @click.argument("snapshot_id", metavar="ID")
 @click.option("--from", "source", required=True, metavar="URL", help="Store holding the snapshot.")
 @click.option("--to", "target", required=True, metavar="URL", help="Store to copy it to.")
+@click.option("--to-endpoint", metavar="URL",
+              help="S3 endpoint of the --to store, when it is not the one of --from (AWS_ENDPOINT_URL).")
+@click.option("--to-region", metavar="REGION", help="S3 region of the --to store.")
+@click.option("--to-credentials-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="AWS shared-credentials file for the --to store (a path: never a secret on the command line).")
+@click.option("--verify-sample", type=click.FloatRange(0, 100), metavar="PCT",
+              help="Then read back and hash this percentage of the copy's blobs in the --to store.")
 @wait_option
-def snapshot_replicate(app: App, snapshot_id, source, target, wait):
-    """Copy a snapshot to another store: missing blobs first (each hash-checked), the manifest last."""
+def snapshot_replicate(app: App, snapshot_id, source, target, to_endpoint, to_region, to_credentials_file,
+                       verify_sample, wait):
+    """Copy a snapshot to another store: missing blobs first (each hash-checked), the manifest last.
+
+    The --to store's endpoint, region and credentials come from --to-* when given (a serving host copying its
+    nightly snapshot to the DR site's store), else from the drtool config's object_stores, else from the AWS
+    variables."""
     from drtool.actions import snapshot
 
-    result = snapshot.replicate(app.out, app.config_path, snapshot_id, source, target, wait)
+    result = snapshot.replicate(app.out, app.config_path, snapshot_id, source, target, wait,
+                                target_endpoint=to_endpoint, target_region=to_region,
+                                target_credentials_file=to_credentials_file, verify_sample=verify_sample)
     app.out.result(result, lambda c: c.print(
         f"replicated {result['id']} to {result['to']}: {result['blobs_copied']} blobs copied "
-        f"({_bytes(result['bytes_copied'])}), {result['blobs_present']} already there"))
+        f"({_bytes(result['bytes_copied'])}), {result['blobs_present']} already there"
+        + (f"; {result['verify']['blobs_checked']} blobs read back" if result.get("verify") else "")))
 
 
 # -- images and the model registry (issue 4) ------------------------------------------------------

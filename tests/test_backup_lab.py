@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 
+from drtool.actions import failover
+
 from .conftest import MODEL, PROD_VERSION, cli_json, run_cli
 
 pytestmark = pytest.mark.lab
@@ -76,6 +78,45 @@ def test_nightly_job_installs_runs_with_lock_and_metrics_and_uninstalls(lab, lab
     assert new["version"] == PROD_VERSION
     cli_json("backup", "--remove-schedule")
     assert not (srv / "cron.d" / "drtool-backup").exists()
+
+
+def test_nightly_snapshot_reaches_dr_and_a_drill_restores_it_and_measures_rpo_from_it(lab, lab_config, production,
+                                                                                       tmp_path, monkeypatch):
+    """The nightly job is what sets the RPO: its snapshot carries the served version, is copied to the DR store and
+    read back there, and the next failover (here a primary-down drill through the alert chain) restores it."""
+    monkeypatch.setenv("DRTOOL_STATE_DIR", str(tmp_path / "state"))
+    prod_store = lab_config.site("prod-west").object_stores[0].url
+    dr_store = lab_config.site("dr-east").object_stores[0].url
+    before = {s["id"] for s in cli_json("snapshot", "list", "--store", prod_store, "--model", MODEL)["snapshots"]}
+    cli_json("backup", "--install-schedule")
+    try:
+        script = (lab.state_dir / "hosts" / "pw-gpu1" / "srv" / "drtool" / "sbin" / "drtool-nightly-snapshot")
+        text = script.read_text()
+        assert f"--to {dr_store}" in text and "http://127.0.0.1:8080/version" in text
+        r = ssh(lab, "DRTOOL_NO_JITTER=1 /srv/drtool/sbin/drtool-nightly-snapshot")
+        assert r.returncode == 0, r.stderr
+    finally:
+        cli_json("backup", "--remove-schedule")
+    log = (lab.state_dir / "hosts" / "pw-gpu1" / "srv" / "drtool" / "log" / "drtool-backup.log").read_text()
+    assert "did not say its version" not in log and "has no version label" not in log
+    (nightly,) = [s for s in cli_json("snapshot", "list", "--store", prod_store, "--model", MODEL)["snapshots"]
+                  if s["id"] not in before]
+    assert nightly["version"] == PROD_VERSION
+    copy = cli_json("snapshot", "show", nightly["id"], "--store", dr_store)["manifest"]
+    assert copy["version"] == PROD_VERSION and copy["source_host"] == "pw-gpu1"
+    newest_at_dr = max((s for s in cli_json("snapshot", "list", "--store", dr_store, "--model", MODEL)["snapshots"]
+                        if s["version"] == PROD_VERSION), key=lambda s: s["created"])
+    assert newest_at_dr["id"] == nightly["id"]
+
+    proc = run_cli("--json", "drill", "--site", "dr-east", "--scenario", "primary-down",
+                   "--report", str(tmp_path / "report"))
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 0, json.dumps(result, indent=1)[:4000]
+    (sc,) = result["scenarios"]
+    assert sc["failover"]["snapshot"]["restored"] == nightly["id"]
+    assert sc["failover"]["snapshot"]["created"] == copy["created"]
+    expected_rpo = failover.snapshot_age(copy["created"], sc["fault_at"])
+    assert sc["rpo_s"] == expected_rpo and 0 < sc["rpo_s"] < 3600
 
 
 def test_backup_of_a_standby_site_is_refused(production):

@@ -4,7 +4,7 @@ to every DR site's store, then read back a sample at each; or install / remove t
 from __future__ import annotations
 
 from drtool.actions.deploy import store_vars
-from drtool.config import Config, Site
+from drtool.config import Config, ObjectStore, Site
 from drtool.errors import DrtoolError, OperationFailed, VerificationError
 from drtool.execute.ansible import run_playbook
 from drtool.inventory import group_name
@@ -16,9 +16,10 @@ from drtool.snapshot.verify import verify_snapshot
 VERIFY_SAMPLE_PCT = 5.0
 
 
-def _models(config: Config, model: str | None) -> list[dict]:
+def _models(config: Config, site: Site, model: str | None) -> list[dict]:
     chosen = [config.model(model)] if model else list(config.models.values())
-    return [{"name": m.name, "weights_path": m.weights_path, "version_file": m.version_file} for m in chosen]
+    return [{"name": m.name, "weights_path": m.weights_path, "version_file": m.version_file,
+             "port": site.serving_port} for m in chosen]
 
 
 def _label_versions(config: Config, site: Site, models: list[dict]) -> list[dict]:
@@ -39,15 +40,16 @@ def _label_versions(config: Config, site: Site, models: list[dict]) -> list[dict
     return models
 
 
-def _targets(site: Site) -> list[str]:
-    return [store.url for store in site.object_stores[1:]]
+def _target_stores(config: Config, site: Site) -> list[ObjectStore]:
+    """Where each new snapshot is copied: the site's other stores, then every DR site's own store."""
+    return [*site.object_stores[1:],
+            *(s.object_stores[0] for s in config.sites.values() if s.role == "dr" and s.name != site.name)]
 
 
 def plan(config: Config, site_name: str | None, model: str | None) -> dict:
     site = config.site(site_name) if site_name else config.primary
-    dr_stores = [s.object_stores[0].url for s in config.sites.values() if s.role == "dr" and s.name != site.name]
-    return {"site": site.name, "hosts": [h.name for h in site.hosts], "models": _models(config, model),
-            "store": site.object_stores[0].url, "replicate_to": _targets(site) + dr_stores}
+    return {"site": site.name, "hosts": [h.name for h in site.hosts], "models": _models(config, site, model),
+            "store": site.object_stores[0].url, "replicate_to": [s.url for s in _target_stores(config, site)]}
 
 
 def run(config: Config, out: Output, site_name: str | None, model: str | None, dry_run: bool) -> dict:
@@ -98,7 +100,10 @@ def schedule(config: Config, out: Output, site_name: str | None, model: str | No
     p = plan(config, site_name, model)
     site = config.site(p["site"])
     action = "unschedule" if remove else "schedule"
+    replicate_to = [{"url": s.url, "endpoint": s.endpoint_url or "", "region": s.region or "",
+                     "credentials_file": s.credentials_file or ""} for s in _target_stores(config, site)]
     res = run_playbook(config, "backup.yml", progress=out.ansible_progress(), extravars={
         "drtool_targets": group_name(site.name), "weights_backup_action": action,
-        "weights_backup_models": p["models"], **store_vars(site, "weights_backup")})
+        "weights_backup_models": p["models"], "weights_backup_replicate_to": replicate_to,
+        **store_vars(site, "weights_backup")})
     return {**p, "schedule": "removed" if remove else "installed", "hosts": sorted(res.results or p["hosts"])}

@@ -204,12 +204,33 @@ def prune(out: Output, config_path: str | None, store: str, model: str | None, k
         return prune_store(blob_store, policy, model=model, protect=protect, dry_run=dry_run, wait=wait)
 
 
-def replicate(out: Output, config_path: str | None, snapshot_id: str, source: str, target: str, wait: float) -> dict:
+def replicate(out: Output, config_path: str | None, snapshot_id: str, source: str, target: str, wait: float, *,
+              target_endpoint: str | None = None, target_region: str | None = None,
+              target_credentials_file: str | None = None, verify_sample: float | None = None) -> dict:
+    """Copy a snapshot; the target's S3 settings given explicitly win over the config's. With verify_sample, a
+    share of the copy's blobs is read back from the target and hashed (VerificationError, exit 3, if any differs)."""
     from drtool.snapshot.replicate import replicate_snapshot
+    from drtool.snapshot.verify import verify_snapshot
 
     if source.rstrip("/") == target.rstrip("/"):
         raise UsageError("--from and --to are the same store")
-    with (opened(source, config_path) as src, opened(target, config_path, create=True) as dst,
-          RichProgress(out) as progress):
-        return replicate_snapshot(src, dst, snapshot_id, wait=wait, progress=progress)
+    explicit = target_endpoint or target_region or target_credentials_file
+    if explicit and not target.startswith("s3://"):
+        raise UsageError(f"--to-endpoint, --to-region and --to-credentials-file are for s3:// stores (--to {target})")
+    if explicit:
+        from drtool.config import ObjectStore
+
+        target_settings = ObjectStore(url=target, endpoint_url=target_endpoint, region=target_region,
+                                      credentials_file=target_credentials_file)
+    else:
+        target_settings = store_settings(target, config_path)
+    dst = open_store(target_settings, create=True)
+    try:
+        with opened(source, config_path) as src, RichProgress(out) as progress:
+            result = replicate_snapshot(src, dst, snapshot_id, wait=wait, progress=progress)
+        if verify_sample is not None:
+            result["verify"] = verify_snapshot(dst, result["id"], sample_percent=verify_sample)
+        return result
+    finally:
+        dst.close()
 
