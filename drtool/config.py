@@ -111,6 +111,7 @@ class FailoverSettings:
     snapshot: str = "newest"          # newest: the newest snapshot of the production version; registered: its own
     fallback_to_older: bool = True    # a snapshot that fails verification: try the next older one of that version
     fence: bool = True                # stop the primary's serving container when it is reachable
+    primary_ready_wait_s: float = 90  # failback: how long a primary whose container is running may take to be ready
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,14 @@ def remove_weights(config: Config, host: Host, dest: str, raise_on_failure: bool
         "drtool_targets": host.name, "model_weights_action": "remove", "model_weights_dest": dest})
 
 
+def probe(config: Config, host: Host, model: Model) -> dict:
+    """The serving container as the host's engine sees it: exists, running, image, labels."""
+    res = run_playbook(config, "model_server.yml", extravars={
+        "drtool_targets": host.name, "model_server_action": "probe", "model_server_model": model.name,
+        "model_server_container": f"drtool-{model.name}"})
+    return res.results.get(host.name, {})
+
+
 def wait(site: Site, host: Host, timeout: float = 300) -> dict:
     body = wait_ready(base_url(host.address, site.serving_port), timeout=timeout)
     return {"readyz": body}

@@ -352,15 +352,15 @@ class Drill:
         if before is not None:
             after = self.production_state()
             # A live drill moved production and failed back: the same addresses must be back (the TTL may be the
-            # one failback writes), and the primary must serve the same model, version and image; failback
-            # restores the newest verified snapshot of that version, which may be newer than the one it served.
+            # one failback writes). In every drill the primary must serve the same model, version and image; a
+            # primary that lost its container (powered off, fenced) is redeployed by failback from the newest
+            # verified snapshot of that version (the nightly one), which may be newer than the one it served.
             same_dns = after["dns"] == before["dns"] or (
                 self.live and after["dns"]["addresses"] == before["dns"]["addresses"])
             sc.check("production_dns_unchanged", same_dns, {"before": before["dns"], "after": after["dns"]})
             changed = sorted(h for h, s in after["primary"].items()
                              if s.get("snapshot_id") != before["primary"].get(h, {}).get("snapshot_id"))
-            same_primary = after["primary"] == before["primary"] or (
-                self.live and _without_snapshot(after["primary"]) == _without_snapshot(before["primary"]))
+            same_primary = _without_snapshot(after["primary"]) == _without_snapshot(before["primary"])
             sc.check("primary_unchanged", same_primary,
                      {"before": before["primary"], "after": after["primary"], "snapshot_changed_on": changed})
             try:

@@ -7,6 +7,7 @@ before it acts, so nothing is done twice. DNS is never pointed at a target that 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -366,14 +367,28 @@ class Failback(Failover):
         run_playbook(self.config, "status.yml", extravars={"drtool_targets": host.name})
         self.ctx["host"] = host.name
         # A primary that came back serving the production version correctly (its container restarted with the
-        # host) is kept as it is: redeploying it would only replace a verified container by an equal one.
-        served = None
-        try:
-            served = deploy.check(self.site, host, self.served_entry(host))
-        except DrtoolError:
-            pass
+        # host) is kept as it is: redeploying it would only replace a verified container by an equal one (and
+        # swap the snapshot it serves for the newest one). A running container gets a bounded time to turn ready:
+        # it hashes its weights against their manifest first. A stopped or missing one (fenced) is redeployed.
+        served, running, waited = self._serving(host), None, None
+        if served is None:
+            running = bool(deploy.probe(self.config, host, self.model).get("running"))
+            if running:
+                t0 = time.monotonic()
+                with contextlib.suppress(DrtoolError):
+                    deploy.wait(self.site, host, timeout=self.config.failover.primary_ready_wait_s)
+                waited = round(time.monotonic() - t0, 3)
+                served = self._serving(host)
         self.ctx["primary_ok"] = served is not None
-        return {"host": host.name, "address": host.address, "already_serving": self.ctx["primary_ok"]}
+        return {"host": host.name, "address": host.address, "already_serving": self.ctx["primary_ok"],
+                "container_running": running, "waited_for_ready_s": waited}
+
+    def _serving(self, host: Host) -> dict | None:
+        """deploy.check's evidence when the host serves the production version correctly, else None."""
+        try:
+            return deploy.check(self.site, host, self.served_entry(host))
+        except DrtoolError:
+            return None
 
     def served_entry(self, host: Host):
         return served_entry(self.site, host, self.entry())
