@@ -117,21 +117,20 @@ def test_an_unchanged_rerun_imports_neither_click_rich_nor_what_only_other_comma
     argv = ["--json", "snapshot", "create", str(src), "--store", f"file://{tmp_path / 'store'}", "--model", "m",
             "--recheck-share", "0"]
     assert _run(argv, env, via_click=False).returncode == 0
-    # The fast path ends with os._exit (no interpreter teardown): the probe reports from there.
-    probe = ("import os, sys; sys.argv = ['drtool'] + sys.argv[1:]\n"
+    # The fast path ends with sys.exit: the probe reports what was loaded when main() raises SystemExit.
+    probe = ("import sys; sys.argv = ['drtool'] + sys.argv[1:]\n"
              "heavy = ['click', 'rich', 'yaml', 'jsonschema', 'boto3', 'dataclasses', 'typing', 'concurrent.futures',"
              " 'socket', 'datetime', 'secrets', 'queue', 'drtool.config', 'drtool.output']\n"
              # what the interpreter loaded before drtool ran (the dev venv's editable-install finder imports re)
              "before = set(sys.modules)\n"
-             "real_exit = os._exit\n"
-             "def report(code):\n"
+             "from drtool.launch import main\n"
+             "try:\n"
+             "    main()\n"
+             "except SystemExit:\n"
              "    loaded = set(sys.modules) - before\n"
              "    print(repr(sorted(m for m in heavy if m in loaded)), file=sys.stderr, flush=True)\n"
-             "    real_exit(code)\n"
-             "os._exit = report\n"
-             "from drtool.launch import main\n"
-             "main()\n"
-             "raise SystemExit('the fast path returned instead of ending the process')\n")
+             "    raise\n"
+             "raise SystemExit('the fast path returned instead of exiting with its code')\n")
     proc = subprocess.run([PYTHON, "-c", probe, *argv], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["bytes_read"] == 0
