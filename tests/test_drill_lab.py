@@ -147,6 +147,7 @@ def test_live_drill_moves_production_and_fails_back(lab, production, drill_state
     newer snapshot of the production version than the one the primary serves exists: failback restores that one."""
     newer = cli_json("backup")["snapshots"][0]
     assert newer["version"] == PROD_VERSION
+    assert dig() == PRIMARY
     proc = run_cli("--json", "drill", "--site", "dr-east", "--live", "--report", str(drill_state / "report"))
     assert proc.stdout, proc.stderr
     result = json.loads(proc.stdout)
@@ -160,7 +161,46 @@ def test_live_drill_moves_production_and_fails_back(lab, production, drill_state
     assert flip["evidence"]["record"] == "model.drlab.test" and flip["evidence"]["changed"]
     assert flip["evidence"]["before"] == [PRIMARY] and flip["evidence"]["after"] != [PRIMARY]
     assert flip["evidence"]["previous_saved"]  # the record it replaced, kept for `drtool dns restore`
+    # The live RTO: fault to the production record answering with the verified standby, within the target.
+    assert sc["rto_s"] is not None and sc["rto_s"] > sc["split"]["detection"] > 0
+    assert sc["rto_s"] <= result["targets"]["rto_s"]
+    assert sc["load"]["passed"] and sc["load"]["canary_mismatches"] == 0  # loaded through the production record
     assert_production_as_before(lab, result)
+    assert dig() == PRIMARY
     evidence = next(c for c in sc["checks"] if c["name"] == "primary_unchanged")["evidence"]
     assert evidence["after"]["pw-gpu1"]["version"] == PROD_VERSION and evidence["after"]["pw-gpu1"]["ready"]
     assert evidence["after"]["pw-gpu1"]["snapshot_id"] == newer["id"] and evidence["snapshot_changed_on"] == ["pw-gpu1"]
+
+
+@pytest.mark.nightly
+def test_interrupted_live_drill_leaves_production_serving(lab, production, drill_state):
+    """Ctrl-C at the worst moment of a live drill: the production record already points at the DR standby. The
+    drill fails back before it exits: the record is the primary's again and the primary serves the production
+    version, verified."""
+    from drtool.execute.serving import version
+
+    assert dig() == PRIMARY
+    env = dict(os.environ, DRTOOL_STATE_DIR=str(drill_state / "state"))
+    proc = subprocess.Popen([sys.executable, "-m", "drtool", "--json", "drill", "--site", "dr-east", "--live",
+                             "--report", str(drill_state / "report")], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and dig() == PRIMARY and proc.poll() is None:
+            time.sleep(0.5)
+        moved_to = dig()
+        assert moved_to not in ("", PRIMARY), "the live drill never moved the production record"
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    report = json.loads((drill_state / "report" / "report.json").read_text())
+    (sc,) = report["scenarios"]
+    assert "interrupted" in (sc["error"] or "") and sc["not_cleaned"] == [], (sc["error"], err[-3000:])
+    checks = {c["name"]: c for c in sc["checks"]}
+    assert checks["production_dns_unchanged"]["passed"] and checks["steady_state_after"]["passed"], checks
+    assert dig() == PRIMARY and standbys_cold(lab)
+    served = version(f"http://{PRIMARY}:8080")
+    assert served["model"] == MODEL and served["version"] == PROD_VERSION and served["ready"]

@@ -173,8 +173,9 @@ class Drill:
         except (DrtoolError, OSError) as exc:
             sc.doc["error"] = getattr(exc, "message", None) or str(exc)
             self.out.info(f"  [red]scenario {name} stopped:[/] {sc.doc['error']}")
-        except KeyboardInterrupt:
-            sc.doc["error"] = "interrupted (Ctrl-C): cleaned up"
+        except BaseException as exc:  # Ctrl-C, or a bug: production is put back before the drill stops
+            sc.doc["error"] = ("interrupted (Ctrl-C): cleaned up" if isinstance(exc, KeyboardInterrupt)
+                               else f"stopped by {type(exc).__name__}: {exc}; cleaned up")
             self.cleanup(sc, fault, chain, drill_cfg, before)
             raise
         self.cleanup(sc, fault, chain, drill_cfg, before)
