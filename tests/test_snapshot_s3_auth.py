@@ -77,6 +77,10 @@ class AuthS3:
         return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION,
                             aws_access_key_id=key_id or self.key_id, aws_secret_access_key=secret or self.secret)
 
+    def credentials(self) -> Credentials:
+        """What client() signs with (given to s3blobs as drtool gives it its session's)."""
+        return Credentials(self.key_id, self.secret)
+
     def requests(self) -> list[dict]:
         return [json.loads(line) for line in self.log.read_text().splitlines()]
 
@@ -167,7 +171,8 @@ def test_server_checks_signatures(auth_s3):
 
 def _lean(auth_s3, prefix: str, credentials: Credentials | None = None) -> s3blobs.BlobRequests:
     """The lean path as drtool learns it from botocore (a HEAD of a blob key), optionally with other credentials."""
-    fast = s3blobs.BlobRequests.learn(auth_s3.client(), BUCKET, f"{prefix}/blobs/sha256/00/{'0' * 64}")
+    fast = s3blobs.BlobRequests.learn(auth_s3.client(), BUCKET, f"{prefix}/blobs/sha256/00/{'0' * 64}",
+                                      credentials=auth_s3.credentials(), ca_bundle=True)
     assert fast is not None, "the lean path should apply to a plain HTTP endpoint"
     if credentials is not None:
         fast.credentials = credentials
@@ -342,8 +347,18 @@ def test_learn_is_not_confused_by_concurrent_heads(auth_s3):
 
     client.meta.events.register_last("before-send.s3.HeadObject", other_thread_heads)
     try:
-        fast = s3blobs.BlobRequests.learn(client, BUCKET, probe)
+        fast = s3blobs.BlobRequests.learn(client, BUCKET, probe, credentials=auth_s3.credentials(), ca_bundle=True)
     finally:
         client.meta.events.unregister("before-send.s3.HeadObject", other_thread_heads)
     assert fast is not None
     fast.close()
+
+
+def test_learn_refuses_credentials_that_are_not_the_clients(auth_s3):
+    """s3blobs is handed the credentials drtool made the client with (botocore has no public way to read them back
+    from a client): if the access key botocore signed the probe HEAD with is another one, every call stays with
+    botocore."""
+    other = Credentials("AKIDNOTTHECLIENTS", auth_s3.secret)
+    probe = f"other-key/blobs/sha256/00/{'0' * 64}"
+    assert s3blobs.BlobRequests.learn(auth_s3.client(), BUCKET, probe, credentials=other, ca_bundle=True) is None
+    assert s3blobs.BlobRequests.learn(auth_s3.client(), BUCKET, probe, credentials=None, ca_bundle=True) is None

@@ -57,3 +57,33 @@ def test_blob_path_is_used_and_round_trips(snap_env, monkeypatch):
             store.read_blob("0" * 64)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"AWS_CA_BUNDLE": "/aws/ca.pem", "REQUESTS_CA_BUNDLE": "/requests/ca.pem"}, "/aws/ca.pem"),
+    ({"REQUESTS_CA_BUNDLE": "/requests/ca.pem"}, "/requests/ca.pem"),
+    ({}, True),
+])
+def test_session_credentials_and_tls_verify_are_the_clients(monkeypatch, env, expected):
+    """s3blobs takes the credentials and TLS trust of the transfer client from its session, through public calls
+    (botocore has none to read them back from a client). Checked here against the client's own (private) state, so
+    that a botocore that changes how a client gets them fails this test instead of silently diverging."""
+    from drtool.execute.s3 import transfer_client, transfer_credentials, transfer_session, transfer_tls_verify
+
+    for k in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    settings = ObjectStore(url="s3://b/p", endpoint_url="https://s3.example.test", region="eu-west-1")
+    session = transfer_session(settings)
+    client = transfer_client(settings, 4, session)
+    assert transfer_tls_verify(session) == expected
+    assert transfer_credentials(session).get_frozen_credentials().access_key == "AKIDEXAMPLE"
+    signer, endpoint = getattr(client, "_request_signer", None), getattr(client, "_endpoint", None)
+    if signer is None or endpoint is None:
+        pytest.skip("botocore's client internals changed: check transfer_credentials and transfer_tls_verify anew")
+    assert getattr(signer, "_credentials", None) is transfer_credentials(session)
+    assert getattr(endpoint.http_session, "_verify", None) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -40,13 +41,19 @@ def client(store: ObjectStore, max_pool: int = 16):
 
 
 def _botocore_session(store: ObjectStore) -> botocore.session.Session:
+    """The session every client of this store is made from: also what the lean blob path (s3blobs.py) takes the
+    client's credentials and TLS settings from, through public calls (transfer_credentials, transfer_tls_verify)."""
     bsession = botocore.session.Session(profile=store.profile)
     if store.credentials_file:
         bsession.set_config_variable("credentials_file", store.credentials_file)
     return bsession
 
 
-def transfer_client(store: ObjectStore, max_pool: int):
+def transfer_session(store: ObjectStore) -> botocore.session.Session:
+    return _botocore_session(store)
+
+
+def transfer_client(store: ObjectStore, max_pool: int, session: botocore.session.Session | None = None):
     """A client for bulk blob transfer, its connection pool sized to the transfer threads.
 
     The caller hashes every byte itself (SHA-256, the blob's name) and sends that digest as x-amz-checksum-sha256,
@@ -63,5 +70,19 @@ def transfer_client(store: ObjectStore, max_pool: int):
                      request_checksum_calculation="when_required", response_checksum_validation="when_required",
                      s3={"payload_signing_enabled": False},
                      user_agent=f"drtool/{__version__} botocore/{botocore.__version__}")
-    return _botocore_session(store).create_client("s3", region_name=store.region, endpoint_url=store.endpoint_url,
-                                                  config=cfg)
+    return (session or _botocore_session(store)).create_client("s3", region_name=store.region,
+                                                               endpoint_url=store.endpoint_url, config=cfg)
+
+
+def transfer_credentials(session: botocore.session.Session):
+    """The credentials object a client made by transfer_client(store, ..., session) signs with: botocore's
+    create_client gives a client without explicit keys the session's own, get_credentials() (refreshable: botocore
+    refreshes temporary credentials when get_frozen_credentials() is called). None when there are none."""
+    return session.get_credentials()
+
+
+def transfer_tls_verify(session: botocore.session.Session) -> str | bool:
+    """What such a client verifies TLS with, in botocore's order for a client made without `verify` (drtool passes
+    none): the session's ca_bundle (AWS_CA_BUNDLE or the profile's ca_bundle), else $REQUESTS_CA_BUNDLE, else True
+    (verify against a default CA bundle: botocore's, or for s3blobs the system's)."""
+    return session.get_config_variable("ca_bundle") or os.environ.get("REQUESTS_CA_BUNDLE") or True

@@ -3,9 +3,11 @@
 Why: botocore spends ~3 ms of CPU on every request (events, endpoint rules, parameter validation, its request and
 response models; measured in docs/benchmarks.md), which for a model's ~1,000 small files costs as much CPU as hashing
 every byte. These two calls are always the same shape, so after botocore has made one of them (a HEAD of a blob
-key, watched through its `before-send` event), this module repeats that shape itself: the same URL prefix (so the
-endpoint, addressing style and bucket are botocore's), the same signing region and the same credentials object
-(refreshed by botocore as usual). About 0.5 ms per request.
+key, watched through its public `before-send` event), this module repeats that shape itself: the same URL prefix (so
+the endpoint, addressing style and bucket are botocore's), the same signing region, and the credentials object the
+client was made with (the botocore session's, refreshed by botocore as usual; the caller passes it, and the access
+key botocore signed the HEAD with must be its). About 0.5 ms per request. Only public botocore interfaces are used:
+the client's events and `meta.config`, the session's credentials and configuration (drtool/execute/s3.py).
 
 It only ever does the simple thing. Anything else -- a status other than 200, 404 or a conditional refusal, a
 network error, a proxy, an unsigned or SigV4a client -- returns None and the caller makes the same call through
@@ -28,7 +30,7 @@ import urllib.request
 from urllib.parse import quote, urlsplit
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"  # as botocore sends with payload_signing_enabled=False
-_CREDENTIAL_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/s3/aws4_request")
+_CREDENTIAL_SCOPE = re.compile(r"Credential=([^/]+)/\d{8}/([^/]+)/s3/aws4_request")
 
 
 class _Connection(http.client.HTTPConnection):
@@ -70,9 +72,11 @@ class BlobRequests:
         self._signing_keys: dict[tuple[str, str], bytes] = {}
 
     @classmethod
-    def learn(cls, client, bucket: str, probe_key: str) -> BlobRequests | None:
+    def learn(cls, client, bucket: str, probe_key: str, *, credentials, ca_bundle: str | bool) -> BlobRequests | None:
         """Watch botocore send one HEAD of `probe_key` and take its URL prefix and signing region. Only this thread's
-        request counts: the client is shared, and upload threads send HEADs of their own parts meanwhile."""
+        request counts: the client is shared, and upload threads send HEADs of their own parts meanwhile.
+        `credentials` and `ca_bundle` are what the client was made with (execute/s3.py: transfer_credentials and
+        transfer_tls_verify of its session); botocore offers no public way to read them back from a client."""
         seen = {}
         me = threading.get_ident()
 
@@ -95,18 +99,20 @@ class BlobRequests:
         url = seen.get("url", "")
         encoded_key = quote(probe_key, safe="/~")
         match = _CREDENTIAL_SCOPE.search(auth)
-        credentials = getattr(getattr(client, "_request_signer", None), "_credentials", None)
-        http_session = getattr(getattr(client, "_endpoint", None), "http_session", None)
-        ca_bundle = getattr(http_session, "_verify", None)
-        proxies = getattr(getattr(http_session, "_proxy_config", None), "_proxies", None)
-        if (not auth.startswith("AWS4-HMAC-SHA256 ") or not match or credentials is None or ca_bundle is None
-                or proxies or "?" in url or not url.endswith("/" + encoded_key)):
+        if (not auth.startswith("AWS4-HMAC-SHA256 ") or not match or credentials is None
+                or client.meta.config.proxies or "?" in url or not url.endswith("/" + encoded_key)):
+            return None
+        try:
+            access_key = credentials.get_frozen_credentials().access_key
+        except Exception:  # credentials that cannot be had now: botocore reports it on its own call
+            return None
+        if access_key != match.group(1):  # not what botocore signs with: leave every call to botocore
             return None
         base = url[: -len(encoded_key)]
         parts = urlsplit(base)
         if parts.scheme not in ("http", "https") or _proxied(parts.scheme, parts.hostname or ""):
             return None
-        return cls(base, match.group(1), credentials, ca_bundle)
+        return cls(base, match.group(2), credentials, ca_bundle)
 
     # -- requests -----------------------------------------------------------------------------------------------
     def put(self, key: str, body, digest: str, if_none_match: bool) -> str | None:

@@ -263,13 +263,14 @@ class S3Store(BlobStore):
     """An S3 bucket and prefix, through standard calls only (PutObject with If-None-Match for conditional creates)."""
 
     def __init__(self, url: str, settings: ObjectStore, max_pool: int):
-        from drtool.execute.s3 import parse_s3_url, transfer_client
+        from drtool.execute.s3 import parse_s3_url, transfer_client, transfer_session
 
         self.url = url
         self.location = parse_s3_url(url)
         self.endpoint = settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
             "AWS_ENDPOINT_URL") or "AWS S3"
-        self.client = transfer_client(settings, max_pool)
+        self._session = transfer_session(settings)
+        self.client = transfer_client(settings, max_pool, self._session)
         self._fast_lock = threading.Lock()
         self._fast_learnt = False
         self._fast = None
@@ -283,11 +284,14 @@ class S3Store(BlobStore):
         if not self._fast_learnt:
             with self._fast_lock:
                 if not self._fast_learnt:
+                    from drtool.execute.s3 import transfer_credentials, transfer_tls_verify
                     from drtool.snapshot.s3blobs import BlobRequests
 
                     if os.environ.get("DRTOOL_S3_BOTOCORE_ONLY") != "1":
                         self._fast = BlobRequests.learn(self.client, self.location.bucket,
-                                                        self._key(blob_key("0" * 64)))
+                                                        self._key(blob_key("0" * 64)),
+                                                        credentials=transfer_credentials(self._session),
+                                                        ca_bundle=transfer_tls_verify(self._session))
                     self._fast_learnt = True
         return self._fast
 
