@@ -99,6 +99,8 @@ def main(argv: list[str]) -> int:
             os.execvpe(cmd[0], cmd, env)  # noqa: S606 - an argv list, no shell
         except BaseException as e:  # noqa: BLE001 - report anything to the parent, then die
             os.write(w, f"{cmd[0]}: {type(e).__name__}: {e}".encode())
+            # os._exit, underscore and all, is the documented way out of a forked child that failed to exec: it
+            # must not run the parent's atexit handlers or flush the parent's buffers a second time.
             os._exit(127)
     os.close(w)
     chunks = []
