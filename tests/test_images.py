@@ -180,7 +180,7 @@ def context(tmp_path_factory) -> Path:
 
 def test_context_holds_what_the_dockerfile_copies(context):
     assert (context / "Dockerfile").read_bytes() == DOCKERFILE.read_bytes()
-    for name in ("server.py", "healthcheck.py"):
+    for name in ("server.py", "gpu_health.py", "healthcheck.py"):
         assert (context / "app" / name).read_bytes() == (MS / name).read_bytes()
     model_src = sorted(p.name for p in (REPO / "drtool" / "model").glob("*.py"))
     assert sorted(p.name for p in (context / "app" / "drtool" / "model").iterdir()) == model_src

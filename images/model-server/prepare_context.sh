@@ -5,7 +5,7 @@
 # env: WHEEL_CACHE  PyPI wheels, downloaded once per requirements.txt (default /var/cache/drtool/wheels)
 #      TORCH_WHEEL  the local CPU torch wheel (default /opt/wheels/<name pinned in requirements.txt>)
 #      PYTHON       a Python 3 with pip for `pip download` (default: the repo's .venv, else python3)
-# The context holds: Dockerfile, wheels/ (requirements.txt + every wheel it pins), app/ (server.py,
+# The context holds: Dockerfile, wheels/ (requirements.txt + every wheel it pins), app/ (server.py, gpu_health.py,
 # healthcheck.py, drtool/model/*.py copied from the repo: the model code has one source).
 set -euo pipefail
 
@@ -66,7 +66,7 @@ cp "$REQ" "$CONTEXT/wheels/requirements.txt"
 for whl in "$DL"/*.whl "$TORCH_WHEEL"; do
   link_or_copy "$whl" "$CONTEXT/wheels/$(basename "$whl")"
 done
-cp "$HERE/server.py" "$HERE/healthcheck.py" "$CONTEXT/app/"
+cp "$HERE/server.py" "$HERE/gpu_health.py" "$HERE/healthcheck.py" "$CONTEXT/app/"
 # drtool/ gets no __init__.py: in the image it is a namespace package holding only the model code.
 cp "$REPO"/drtool/model/*.py "$CONTEXT/app/drtool/model/"
 log "context ready in $CONTEXT ($(du -sm "$CONTEXT" | cut -f1) MB)"

@@ -41,6 +41,7 @@ def _warning_to_log(message, category, filename, lineno, file=None, line=None) -
 warnings.showwarning = _warning_to_log
 
 import torch  # noqa: E402
+from gpu_health import GpuMonitor, Limits, Reading, limit_violations  # noqa: E402 - beside this file (/app)
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram  # noqa: E402
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest  # noqa: E402
 
@@ -72,6 +73,30 @@ MISMATCHES = Gauge("drtool_model_server_weights_mismatched_files",
 READY = Gauge("drtool_model_server_ready", "1 when weights are verified and loaded, else 0")
 INFO = Gauge("drtool_model_server_info", "What is being served (value 1)",
              ["model", "version", "snapshot_id", "image_version", "device", "torch"])
+GPU_PRESENT = Gauge("drtool_model_server_gpu_present",
+                    "1 when the server sees a GPU (or the drill fault hook simulates one), 0 when there is none")
+GPU_INFO = Gauge("drtool_model_server_gpu_info", "Where the GPU reading comes from (value 1); source none: no GPU",
+                 ["source", "simulated"])
+GPU_MEMORY_USED = Gauge("drtool_model_server_gpu_memory_used_bytes", "GPU memory in use on the device", ["device"])
+GPU_MEMORY_TOTAL = Gauge("drtool_model_server_gpu_memory_total_bytes", "GPU memory of the device", ["device"])
+GPU_UTILIZATION = Gauge("drtool_model_server_gpu_utilization_ratio",
+                        "Fraction of the last sample period the GPU was busy (0-1)", ["device"])
+GPU_TEMPERATURE = Gauge("drtool_model_server_gpu_temperature_celsius", "GPU core temperature", ["device"])
+_gpu_metrics_lock = threading.Lock()
+
+
+def export_gpu(reading: Reading) -> None:
+    """Replace the GPU series with this reading: a device or value that is not read has no series (never 0)."""
+    with _gpu_metrics_lock:
+        for g in (GPU_INFO, GPU_MEMORY_USED, GPU_MEMORY_TOTAL, GPU_UTILIZATION, GPU_TEMPERATURE):
+            g.clear()
+        GPU_PRESENT.set(1 if reading.present else 0)
+        GPU_INFO.labels(reading.source, "1" if reading.simulated else "0").set(1)
+        for d in reading.devices:
+            for gauge, value in ((GPU_MEMORY_USED, d.memory_used_bytes), (GPU_MEMORY_TOTAL, d.memory_total_bytes),
+                                 (GPU_UTILIZATION, d.utilization_ratio), (GPU_TEMPERATURE, d.temperature_c)):
+                if value is not None:
+                    gauge.labels(str(d.index)).set(value)
 
 
 @dataclass
@@ -87,6 +112,8 @@ class Settings:
     predict_concurrency: int
     image_version: str
     git_sha: str
+    gpu_limits: Limits = field(default_factory=Limits)
+    gpu_poll_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Settings:
@@ -108,6 +135,8 @@ class Settings:
             predict_concurrency=_int_env(env, "PREDICT_CONCURRENCY", os.cpu_count() or 1, 1, 1024),
             image_version=env.get("IMAGE_VERSION", "unknown"),
             git_sha=env.get("IMAGE_GIT_SHA", "unknown"),
+            gpu_limits=Limits.from_env(env),
+            gpu_poll_seconds=float(env.get("GPU_POLL_SECONDS", "5")),
         )
 
 
@@ -302,6 +331,24 @@ class ServerState:
         self.checking: str | None = None  # snapshot id of the manifest being verified, before it is served
         self.stop = threading.Event()
         self.predict_slots = threading.BoundedSemaphore(settings.predict_concurrency)
+        self.gpu = GpuMonitor(torch, dict(os.environ), settings.gpu_poll_seconds,
+                              on_error=lambda msg: log("gpu_read_failed", level="warning", error=msg))
+        self._gpu_violations: list[str] = []
+
+    def gpu_violations(self) -> list[str]:
+        """The GPU limits crossed now (empty without limits); logs each change (gpu_degraded, gpu_recovered)."""
+        limits = self.settings.gpu_limits
+        if limits.memory_pct is None and limits.temperature_c is None:
+            return []
+        reading = self.gpu.read()
+        now = limit_violations(reading, limits)
+        with self.lock:
+            before, self._gpu_violations = self._gpu_violations, now
+        if now and now != before:
+            log("gpu_degraded", level="error", reasons=now, source=reading.source, simulated=reading.simulated)
+        elif before and not now:
+            log("gpu_recovered", source=reading.source, simulated=reading.simulated)
+        return now
 
     def set(self, phase: str, reason: str, problems: list[dict] | None = None, checking: str | None = None) -> None:
         with self.lock:
@@ -426,6 +473,7 @@ class Handler(BaseHTTPRequestHandler):
             if method != allowed:
                 raise BadRequest(405, f"{endpoint} takes {allowed}, not {method}", "method")
             if endpoint == "/metrics":
+                export_gpu(self.state.gpu.read())
                 code, body, ctype = 200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST
             else:
                 code, payload = getattr(self, "_" + endpoint.strip("/"))()
@@ -465,6 +513,10 @@ class Handler(BaseHTTPRequestHandler):
                 "snapshot_id": snap["snapshot_id"] or snap["checking"]}
         if snap["problems"]:
             body["problems"] = snap["problems"]
+        if body["ready"]:
+            gpu = self.state.gpu_violations()
+            if gpu:  # the weights are served, but this GPU should take no traffic until it is back under its limits
+                body.update(ready=False, state="degraded", reason="; ".join(gpu))
         return (200 if body["ready"] else 503), body
 
     def _version(self) -> tuple[int, dict]:
@@ -525,6 +577,10 @@ def serve(settings: Settings) -> int:
     log("listening", host=settings.host, port=httpd.server_address[1], model_dir=str(settings.model_dir),
         manifest=str(settings.manifest), device=settings.device, torch=torch.__version__,
         image_version=settings.image_version, threads=settings.threads)
+    gpu = state.gpu.read()
+    log("gpu", source=gpu.source, present=gpu.present, simulated=gpu.simulated, devices=len(gpu.devices),
+        memory_limit_pct=settings.gpu_limits.memory_pct, temperature_limit_c=settings.gpu_limits.temperature_c,
+        fault_hook=str(state.gpu.fault_file) if state.gpu.fault_file else None)
 
     def stop(signum, _frame):
         log("stopping", signal=signal.Signals(signum).name)
