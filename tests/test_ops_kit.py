@@ -40,7 +40,10 @@ DRILL_METRICS = {
     "drtool_standby_last_verified_timestamp_seconds",
 }
 ALERTS = {"ModelPrimaryDown", "ModelServerNotReady", "DrtoolBackupTooOld", "DrtoolBackupVerifyFailures",
-          "DrtoolDrillOverdue", "DrtoolDrillFailed"}
+          "DrtoolDrillOverdue", "DrtoolDrillFailed",
+          # in-site alerts of one model server (issue #17)
+          "ModelInstanceDown", "ModelGpuMemoryHigh", "ModelGpuTemperatureHigh", "ModelLatencyP95High",
+          "ModelErrorRateHigh"}
 
 
 def emitted_metrics() -> set[str]:
@@ -86,6 +89,15 @@ def test_promtool_test_rules():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_every_alert_is_tested_firing_and_not_firing():
+    firing, quiet = set(), set()
+    for t in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
+        for case in t.get("alert_rule_test", []):
+            (firing if case["exp_alerts"] else quiet).add(case["alertname"])
+    assert firing == ALERTS, f"no firing test for {sorted(ALERTS - firing)}"
+    assert quiet == ALERTS, f"no not-firing test for {sorted(ALERTS - quiet)}"
+
+
 def test_promtool_check_scrape_example():
     proc = run(tool("promtool"), "check", "config", str(SCRAPE))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -103,7 +115,10 @@ def test_rules_are_the_expected_alerts_with_labels_and_runbooks():
     assert {r["alert"] for r in rules} == ALERTS
     runbooks = {"ModelPrimaryDown": "docs/failover.md", "DrtoolBackupTooOld": "docs/snapshots.md",
                 "DrtoolBackupVerifyFailures": "docs/snapshots.md", "DrtoolDrillOverdue": "docs/drills.md",
-                "DrtoolDrillFailed": "docs/drills.md"}
+                "DrtoolDrillFailed": "docs/drills.md",
+                **{a: "docs/model-server.md" for a in ("ModelInstanceDown", "ModelGpuMemoryHigh",
+                                                      "ModelGpuTemperatureHigh", "ModelLatencyP95High",
+                                                      "ModelErrorRateHigh")}}
     for r in rules:
         assert r["labels"]["severity"] in ("page", "ticket"), r["alert"]
         assert {"summary", "description", "runbook"} <= set(r["annotations"]), r["alert"]
@@ -199,7 +214,9 @@ def test_grafana_dashboard():
     for wanted in ("drtool_backup_last_success_timestamp_seconds", "drtool_backup_bytes_total",
                    "drtool_backup_duration_seconds", "drtool_drill_rpo_seconds", "drtool_drill_rto_seconds",
                    "drtool_drill_passed", "drtool_standby_last_verified_timestamp_seconds",
-                   "drtool_model_server_ready"):
+                   "drtool_model_server_ready", "drtool_model_server_gpu_memory_used_bytes",
+                   "drtool_model_server_gpu_memory_total_bytes", "drtool_model_server_gpu_temperature_celsius",
+                   "drtool_model_server_gpu_utilization_ratio"):
         assert wanted in used, f"no panel shows {wanted}"
     (rto,) = [p for p in panels if "drtool_drill_rto_seconds" in p["targets"][0]["expr"]]
     assert rto["type"] == "timeseries"
