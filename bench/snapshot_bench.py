@@ -5,10 +5,12 @@
 Compares (each a child process; wall time, and user+sys CPU and peak RSS from wait4):
   create (file store)       vs  sha256sum then cp -a, back to back; and vs rclone copy (local to local)
   restore (verifies all)    vs  restic restore (and restic restore --verify)
-  unchanged re-run          vs  the first run (time ratio, bytes read), with the dev venv's drtool (an editable
-                                install) and with drtool installed from its wheel, as `drtool agent install` puts
-                                it on hosts (what the nightly cron job runs: a venv of the system Python, Debian's
-                                /usr/bin/python3 where there is one); 5 re-runs after each first run
+  unchanged re-run          whole process <= 60 ms and engine time <= 2% of the first run's, judged on drtool
+                                installed from its wheel, as `drtool agent install` puts it on hosts (what the
+                                nightly cron job runs: a venv of the system Python, Debian's /usr/bin/python3 where
+                                there is one); shown beside it: the dev venv's drtool (an editable install), and
+                                the agent install through click (drtool.cli:main, without drtool/launch.py's fast
+                                path); 5 re-runs of each after each first run
   S3 create / restore       vs  aws s3 cp --recursive up / down, against one moto server on 127.0.0.1
   4 GiB single file         peak RSS of create and restore
 
@@ -41,7 +43,9 @@ DRTOOL = str(VENV_BIN / "drtool")
 MiB = 1 << 20
 GiB = 1 << 30
 CHUNK = 16 * MiB
-RERUNS = 5  # unchanged re-runs timed after each first run (a re-run is ~0.1 s: one sample is mostly noise)
+RERUNS = 5  # unchanged re-runs timed after each first run (a re-run is ~0.03 s: one sample is mostly noise)
+RERUN_TARGET_S = 0.060  # an unchanged re-run, whole process, agent install (issue #15)
+RERUN_ENGINE_SHARE = 0.02  # its engine time (`seconds` in its JSON) against the first run's
 
 
 @dataclass
@@ -219,11 +223,13 @@ def median_run(samples: list[Run]) -> dict:
 AGENT_PYTHON = "/usr/bin/python3"
 
 
-def agent_drtool(work: Path) -> tuple[str, str]:
+def agent_drtool(work: Path) -> tuple[str, str, str | None]:
     """drtool installed from its wheel into a new venv, as `drtool agent install` installs it on hosts: made by the
     system Python the role uses (Debian's, when this machine has it; else this one), no editable import hook, and
-    byte-compiled by pip. Only drtool itself: its dependencies add no start-up work (none installs a .pth hook)
-    and a file:// snapshot imports none of them."""
+    byte-compiled by pip. Of its dependencies only click and rich (at the dev venv's versions, fetched by `pip
+    download` as the agent wheelhouse is): a --json file:// snapshot imports none of the others, and none installs
+    a .pth hook. Returns the `drtool` program, the Python's description, and `drtool-click`, the same console
+    script calling drtool.cli:main instead of drtool.launch:main (None when click and rich could not be fetched)."""
     wheels, venv = work / "agent-wheel", work / "agent-venv"
     shutil.rmtree(wheels, ignore_errors=True)
     shutil.rmtree(venv, ignore_errors=True)
@@ -236,7 +242,31 @@ def agent_drtool(work: Path) -> tuple[str, str]:
     wheel = next(wheels.glob("drtool-*.whl"))
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
                    stdout=subprocess.DEVNULL)
-    return str(venv / "bin" / "drtool"), f"{python} ({version})"
+    drtool = venv / "bin" / "drtool"
+    return str(drtool), f"{python} ({version})", _with_click(venv, wheels, drtool)
+
+
+def _with_click(venv: Path, wheels: Path, drtool: Path) -> str | None:
+    from importlib.metadata import version
+
+    pins = [f"click=={version('click')}", f"rich=={version('rich')}"]
+    got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(wheels),
+                          *pins], capture_output=True, text=True)
+    if got.returncode != 0:
+        print(f"no re-runs through click: pip download {' '.join(pins)} failed: {got.stderr.strip()[-300:]}")
+        return None
+    # (pip warns that drtool's other requirements are missing: on purpose, see agent_drtool)
+    installed = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-index", "--find-links", str(wheels),
+                                *pins], capture_output=True, text=True)
+    if installed.returncode != 0:
+        raise SystemExit(f"installing {' '.join(pins)} into the agent venv failed:\n{installed.stderr[-2000:]}")
+    script = drtool.read_text()
+    if "from drtool.launch import main" not in script:
+        raise SystemExit(f"{drtool}: not the console script expected (from drtool.launch import main)")
+    click_script = drtool.with_name("drtool-click")
+    click_script.write_text(script.replace("from drtool.launch import main", "from drtool.cli import main"))
+    click_script.chmod(0o755)
+    return str(click_script)
 
 
 def _venv_python_version(python: str) -> str | None:
@@ -253,12 +283,14 @@ def _venv_python_version(python: str) -> str | None:
 def bench_local(b: Bench) -> dict:
     files = sorted(str(p) for p in b.src.rglob("*") if p.is_file())
     samples: dict[str, list[Run]] = {k: [] for k in ("drtool_create", "sha256sum_cp", "sha256sum_cp_sync", "rclone",
-                                                      "rclone_sync", "drtool_rerun", "agent_create", "agent_rerun")}
+                                                      "rclone_sync", "drtool_rerun", "agent_create", "agent_rerun",
+                                                      "agent_rerun_click")}
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "drtool")], check=True,
                    stdout=subprocess.DEVNULL)
-    agent, agent_python = agent_drtool(b.work)
+    agent, agent_python, agent_click = agent_drtool(b.work)
     agent_env = {**b.env, "DRTOOL_CACHE_DIR": str(b.work / "cache-agent")}
-    first_json, rerun_json = {}, {}
+    first_json, rerun_json, agent_first_json, agent_rerun_json = {}, {}, {}, {}
+    agent_engine: list[float] = []
     for _ in range(b.repeat):
         store = b.scratch("store")
         r, first_json = b.fresh_create(f"file://{store}")
@@ -267,9 +299,14 @@ def bench_local(b: Bench) -> dict:
             r, rerun_json = b.rerun(f"file://{store}")
             samples["drtool_rerun"].append(r)
         store = b.scratch("agent-store")
-        samples["agent_create"].append(b.fresh_create(f"file://{store}", env=agent_env, exe=agent)[0])
-        for _ in range(RERUNS):
-            samples["agent_rerun"].append(b.rerun(f"file://{store}", env=agent_env, exe=agent)[0])
+        r, agent_first_json = b.fresh_create(f"file://{store}", env=agent_env, exe=agent)
+        samples["agent_create"].append(r)
+        for _ in range(RERUNS):  # the fast path and, interleaved with it, the same program through click
+            r, agent_rerun_json = b.rerun(f"file://{store}", env=agent_env, exe=agent)
+            samples["agent_rerun"].append(r)
+            agent_engine.append(agent_rerun_json["seconds"] / agent_first_json["seconds"])
+            if agent_click:
+                samples["agent_rerun_click"].append(b.rerun(f"file://{store}", env=agent_env, exe=agent_click)[0])
         b.scratch("agent-store")
 
         dst = b.scratch("cp-dst")
@@ -282,9 +319,13 @@ def bench_local(b: Bench) -> dict:
         samples["rclone"].append(run("rclone copy", ["rclone", "copy", "--config", os.devnull, str(b.src), str(dst)]))
         samples["rclone_sync"].append(b.durable(samples["rclone"][-1]))
         b.scratch("rclone-dst")
-    result = {k: median_run(v) for k, v in samples.items()}
+    result = {k: median_run(v) for k, v in samples.items() if v}
     result["create_json"] = first_json
     result["rerun_json"] = rerun_json
+    result["agent_create_json"] = agent_first_json
+    result["agent_rerun_json"] = agent_rerun_json
+    # each agent re-run's engine time against the first run it follows; the median is judged
+    result["agent_engine_shares"] = sorted(round(v, 5) for v in agent_engine)
     result["agent_python"] = agent_python
     result["dev_python"] = f"{sys.executable} ({sys.version.split()[0]})"
     return result
@@ -398,15 +439,21 @@ def ratios(report: dict) -> list[tuple[str, float | None, str, bool | None]]:
         v = local["rclone"]["seconds"] / c
         add("create: rclone copy time / drtool time", v, ">= 1.0", v >= 1.0)
         add("  (baseline + sync, durable like drtool)", local["rclone_sync"]["seconds"] / c, "", None)
-        # The target is judged on what the nightly job runs on a host: the agent install (see agent_drtool). The dev
-        # venv's figure is shown beside it: an editable install (setuptools' import hook) of this Python.
-        v = local["agent_rerun"]["seconds"] / local["agent_create"]["seconds"]
-        add("unchanged re-run / first run (process, agent install)", v, "<= 0.02", v <= 0.02)
-        add("  (dev venv: editable install, bench's Python)", local["drtool_rerun"]["seconds"] / c, "", None)
-        v = local["rerun_json"]["seconds"] / local["create_json"]["seconds"]
-        add("unchanged re-run / first run (engine time)", v, "<= 0.02", v <= 0.02)
-        add("unchanged re-run bytes read", local["rerun_json"]["bytes_read"], "== 0",
-            local["rerun_json"]["bytes_read"] == 0)
+        # The targets are judged on what the nightly job runs on a host: the agent install (see agent_drtool). The
+        # dev venv's figure is shown beside it (an editable install: setuptools' import hook, this Python), and the
+        # agent install through click: what drtool/launch.py's fast path saves.
+        v = local["agent_rerun"]["seconds"]
+        add("unchanged re-run, whole process, agent install (s)", v, f"<= {RERUN_TARGET_S}", v <= RERUN_TARGET_S)
+        if "agent_rerun_click" in local:
+            add("  (agent install through click, no fast path) (s)", local["agent_rerun_click"]["seconds"], "", None)
+        add("  (dev venv: editable install, bench's Python) (s)", local["drtool_rerun"]["seconds"], "", None)
+        add("  (agent install: re-run / first run, whole process)", v / local["agent_create"]["seconds"], "", None)
+        shares = local["agent_engine_shares"]
+        v = shares[len(shares) // 2]
+        add("unchanged re-run / first run, engine time (agent)", v, f"<= {RERUN_ENGINE_SHARE}",
+            v <= RERUN_ENGINE_SHARE)
+        add("unchanged re-run bytes read", local["agent_rerun_json"]["bytes_read"], "== 0",
+            local["agent_rerun_json"]["bytes_read"] == 0 and local["rerun_json"]["bytes_read"] == 0)
     restore = report.get("restore")
     if restore:
         d = restore["drtool_restore"]["seconds"]
