@@ -6,11 +6,12 @@ costs a stat and a list comparison, with nothing parsed or re-encoded (docs/benc
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from hashlib import sha256
 
-from drtool import fastjson
-from drtool.snapshot.manifest import FileEntry, canonical_json, is_snapshot_id, sha256
+from drtool.snapshot.manifest import FileEntry, canonical_json, is_snapshot_id
 
 # Format 1 was JSON with entries as objects: it is still read (and rewritten as 2), so an upgrade reads no data.
 CACHE_FORMAT = 2
@@ -61,7 +62,7 @@ class IncrementalCache:
     newline, so a line splits in three; a file that does not is ignored whole (the run reads everything)."""
 
     def __init__(self, store_url: str, model: str, source: str, part_size: int):
-        self.key = sha256(fastjson.dumps([store_url, model, str(source)]).encode()).hexdigest()[:32]
+        self.key = sha256(json.dumps([store_url, model, str(source)]).encode()).hexdigest()[:32]
         self.path = os.path.join(cache_dir(), "snapshots", f"{self.key}.json")
         self.header = {"store": store_url, "model": model, "source": str(source), "part_size": part_size}
         self._old: dict[str, tuple[str, str]] = {}  # path -> (signature text, entry JSON text)
@@ -109,7 +110,7 @@ class IncrementalCache:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.{os.getpid()}.tmp"
         extra = {"version_label": self.version_label} if self.version_label else {}
-        header = fastjson.dumps({**self.header, "snapshot": snapshot_id, **extra}, sort_keys=True)
+        header = json.dumps({**self.header, "snapshot": snapshot_id, **extra}, sort_keys=True)
         with open(tmp, "wb") as f:
             f.write("\n".join([MAGIC, header, *self._new, ""]).encode())
         os.replace(tmp, self.path)
@@ -122,7 +123,7 @@ def _parse(data: str) -> tuple[dict, dict[str, tuple[str, str]]]:
     lines = data.split("\n")
     if lines[0] != MAGIC or len(lines) < 3 or lines[-1] != "":
         raise ValueError("not a drtool snapshot cache, or cut short")
-    header = fastjson.loads(lines[1])
+    header = json.loads(lines[1])
     if not isinstance(header, dict):
         raise ValueError("header is not an object")
     files = {}
@@ -134,7 +135,7 @@ def _parse(data: str) -> tuple[dict, dict[str, tuple[str, str]]]:
 
 def _parse_format_1(data: str) -> tuple[dict, dict[str, tuple[str, str]]]:
     """The JSON cache drtool wrote before (entries as objects): read, so that an upgrade re-reads no data."""
-    doc = fastjson.loads(data)
+    doc = json.loads(data)
     if not isinstance(doc, dict) or doc.get("format") != 1 or not isinstance(doc.get("files"), dict):
         raise ValueError("not a drtool snapshot cache")
     files = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import namedtuple
-from hashlib import sha256  # also imported from here (drtool/snapshot/cache.py)
+from hashlib import sha256
 
 from drtool.errors import VerificationError
 
