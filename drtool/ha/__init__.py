@@ -1,0 +1,16 @@
+"""High availability inside a site (issue #17): the escalation ladder's decision core (restart, drain, failover)."""
+
+from drtool.ha.ladder import (
+    Action,
+    InstanceHealth,
+    InstanceState,
+    LadderJournal,
+    LadderSettings,
+    LadderState,
+    Policy,
+    apply,
+    decide,
+)
+
+__all__ = ["Action", "InstanceHealth", "InstanceState", "LadderJournal", "LadderSettings", "LadderState", "Policy",
+           "apply", "decide"]
