@@ -16,6 +16,7 @@ APT_PACKAGES=(
   debootstrap                           # offline base images (no public registry reachable)
   prometheus prometheus-alertmanager    # the real alert chain (scrape, rule, webhook) drills run through; promtool
   chromium                              # headless: the drill report.html screenshot test
+  nginx-light                           # serving_proxy: tests run their own nginx on 127.0.0.1 (never :80)
 )
 
 missing=()
