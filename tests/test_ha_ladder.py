@@ -181,6 +181,19 @@ def test_single_instance_site_restarts_before_failing_over():
     assert t == 240.0   # two restarts, each given the 120 s ready timeout
 
 
+def test_unreachable_host_is_not_restarted_and_does_not_hold_the_failover():
+    """A powered-off or partitioned host: no restart can reach it, so the site fails over at once, even during
+    the ready wait of a restart made while it still answered."""
+    s = settings(failover="auto")
+    gone = InstanceHealth("a", SITE, False, None, 100.0, host_reachable=False)
+    acts = decide(LadderState(), [gone], s, 100.0)
+    assert kinds(acts) == [("none", "a", SITE), ("failover", None, SITE)]
+    assert "host does not answer" in acts[0].reason
+    restarted = state(a=InstanceState((90.0,), None))   # 10 s ago: inside the 120 s ready wait
+    assert kinds(decide(restarted, [gone], s, 100.0))[-1] == ("failover", None, SITE)
+    assert kinds(decide(restarted, [down("a")], s, 100.0))[-1] == ("none", None, SITE)  # reachable: still held
+
+
 # --- policies ---------------------------------------------------------------------------------------------------
 
 def test_restart_policy_approve_and_off():

@@ -88,13 +88,17 @@ class LadderSettings:
 @dataclass(frozen=True)
 class InstanceHealth:
     """One observation of one serving instance. healthy False = down; healthy True with a degraded_reason =
-    degraded (up, but e.g. a hot GPU): degraded skips the restart rung and goes straight to drain."""
+    degraded (up, but e.g. a hot GPU): degraded skips the restart rung and goes straight to drain.
+    host_reachable False (its host does not answer SSH: powered off, partitioned) skips the restart rung too:
+    nothing can restart a container on a host that cannot be reached, and waiting for one would only add to the
+    outage."""
 
     name: str
     site: str
     healthy: bool
     degraded_reason: str | None
     observed_at: float
+    host_reachable: bool = True
 
     @property
     def ok(self) -> bool:
@@ -205,14 +209,16 @@ def decide(state: LadderState, observations: Iterable[InstanceHealth], settings:
                 continue
             if not o.healthy:   # down: rung 1, restart
                 last = max(st.restarts, default=None)
-                if last is not None and now - last < settings.ready_timeout_s:
+                if o.host_reachable and last is not None and now - last < settings.ready_timeout_s:
                     actions.append(Action("none", name, site, "restart",
                                           f"down; restarted {now - last:.0f}s ago: waiting up to "
                                           f"{settings.ready_timeout_s:g}s for it to report ready", pol.restart))
                     in_flight.append(f"{name} restarting")
                     continue
                 recent = sum(1 for t in st.restarts if now - t < settings.restart_window_s)
-                if pol.restart == "off":
+                if not o.host_reachable:
+                    note = "down and its host does not answer: nothing to restart in place, escalating to drain"
+                elif pol.restart == "off":
                     note = "down; restart rung off: skipped to drain"
                 elif recent < settings.restart_attempts:
                     act = _gated("restart", "restart", name, site,
@@ -301,14 +307,16 @@ class LadderJournal:
             finally:
                 os.close(fd)
 
-    def record_decisions(self, actions: list[Action], at: float) -> list[str]:
-        """Journal one decide() call; returns the event ids written (for record_outcome)."""
+    def record_decisions(self, actions: list[Action], at: float) -> list[str | None]:
+        """Journal one decide() call; returns one event id per action, in order, for record_outcome (None for an
+        unchanged repeat that was not written again)."""
         docs, ids, seen = [], [], {}
         for i, a in enumerate(actions):
             subject = (a.site, a.instance, a.rung)
             sig = (a.kind, a.policy, a.awaits)
             seen[subject] = sig
             if a.kind in ("wait_approval", "failover", "none") and self._previous.get(subject) == sig:
+                ids.append(None)
                 continue
             event_id = f"{at:.6f}-{i}-{a.kind}-{a.instance or a.site}"
             docs.append({"v": SCHEMA_VERSION, "event": "decision", "id": event_id, "at": at, **a.to_dict()})
