@@ -687,12 +687,15 @@ def dns_restore(app: App, site, index, model, dry_run):
               help="Consecutive failures before the alert path (default watch.failures).")
 @click.option("--interval", type=click.FloatRange(min=0.1), help="Seconds between probes (watch.interval_s).")
 @click.option("--exit-on-trigger", is_flag=True, help="Stop once a failover was started or queued for approval.")
-def watch_cmd(app: App, site, failures, interval, exit_on_trigger):
-    """Probe the primary's health endpoint from here; after N consecutive failures of every host, decide like
-    `drtool serve` does for an alert (policy, firing time, cooldown, exactly once per outage)."""
+@click.option("--exit-on-recovery", is_flag=True, help="Stop once every instance the ladder restarted serves again.")
+def watch_cmd(app: App, site, failures, interval, exit_on_trigger, exit_on_recovery):
+    """Probe the primary's instances from here and climb the escalation ladder for one that fails N consecutive
+    probes: restart it in place (ha.restart_attempts), drain it, and only when the site has no healthy instance
+    left decide a failover like `drtool serve` does for an alert (policy, firing time, cooldown, exactly once)."""
     from drtool.actions import watch
 
-    result = watch.run(app.config, app.out, site, failures, interval, exit_on_trigger)
+    result = watch.run(app.config, app.out, site, failures, interval, exit_on_trigger,
+                       exit_on_recovery=exit_on_recovery)
     app.out.result(result, lambda c: c.print(f"{result['probes']} probes; decisions: "
                                               f"{[d['action'] for d in result['decisions']]}"))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from drtool.errors import ConfigError, UsageError
+from drtool.ha.ladder import LadderSettings, Policy
 
 # jsonschema and yaml are imported when a config file is read: an s3:// snapshot without a config (the nightly job
 # on a host) imports this module for ObjectStore alone, and the two cost ~0.1 s of CPU (docs/benchmarks.md).
@@ -153,6 +154,7 @@ class Config:
     alerts: AlertSettings = field(default_factory=AlertSettings)
     failover: FailoverSettings = field(default_factory=FailoverSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
+    ha: LadderSettings = field(default_factory=lambda: ha_settings({}))
     drill: DrillSettings = field(default_factory=DrillSettings)
     build_engine: str = "unix:///var/run/docker.sock"   # the engine images are built on, seen from here
     build_cache_dir: str = "/var/cache/drtool"
@@ -362,7 +364,7 @@ def _build(path: Path, doc: dict[str, Any]) -> Config:
             object_stores=tuple(ObjectStore(**o) for o in s["object_stores"]),
             dns=DnsTarget(**dns),
             serving_port=s["serving"]["port"],
-            health_path=s["serving"].get("health_path", "/healthz"),
+            health_path=s["serving"].get("health_path", "/readyz"),
             raw=s,
         )
     models = {n: Model(name=n, **m) for n, m in doc["models"].items()}
@@ -376,12 +378,20 @@ def _build(path: Path, doc: dict[str, Any]) -> Config:
         alerts=AlertSettings(**doc.get("alerts", {})),
         failover=FailoverSettings(**doc.get("failover", {})),
         watch=WatchSettings(**doc.get("watch", {})),
+        ha=ha_settings(doc.get("ha", {})),
         drill=_drill(doc.get("drill", {})),
         build_engine=doc.get("build", {}).get("docker_host", "unix:///var/run/docker.sock"),
         build_cache_dir=doc.get("build", {}).get("cache_dir", "/var/cache/drtool"),
         agent_dir=doc.get("agent", {}).get("dir"),
         raw=doc,
     )
+
+
+def ha_settings(doc: dict) -> LadderSettings:
+    """The escalation ladder of `drtool watch` (docs/failover.md). Its failover rung defaults to auto here: it hands
+    the site's outage to the alert path, where `alerts.policy` (auto or approve) still decides, as before."""
+    policy = {"failover": "auto", **doc.get("policy", {})}
+    return LadderSettings(**{k: v for k, v in doc.items() if k != "policy"}, policy=Policy(**policy))
 
 
 def _drill(doc: dict) -> DrillSettings:

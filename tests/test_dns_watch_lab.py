@@ -79,3 +79,44 @@ def test_watch_decides_once_on_a_dead_primary(lab, lab_config, production, state
     book = json.loads((tmp_path / "alerts" / "alerts" / "decisions.json").read_text())
     assert sum(1 for r in book["decisions"].values() if r["action"] == "awaiting_approval") == 1
     assert dig() == PRIMARY  # policy approve: nothing moved
+
+
+def test_watch_restarts_a_crashed_container_in_place_and_does_not_fail_over(lab, lab_config, production, state,
+                                                                           tmp_path, back_to_production):
+    """Ladder rung 1 (issue #17, process-crash): the serving container stops and its engine does not start it again
+    (a stopped container is not restarted by its policy). The watch restarts it in place, the server verifies its
+    weights and serves again; no failover is decided, DNS does not move. The time to ready is reported."""
+    import docker
+
+    from drtool.execute.serving import version
+
+    doc = yaml.safe_load(lab_config.path.read_text())
+    doc["alerts"] = {"policy": "auto", "firing_for_s": 0, "cooldown_s": 3600, "state_dir": str(tmp_path / "alerts")}
+    doc["ha"] = {"restart_attempts": 2, "ready_timeout_s": 90}
+    cfg_path = tmp_path / "drtool.yaml"
+    cfg_path.write_text(yaml.safe_dump(doc))
+    cfg = load_config(cfg_path)
+    engine = docker.DockerClient(base_url=f"unix://{lab.layout.docker_socket('pw-gpu1')}")
+    try:
+        container = engine.containers.get(f"drtool-{production['entry'].model}")
+        first_id = container.id
+        container.stop(timeout=5)
+    finally:
+        engine.close()
+    result = watch.run(cfg, Output(json_mode=True), "prod-west", failures=2, interval=0.5, exit_on_trigger=True,
+                       max_probes=400, exit_on_recovery=True)
+    assert result["decisions"] == [], result["decisions"]          # no failover decided
+    (recovery,) = result["recoveries"]
+    assert recovery["instance"] == "pw-gpu1" and recovery["rung"] == "restart"
+    assert 0 < recovery["ready_after_s"] < 90
+    ladder = result["ladder"]["instances"]["pw-gpu1"]
+    taken = [r for r in ladder["rungs"] if r["kind"] != "none"]  # "none": waiting for ready after the restart
+    assert [r["kind"] for r in taken] == ["restart"] and taken[0]["outcome"] == "ok" and ladder["restarts"] == 1
+    assert dig() == PRIMARY
+    served = version(f"http://{PRIMARY}:8080")
+    assert served["version"] == production["entry"].version and served["ready"]
+    engine = docker.DockerClient(base_url=f"unix://{lab.layout.docker_socket('pw-gpu1')}")
+    try:
+        assert engine.containers.get(f"drtool-{production['entry'].model}").id == first_id  # in place, not redeployed
+    finally:
+        engine.close()

@@ -71,6 +71,14 @@ def probe(config: Config, host: Host, model: Model) -> dict:
     return res.results.get(host.name, {})
 
 
+def restart(config: Config, host: Host, model: Model) -> dict:
+    """The serving container started again in place: same image, weights and settings (ladder rung 1)."""
+    res = run_playbook(config, "model_server.yml", extravars={
+        "drtool_targets": host.name, "model_server_action": "restart", "model_server_model": model.name,
+        "model_server_container": f"drtool-{model.name}"})
+    return {**res.results.get(host.name, {}), "seconds": res.seconds}
+
+
 def wait(site: Site, host: Host, timeout: float = 300) -> dict:
     body = wait_ready(base_url(host.address, site.serving_port), timeout=timeout)
     return {"readyz": body}

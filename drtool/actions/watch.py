@@ -1,6 +1,9 @@
-"""drtool watch: probe the primary's health endpoint from the DR side; after N consecutive failures of every
-primary host, hand an alert to the same DecisionBook `drtool serve` uses (firing time, cooldown, policy, exactly
-once), so a watch and an Alertmanager never start two failovers for one outage."""
+"""drtool watch: probe the primary's serving instances from the DR side and climb the escalation ladder
+(drtool/ha/ladder.py, docs/failover.md) for an instance that stays down or degraded for N consecutive probes:
+(1) restart its container in place, (2) drain it from the site's Nginx (not wired yet: one instance per site here),
+(3) only when the site has no healthy instance left, hand an alert to the same DecisionBook `drtool serve` uses
+(firing time, cooldown, policy, exactly once), so a watch and an Alertmanager never start two failovers for one
+outage. Every rung decided and its outcome go to the ladder's journal."""
 
 from __future__ import annotations
 
@@ -10,47 +13,92 @@ from pathlib import Path
 
 import requests
 
+from drtool.actions import deploy
+from drtool.actions.failover import pick_model
 from drtool.actions.serve import subprocess_launcher
 from drtool.alerts.decisions import AWAITING, STARTED, Alert, DecisionBook
 from drtool.config import Config, Site
-from drtool.errors import UsageError
+from drtool.errors import DrtoolError, UsageError
 from drtool.execute.serving import base_url
+from drtool.ha.ladder import InstanceHealth, LadderJournal, LadderState, apply, decide
 from drtool.output import Output
 from drtool.paths import state_dir
+from drtool.providers.base import ssh_banner
 
 ALERT_NAME = "DrtoolWatchPrimaryDown"
 
 
 def probe(site: Site, timeout: float) -> dict[str, str | None]:
-    """Each host's problem (None when healthy): connection errors, timeouts and non-200 answers all count."""
+    """Each host's problem (None when healthy): connection errors, timeouts and non-200 answers all count. A 503
+    whose body says `degraded` (a GPU over its limit) is reported as `degraded: <reason>`."""
     found = {}
     for host in site.hosts:
         url = base_url(host.address, site.serving_port) + site.health_path
         try:
             resp = requests.get(url, timeout=timeout)
-            found[host.name] = None if resp.status_code == 200 else f"HTTP {resp.status_code}"
         except requests.RequestException as exc:
             found[host.name] = type(exc).__name__
+            continue
+        if resp.status_code == 200:
+            found[host.name] = None
+            continue
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        degraded = isinstance(body, dict) and body.get("state") == "degraded"
+        found[host.name] = f"degraded: {body.get('reason')}" if degraded else f"HTTP {resp.status_code}"
     return found
 
 
+def observe(site: Site, found: dict[str, str | None], streaks: dict[str, int], need: int, t: float,
+            reach_timeout: float) -> list[InstanceHealth]:
+    """The ladder's observations: a host failing for `need` probes in a row is down or degraded (and its host
+    answers SSH or not); any other host counts as healthy (a failure or two is not an outage: the debounce
+    `drtool watch` has always had)."""
+    seen = []
+    for host in site.hosts:
+        problem = found[host.name]
+        if problem is None or streaks[host.name] < need:
+            seen.append(InstanceHealth(host.name, site.name, True, None, t))
+        elif streaks[host.name] >= need:
+            degraded = problem[len("degraded: "):] if problem.startswith("degraded: ") else None
+            reachable = degraded is not None or ssh_banner(host.address, host.port, timeout=reach_timeout)
+            seen.append(InstanceHealth(host.name, site.name, degraded is not None, degraded, t,
+                                       host_reachable=bool(reachable)))
+    return seen
+
+
 def run(config: Config, out: Output, site_name: str, failures: int | None, interval: float | None,
-        exit_on_trigger: bool, max_probes: int | None = None) -> dict:
+        exit_on_trigger: bool, max_probes: int | None = None, exit_on_recovery: bool = False) -> dict:
     site = config.site(site_name)
     if site.role != "primary":
         raise UsageError(f"site {site.name} is not a primary site", hint="watch the site that serves, e.g. prod-west")
     need = failures or config.watch.failures
     every = interval or config.watch.interval_s
+    settings = config.ha
     base = Path(config.alerts.state_dir) if config.alerts.state_dir else state_dir()
     book = DecisionBook(config, base, subprocess_launcher(config, base / "runs"))
+    journal = LadderJournal(base / "ladder" / f"{site.name}.jsonl")
+    model = pick_model(config, None)
     fingerprint = hashlib.sha256(f"drtool-watch:{site.name}".encode()).hexdigest()[:16]
-    streak, first_failure, probes, decisions = 0, None, 0, []
+    streaks = {h.name: 0 for h in site.hosts}
+    ladder, restarted_at = LadderState(), {}
+    streak, first_failure, probes, decisions, recoveries = 0, None, 0, [], []
     out.info(f"watching {site.name}'s {site.health_path} on port {site.serving_port} every {every:g}s; "
-             f"{need} consecutive failures of every host start the alert path (policy {config.alerts.policy})")
+             f"{need} consecutive failures of a host climb the ladder (restart {settings.policy.restart}, "
+             f"drain {settings.policy.drain}, failover {settings.policy.failover}: alert policy "
+             f"{config.alerts.policy})")
     while max_probes is None or probes < max_probes:
         probes += 1
         t = time.time()
         found = probe(site, config.watch.timeout_s)
+        for h, problem in found.items():
+            streaks[h] = 0 if problem is None else streaks[h] + 1
+            if problem is None and h in restarted_at:
+                since = restarted_at.pop(h)
+                recoveries.append({"instance": h, "rung": "restart", "ready_after_s": round(t - since, 3)})
+                out.info(f"{h} serves again {t - since:.1f}s after its restart")
         if any(v is None for v in found.values()):
             if streak:
                 out.info(f"{site.name} healthy again after {streak} failed probe(s)")
@@ -60,15 +108,39 @@ def run(config: Config, out: Output, site_name: str, failures: int | None, inter
             first_failure = first_failure or t
             out.info(f"probe {probes}: {site.name} failing ({streak}/{need}): "
                      + ", ".join(f"{h}: {v}" for h, v in found.items()))
-            if streak >= need:
+        actions = decide(ladder, observe(site, found, streaks, need, t, config.watch.timeout_s), settings, t)
+        events = journal.record_decisions(actions, t)
+        for action, event in zip(actions, events, strict=False):
+            if action.kind == "restart":
+                host = next(h for h in site.hosts if h.name == action.instance)
+                out.info(f"ladder: restarting {host.name}'s container in place ({action.reason})")
+                try:
+                    deploy.restart(config, host, model)
+                    journal.record_outcome(event, "ok", time.time())
+                except DrtoolError as exc:
+                    journal.record_outcome(event, "failed", time.time(), exc.message)
+                    out.info(f"ladder: restart of {host.name} failed: {exc.message}")
+                ladder = apply(ladder, action, t, settings)
+                restarted_at[host.name] = t
+            elif action.kind == "wait_approval":
+                out.info(f"ladder: {action.awaits} of {action.instance or action.site} awaits approval "
+                         f"({action.reason})")
+            elif action.kind in ("drain", "undrain") and event:
+                journal.record_outcome(event, "failed", time.time(), "no serving proxy is wired for this site")
+            elif action.kind == "failover":
                 alert = Alert(fingerprint=fingerprint, status="firing", name=ALERT_NAME, site=site.name,
-                              starts_at=first_failure, labels={"alertname": ALERT_NAME, "site": site.name,
-                                                                "source": "drtool watch"})
+                              starts_at=first_failure or t, labels={"alertname": ALERT_NAME, "site": site.name,
+                                                                    "source": "drtool watch"})
                 for d in book.handle([alert]):
                     if not d.get("duplicate"):
                         out.info(f"decision: {d['action']} {d.get('run_id', '')} {d.get('why', '')}".rstrip())
                         decisions.append(d)
-                if exit_on_trigger and any(d["action"] in (STARTED, AWAITING) for d in decisions):
-                    break
+                        if event:
+                            journal.record_outcome(event, d["action"], time.time(), d.get("run_id"))
+        if exit_on_trigger and any(d["action"] in (STARTED, AWAITING) for d in decisions):
+            break
+        if exit_on_recovery and recoveries and not restarted_at:
+            break
         time.sleep(max(0.0, every - (time.time() - t)))
-    return {"site": site.name, "probes": probes, "failing_streak": streak, "decisions": decisions}
+    return {"site": site.name, "probes": probes, "failing_streak": streak, "decisions": decisions,
+            "recoveries": recoveries, "ladder": journal.summary()}

@@ -327,7 +327,7 @@ class Lab:
                     f"      - {{url: \"s3://{site.bucket}/drtool\", endpoint_url: \"{site.s3_endpoint}\", "
                     f"region: {S3_REGION}, credentials_file: {creds}}}\n"
                     f"    dns: {dns}\n"
-                    f"    serving: {{port: {SERVING_PORT}, health_path: /healthz}}\n")
+                    f"    serving: {{port: {SERVING_PORT}, health_path: /readyz}}\n")
 
         pw_hosts = "".join(f"      - {{name: {h.name}, address: {h.address}}}\n"
                            for h in HOSTS.values() if h.site == pw.name)
