@@ -704,7 +704,7 @@ def watch_cmd(app: App, site, failures, interval, exit_on_trigger, exit_on_recov
 @click.option("--site", help="The DR site to drill.")
 @click.option("--scenario", "scenarios", multiple=True, metavar="NAME",
               help="primary-down (default), region-partition, corrupt-latest-snapshot, standby-boot-failure, "
-                   "registry-mismatch; repeatable.")
+                   "registry-mismatch, process-crash; repeatable.")
 @click.option("--live", is_flag=True, help="Flip the real record (then fail back) instead of a drill record.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False),
               help="Directory for report.json, junit.xml, report.html (default: the state dir).")

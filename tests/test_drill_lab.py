@@ -77,6 +77,22 @@ def test_primary_down_drill_through_the_alert_chain(lab, production, drill_state
     assert result["drill_id"] in [r["drill_id"] for r in history["drills"]]
 
 
+def test_process_crash_is_cured_in_the_site_by_a_restart_in_place(lab, production, drill_state):
+    """Issue #17: the serving container stops; the escalation ladder restarts it in place, it serves again, no
+    failover is decided, DNS does not move, and the report says how long it took."""
+    code, result = run_drill(drill_state, "process-crash")
+    (sc,) = result["scenarios"]
+    checks = {c["name"]: c for c in sc["checks"]}
+    assert code == 0 and sc["passed"], json.dumps(sc["checks"], indent=1)[:4000]
+    assert [s["name"] for s in sc["steps"]][:5] == ["steady_state", "fault", "detect", "restart", "ready"]
+    assert checks["no_failover"]["passed"] and checks["restarted_in_place"]["passed"]
+    assert 0 < sc["split"]["detection"] < sc["rto_s"] and 0 < sc["split"]["restart_to_ready"] < sc["rto_s"]
+    assert sc["ladder"]["instances"]["pw-gpu1"]["restarts"] == 1
+    assert_production_as_before(lab, result)
+    book = drill_state / "report" / "work" / "process-crash" / "alerts" / "alerts" / "decisions.json"
+    assert not book.exists() or json.loads(book.read_text()).get("decisions", {}) == {}  # nothing queued either
+
+
 @pytest.mark.nightly
 @pytest.mark.parametrize("scenario", ["region-partition", "standby-boot-failure", "registry-mismatch"])
 def test_fault_scenarios(lab, production, drill_state, scenario):

@@ -31,8 +31,10 @@ from drtool.paths import state_dir
 from drtool.snapshot.stores import open_store
 
 SCENARIOS = ("primary-down", "region-partition", "corrupt-latest-snapshot", "standby-boot-failure",
-             "registry-mismatch")
+             "registry-mismatch", "process-crash")
 DETECTED = ("primary-down", "region-partition")   # outages: detected through Prometheus -> Alertmanager -> serve
+IN_SITE = ("process-crash",)   # cured at the primary site by the escalation ladder (drtool watch): no failover
+LADDER_PROBE_S = 0.5
 DRILLS = "drills"
 FAILOVER_TIMEOUT_S = 900
 
@@ -115,6 +117,9 @@ class Drill:
         doc.setdefault("failover", {})["fence"] = self.live or scenario == "region-partition"
         if chain is not None:
             doc["alerts"] = chain.drtool_alerts(self.dr.name)
+        if scenario in IN_SITE:  # a failover the ladder would decide is only queued for approval, never started
+            doc["alerts"] = {"policy": "approve", "firing_for_s": 0, "cooldown_s": 3600,
+                             "state_dir": str(self.dir / "work" / scenario / "alerts")}
         path = self.dir / "work" / scenario / "drtool.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, yaml.safe_dump(doc, sort_keys=False), 0o600)
@@ -168,8 +173,11 @@ class Drill:
             fault, fault_at = self.inject(name, entry), now()
             sc.doc["fault"], sc.doc["fault_at"] = fault.description, fault_at
             sc.step("fault", f"Fault: {fault.description}", fault_at, now())
-            fo = self.failover(sc, name, chain, drill_cfg, fault_at)
-            self.expect(sc, name, fo, fault, drill_cfg, entry)
+            if name in IN_SITE:
+                self.ladder(sc, drill_cfg, fault_at)
+            else:
+                fo = self.failover(sc, name, chain, drill_cfg, fault_at)
+                self.expect(sc, name, fo, fault, drill_cfg, entry)
         except (DrtoolError, OSError) as exc:
             sc.doc["error"] = getattr(exc, "message", None) or str(exc)
             self.out.info(f"  [red]scenario {name} stopped:[/] {sc.doc['error']}")
@@ -191,6 +199,8 @@ class Drill:
             return faults.standby_boot_failure(self.config, self.dr)
         if name == "corrupt-latest-snapshot":
             return faults.corrupt_latest_snapshot(self.config, self.dr, self.model.name, entry.version)
+        if name == "process-crash":
+            return faults.process_crash(self.config, self.primary, f"drtool-{self.model.name}")
         return faults.registry_mismatch(self.config, self.dr, entry.image.repository)
 
     def failover(self, sc: ScenarioRun, name: str, chain: AlertChain | None, cfg: Config, fault_at: float) -> dict:
@@ -232,6 +242,47 @@ class Drill:
                               "snapshot": fo.get("snapshot"), "standby": fo.get("standby"),
                               "standbys_tried": fo.get("standbys_tried"), "dns": fo.get("dns")}
         return fo
+
+    def ladder(self, sc: ScenarioRun, cfg: Config, fault_at: float) -> None:
+        """An in-site fault: `drtool watch` (the escalation ladder, with the drill's configuration) probes the
+        primary from here, restarts the instance in place and stops once it serves again. Expected: serving again
+        within ha.ready_timeout_s, no failover decided, production as before (checked at cleanup)."""
+        from drtool.actions import watch
+
+        host = self.primary.hosts[0]
+        budget = cfg.ha.restart_attempts * cfg.ha.ready_timeout_s + 30
+        res = watch.run(cfg, self.out, self.primary.name, failures=2, interval=LADDER_PROBE_S, exit_on_trigger=True,
+                        max_probes=int(budget / LADDER_PROBE_S), exit_on_recovery=True)
+        summary = res["ladder"]
+        sc.doc["ladder"] = summary
+        taken = [r for r in summary["instances"].get(host.name, {}).get("rungs", []) if r["kind"] != "none"]
+        restarts = [r for r in taken if r["kind"] == "restart"]
+        recovery = next((r for r in res["recoveries"] if r["instance"] == host.name), None)
+        if restarts:
+            first = restarts[0]
+            sc.step("detect", f"Detection: drtool watch, {host.name} failing 2 probes {LADDER_PROBE_S:g}s apart",
+                    fault_at, first["decided_at"], evidence={"reason": first["reason"]})
+            sc.step("restart", "Ladder rung 1: restart the container in place", first["decided_at"],
+                    first["outcome_at"] or first["decided_at"], "done" if first["outcome"] == "ok" else "failed",
+                    {"policy": first["policy"], "outcome": first["outcome"], "detail": first["detail"]})
+            sc.doc["split"].update(detection=round(first["decided_at"] - fault_at, 3))
+        if recovery is not None:
+            ready_at = restarts[-1]["decided_at"] + recovery["ready_after_s"] if restarts else now()
+            sc.step("ready", "The restarted instance verified its weights and serves again (/readyz)",
+                    (restarts[-1]["outcome_at"] or ready_at) if restarts else fault_at, ready_at)
+            sc.doc["rto_s"] = round(ready_at - fault_at, 3)
+            sc.doc["split"].update(restart_to_ready=round(recovery["ready_after_s"], 3))
+        sc.check("restarted_in_place", bool(restarts) and restarts[0]["outcome"] == "ok" and
+                 [r["kind"] for r in taken] == ["restart"] * len(taken), taken)
+        sc.check("serving_again_within_ready_timeout", recovery is not None
+                 and recovery["ready_after_s"] <= cfg.ha.ready_timeout_s,
+                 {"recovery": recovery, "ready_timeout_s": cfg.ha.ready_timeout_s})
+        sc.check("no_failover", res["decisions"] == [], res["decisions"],
+                 "an in-site fault must be cured in the site: no cross-site failover")
+        t = self.config.drill
+        if sc.doc["rto_s"] is not None:
+            sc.check("rto_within_target", sc.doc["rto_s"] <= t.rto_target_s,
+                     f"RTO {sc.doc['rto_s']:.1f}s (fault to serving again), target {t.rto_target_s:.0f}s")
 
     def wait_report(self, run_id: str) -> dict:
         path = state_dir() / failover.RUNS / f"{run_id}.report.json"

@@ -117,3 +117,37 @@ def registry_mismatch(config: Config, dr: Site, repository: str) -> Fault:
     fault.undo_actions.append((f"put {repository} back into {dr.name}'s registry", lambda: os.rename(aside, src)))
     os.rename(src, aside)
     return fault
+
+
+def process_crash(config: Config, primary: Site, container: str) -> Fault:
+    """The primary's serving container stops and its engine leaves it stopped (a crash that the restart policy
+    does not cover): only the escalation ladder's restart brings it back."""
+    import docker.errors
+
+    from drtool.execute.docker import engine
+
+    lab = lab_for(config, "process-crash")
+    host = primary.hosts[0]
+    url = f"unix://{lab.layout.docker_socket(host.name)}"
+    fault = Fault("process-crash", f"stopped {host.name}'s serving container {container} (the engine leaves it)")
+
+    def start_again() -> None:
+        client = engine(url, timeout=60)
+        try:
+            c = client.containers.get(container)
+            if c.status != "running":
+                c.start()
+        finally:
+            client.close()
+
+    client = engine(url, timeout=60)
+    try:
+        c = client.containers.get(container)
+        fault.info["container_id"] = c.id
+        fault.undo_actions.append((f"start {container} on {host.name} if still stopped", start_again))
+        c.stop(timeout=5)
+    except docker.errors.DockerException as exc:
+        raise UsageError(f"process-crash: cannot stop {container} on {host.name}: {exc}") from None
+    finally:
+        client.close()
+    return fault
