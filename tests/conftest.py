@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,15 @@ def back_to_production(lab, production):
         if lab.is_powered(h):
             lab.power_off(h)
     assert dig() == "10.77.0.11"
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition", poll: float = 0.02):
+    """Call predicate() until it returns something truthy, and return that; fail at the deadline (no fixed
+    sleeps as synchronisation: the poll only paces the loop)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

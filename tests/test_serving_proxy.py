@@ -23,6 +23,8 @@ import yaml
 
 from drtool.paths import playbooks_dir, roles_dir
 
+from .conftest import wait_for
+
 NGINX = "/usr/sbin/nginx"
 
 
@@ -82,15 +84,6 @@ def _request(port: int, path: str = "/predict") -> tuple[int, str]:
         conn.close()
 
 
-def _poll(check, timeout_s: float = 15.0, what: str = "condition"):
-    """Call check() until it returns something truthy, or fail at the deadline (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def _answers(port: int, n: int) -> list[str]:
@@ -254,19 +247,19 @@ def test_stopped_primary_fails_over_to_the_backup_without_failed_requests(site):
     finally:
         a.start()
     # The primary is tried again once fail_timeout has passed.
-    _poll(lambda: _request(proxy.port)[1] == "a", what="the restarted primary to serve again")
+    wait_for(lambda: _request(proxy.port)[1] == "a", what="the restarted primary to serve again")
 
 
 def test_drain_sends_everything_to_the_backup_and_undrain_brings_the_primary_back(site):
     proxy, a, _ = site
-    _poll(lambda: _request(proxy.port)[1] == "a", what="the primary to serve")
+    wait_for(lambda: _request(proxy.port)[1] == "a", what="the primary to serve")
     run = proxy.run("drain", serving_proxy_instance="a")
     assert run["result"]["reloaded"] is True and run["result"]["drained"] == ["a"]
     assert json.loads((proxy.dir / "instances.json").read_text())[0]["drained"] is True
     assert f"server 127.0.0.1:{a.port} max_fails=1 fail_timeout=2s down;" in proxy.conf.read_text()
     _nginx_t(proxy.conf, proxy.dir)
     # The reload is asynchronous: once new workers answer, every request goes to the backup.
-    _poll(lambda: _request(proxy.port)[1] == "b", what="the reload to take the primary out")
+    wait_for(lambda: _request(proxy.port)[1] == "b", what="the reload to take the primary out")
     assert set(_answers(proxy.port, 30)) == {"b"}
 
     # Draining the last instance still serving is refused, and an unknown name too; nothing changes.
@@ -277,7 +270,7 @@ def test_drain_sends_everything_to_the_backup_and_undrain_brings_the_primary_bac
 
     run = proxy.run("undrain", serving_proxy_instance="a")
     assert run["result"]["reloaded"] is True and run["result"]["drained"] == []
-    _poll(lambda: _request(proxy.port)[1] == "a", what="the undrained primary to serve")
+    wait_for(lambda: _request(proxy.port)[1] == "a", what="the undrained primary to serve")
     assert set(_answers(proxy.port, 20)) == {"a"}
 
 

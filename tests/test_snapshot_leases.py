@@ -10,19 +10,12 @@ import signal
 import socket
 import time
 
+from .conftest import wait_for
 from .snapshot_helpers import MiB, model_dir, settle, write_random
 
 pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (moto_server is in conftest)
 
 
-def _wait_for(predicate, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _count(s3, bucket: str, prefix: str) -> int:
@@ -45,7 +38,7 @@ def test_concurrent_create_exits_4_naming_holder_then_kill_9_and_rerun_uploads_o
     s3 = snap_env.s3()
     first = snap_env.start("snapshot", "create", str(src), "--store", store, "--model", "m", "--part-size", "1")
     try:
-        _wait_for(lambda: _count(s3, bucket, "w/blobs/") >= 10, what="some parts uploaded")
+        wait_for(lambda: _count(s3, bucket, "w/blobs/") >= 10, what="some parts uploaded")
         os.kill(first.pid, signal.SIGSTOP)  # frozen mid-upload: alive, holding its lease
         other = model_dir(snap_env.tmp / "other")
         busy = snap_env.run("snapshot", "create", str(other), "--store", store, "--model", "m", "--json")
@@ -136,7 +129,7 @@ def test_kill_9_during_prune_never_leaves_a_manifest_pointing_at_a_missing_blob(
 
     pruner = snap_env.start("snapshot", "prune", "--store", store, "--keep-last", "1")
     try:
-        _wait_for(lambda: _count(s3, bucket, "w/blobs/") < before - 20, what="the sweep to start")
+        wait_for(lambda: _count(s3, bucket, "w/blobs/") < before - 20, what="the sweep to start")
         os.kill(pruner.pid, signal.SIGKILL)
         pruner.wait()
     finally:
