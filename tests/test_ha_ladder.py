@@ -194,6 +194,23 @@ def test_unreachable_host_is_not_restarted_and_does_not_hold_the_failover():
     assert kinds(decide(restarted, [down("a")], s, 100.0))[-1] == ("none", None, SITE)  # reachable: still held
 
 
+def test_a_restart_that_failed_to_run_is_not_waited_for():
+    """Reachable host, but the restart itself failed (no container, a broken engine): the next attempt and then
+    the failover come at the next observations, not after ready_timeout_s each."""
+    s = settings(failover="auto")
+    st, t, trail = LadderState(), 0.0, []
+    while True:
+        acts = decide(st, [down("a", t)], s, t)
+        trail.append([a.kind for a in acts])
+        for a in acts:
+            st = apply(st, a, t, s, ok=False)
+        if any(a.kind == "failover" for a in acts):
+            break
+        t += 5.0
+    assert trail == [["restart", "none"], ["restart", "none"], ["none", "failover"]] and t == 10.0
+    assert LadderState.from_dict(st.to_dict()) == st
+
+
 # --- policies ---------------------------------------------------------------------------------------------------
 
 def test_restart_policy_approve_and_off():

@@ -117,11 +117,13 @@ def run(config: Config, out: Output, site_name: str, failures: int | None, inter
                 try:
                     deploy.restart(config, host, model)
                     journal.record_outcome(event, "ok", time.time())
-                except DrtoolError as exc:
+                    restarted_at[host.name] = t
+                    ok = True
+                except DrtoolError as exc:  # counts as an attempt; nothing to wait for: the next rung comes sooner
                     journal.record_outcome(event, "failed", time.time(), exc.message)
                     out.info(f"ladder: restart of {host.name} failed: {exc.message}")
-                ladder = apply(ladder, action, t, settings)
-                restarted_at[host.name] = t
+                    ok = False
+                ladder = apply(ladder, action, t, settings, ok=ok)
             elif action.kind == "wait_approval":
                 out.info(f"ladder: {action.awaits} of {action.instance or action.site} awaits approval "
                          f"({action.reason})")

@@ -28,7 +28,7 @@ observed in a call are neither acted on nor counted as healthy. Actions come per
 name within a site, the site's failover (if any) last.
 
 `decide()` never changes the state: the caller runs an action and then records it with `apply()` (a failed restart
-still counts as an attempt).
+still counts as an attempt, but is not waited for: `apply(..., ok=False)`).
 """
 
 from __future__ import annotations
@@ -113,10 +113,12 @@ class InstanceHealth:
 
 @dataclass(frozen=True)
 class InstanceState:
-    """What the ladder did to one instance: restart times (only those that still matter) and the drain."""
+    """What the ladder did to one instance: restart times (only those that still matter), whether the last restart
+    failed to run (then there is nothing to wait for), and the drain."""
 
     restarts: tuple[float, ...] = ()
     drained_at: float | None = None
+    last_restart_failed: bool = False
 
     @property
     def drained(self) -> bool:
@@ -132,12 +134,14 @@ class LadderState:
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA_VERSION,
-                "instances": {n: {"restarts": list(s.restarts), "drained_at": s.drained_at}
+                "instances": {n: {"restarts": list(s.restarts), "drained_at": s.drained_at,
+                                  "last_restart_failed": s.last_restart_failed}
                               for n, s in sorted(self.instances.items())}}
 
     @classmethod
     def from_dict(cls, doc: dict) -> LadderState:
-        return cls({n: InstanceState(tuple(float(t) for t in s.get("restarts", ())), s.get("drained_at"))
+        return cls({n: InstanceState(tuple(float(t) for t in s.get("restarts", ())), s.get("drained_at"),
+                                     bool(s.get("last_restart_failed", False)))
                     for n, s in doc.get("instances", {}).items()})
 
 
@@ -209,7 +213,8 @@ def decide(state: LadderState, observations: Iterable[InstanceHealth], settings:
                 continue
             if not o.healthy:   # down: rung 1, restart
                 last = max(st.restarts, default=None)
-                if o.host_reachable and last is not None and now - last < settings.ready_timeout_s:
+                waiting = last is not None and not st.last_restart_failed and now - last < settings.ready_timeout_s
+                if o.host_reachable and waiting:
                     actions.append(Action("none", name, site, "restart",
                                           f"down; restarted {now - last:.0f}s ago: waiting up to "
                                           f"{settings.ready_timeout_s:g}s for it to report ready", pol.restart))
@@ -260,15 +265,16 @@ def decide(state: LadderState, observations: Iterable[InstanceHealth], settings:
     return actions
 
 
-def apply(state: LadderState, action: Action, at: float, settings: LadderSettings) -> LadderState:
-    """The state after `action` ran at `at` (a restart counts whether or not it worked). Restart times that no
-    longer count towards any window are dropped; only restart, drain and undrain change the state."""
+def apply(state: LadderState, action: Action, at: float, settings: LadderSettings, ok: bool = True) -> LadderState:
+    """The state after `action` ran at `at` (a restart counts whether or not it worked; one that failed to run,
+    `ok=False`, is not waited for). Restart times that no longer count towards any window are dropped; only
+    restart, drain and undrain change the state."""
     if action.instance is None or action.kind not in ("restart", "drain", "undrain"):
         return state
     st = state.of(action.instance)
     if action.kind == "restart":
         keep = tuple(t for t in st.restarts if at - t < settings.restart_window_s)
-        st = replace(st, restarts=(*keep, at))
+        st = replace(st, restarts=(*keep, at), last_restart_failed=not ok)
     elif action.kind == "drain":
         st = replace(st, drained_at=at)
     else:
