@@ -165,17 +165,22 @@ def test_one_failover_per_site_for_many_instances():
     assert ("restart", "y", "prod-east") in kinds(acts)
 
 
-def test_single_instance_site_restarts_before_failing_over():
-    s = settings(failover="auto")
+def until_failover(s, every: float, restart_ok: bool = True):
+    """One down instance observed every `every` seconds, each action applied, until the ladder fails over:
+    the kinds of each round, the time of the failover and the final state."""
     st, t, trail = LadderState(), 0.0, []
     while True:
         acts = decide(st, [down("a", t)], s, t)
         trail.append([a.kind for a in acts])
         for a in acts:
-            st = apply(st, a, t, s)
+            st = apply(st, a, t, s, ok=restart_ok)
         if any(a.kind == "failover" for a in acts):
-            break
-        t += 30.0
+            return trail, t, st
+        t += every
+
+
+def test_single_instance_site_restarts_before_failing_over():
+    trail, t, _ = until_failover(settings(failover="auto"), 30.0)
     assert trail[0] == ["restart", "none"]
     assert sum(k.count("restart") for k in trail) == 2
     assert t == 240.0   # two restarts, each given the 120 s ready timeout
@@ -197,16 +202,7 @@ def test_unreachable_host_is_not_restarted_and_does_not_hold_the_failover():
 def test_a_restart_that_failed_to_run_is_not_waited_for():
     """Reachable host, but the restart itself failed (no container, a broken engine): the next attempt and then
     the failover come at the next observations, not after ready_timeout_s each."""
-    s = settings(failover="auto")
-    st, t, trail = LadderState(), 0.0, []
-    while True:
-        acts = decide(st, [down("a", t)], s, t)
-        trail.append([a.kind for a in acts])
-        for a in acts:
-            st = apply(st, a, t, s, ok=False)
-        if any(a.kind == "failover" for a in acts):
-            break
-        t += 5.0
+    trail, t, st = until_failover(settings(failover="auto"), 5.0, restart_ok=False)
     assert trail == [["restart", "none"], ["restart", "none"], ["none", "failover"]] and t == 10.0
     assert LadderState.from_dict(st.to_dict()) == st
 

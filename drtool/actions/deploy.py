@@ -50,11 +50,17 @@ def start(config: Config, site: Site, host: Host, model: Model, entry: VersionEn
     return {**res.results.get(host.name, {}), "gpu_requested": gpu, "seconds": res.seconds}
 
 
+def _container_action(config: Config, host: Host, model: Model, action: str, progress=None,
+                      container: str | None = None, raise_on_failure: bool = True):
+    """One model_server action on the model's serving container (or the named one): stop, probe or restart."""
+    return run_playbook(config, "model_server.yml", progress=progress, raise_on_failure=raise_on_failure, extravars={
+        "drtool_targets": host.name, "model_server_action": action, "model_server_model": model.name,
+        "model_server_container": container or f"drtool-{model.name}"})
+
+
 def stop(config: Config, host: Host, model: Model, progress=None, container: str | None = None,
          raise_on_failure: bool = True) -> dict:
-    res = run_playbook(config, "model_server.yml", progress=progress, raise_on_failure=raise_on_failure, extravars={
-        "drtool_targets": host.name, "model_server_action": "stop", "model_server_model": model.name,
-        "model_server_container": container or f"drtool-{model.name}"})
+    res = _container_action(config, host, model, "stop", progress, container, raise_on_failure)
     return res.results.get(host.name, {})
 
 
@@ -65,17 +71,12 @@ def remove_weights(config: Config, host: Host, dest: str, raise_on_failure: bool
 
 def probe(config: Config, host: Host, model: Model) -> dict:
     """The serving container as the host's engine sees it: exists, running, image, labels."""
-    res = run_playbook(config, "model_server.yml", extravars={
-        "drtool_targets": host.name, "model_server_action": "probe", "model_server_model": model.name,
-        "model_server_container": f"drtool-{model.name}"})
-    return res.results.get(host.name, {})
+    return _container_action(config, host, model, "probe").results.get(host.name, {})
 
 
 def restart(config: Config, host: Host, model: Model) -> dict:
     """The serving container started again in place: same image, weights and settings (ladder rung 1)."""
-    res = run_playbook(config, "model_server.yml", extravars={
-        "drtool_targets": host.name, "model_server_action": "restart", "model_server_model": model.name,
-        "model_server_container": f"drtool-{model.name}"})
+    res = _container_action(config, host, model, "restart")
     return {**res.results.get(host.name, {}), "seconds": res.seconds}
 
 

@@ -266,10 +266,10 @@ class Drill:
                     first["outcome_at"] or first["decided_at"], "done" if first["outcome"] == "ok" else "failed",
                     {"policy": first["policy"], "outcome": first["outcome"], "detail": first["detail"]})
             sc.doc["split"].update(detection=round(first["decided_at"] - fault_at, 3))
-        if recovery is not None:
-            ready_at = restarts[-1]["decided_at"] + recovery["ready_after_s"] if restarts else now()
+        if recovery is not None:  # only a restarted instance has one, so `restarts` is not empty here
+            ready_at = restarts[-1]["decided_at"] + recovery["ready_after_s"]
             sc.step("ready", "The restarted instance verified its weights and serves again (/readyz)",
-                    (restarts[-1]["outcome_at"] or ready_at) if restarts else fault_at, ready_at)
+                    restarts[-1]["outcome_at"] or ready_at, ready_at)
             sc.doc["rto_s"] = round(ready_at - fault_at, 3)
             sc.doc["split"].update(restart_to_ready=round(recovery["ready_after_s"], 3))
         sc.check("restarted_in_place", bool(restarts) and restarts[0]["outcome"] == "ok" and

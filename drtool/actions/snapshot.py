@@ -214,10 +214,10 @@ def replicate(out: Output, config_path: str | None, snapshot_id: str, source: st
 
     if source.rstrip("/") == target.rstrip("/"):
         raise UsageError("--from and --to are the same store")
-    explicit = target_endpoint or target_region or target_credentials_file
-    if explicit and not target.startswith("s3://"):
-        raise UsageError(f"--to-endpoint, --to-region and --to-credentials-file are for s3:// stores (--to {target})")
-    if explicit:
+    if target_endpoint or target_region or target_credentials_file:
+        if not target.startswith("s3://"):
+            raise UsageError(f"--to-endpoint, --to-region and --to-credentials-file are for s3:// stores "
+                             f"(--to {target})")
         from drtool.config import ObjectStore
 
         target_settings = ObjectStore(url=target, endpoint_url=target_endpoint, region=target_region,

@@ -61,7 +61,7 @@ def observe(site: Site, found: dict[str, str | None], streaks: dict[str, int], n
         problem = found[host.name]
         if problem is None or streaks[host.name] < need:
             seen.append(InstanceHealth(host.name, site.name, True, None, t))
-        elif streaks[host.name] >= need:
+        else:
             degraded = problem[len("degraded: "):] if problem.startswith("degraded: ") else None
             reachable = degraded is not None or ssh_banner(host.address, host.port, timeout=reach_timeout)
             seen.append(InstanceHealth(host.name, site.name, degraded is not None, degraded, t,
@@ -84,7 +84,7 @@ def run(config: Config, out: Output, site_name: str, failures: int | None, inter
     fingerprint = hashlib.sha256(f"drtool-watch:{site.name}".encode()).hexdigest()[:16]
     streaks = {h.name: 0 for h in site.hosts}
     ladder, restarted_at = LadderState(), {}
-    streak, first_failure, probes, decisions, recoveries = 0, None, 0, [], []
+    first_failure, probes, decisions, recoveries = None, 0, [], []
     out.info(f"watching {site.name}'s {site.health_path} on port {site.serving_port} every {every:g}s; "
              f"{need} consecutive failures of a host climb the ladder (restart {settings.policy.restart}, "
              f"drain {settings.policy.drain}, failover {settings.policy.failover}: alert policy "
@@ -99,12 +99,12 @@ def run(config: Config, out: Output, site_name: str, failures: int | None, inter
                 since = restarted_at.pop(h)
                 recoveries.append({"instance": h, "rung": "restart", "ready_after_s": round(t - since, 3)})
                 out.info(f"{h} serves again {t - since:.1f}s after its restart")
-        if any(v is None for v in found.values()):
-            if streak:
-                out.info(f"{site.name} healthy again after {streak} failed probe(s)")
-            streak, first_failure = 0, None
+        streak = min(streaks.values())  # probes in a row that every host failed
+        if streak == 0:
+            if first_failure is not None:
+                out.info(f"{site.name} healthy again")
+            first_failure = None
         else:
-            streak += 1
             first_failure = first_failure or t
             out.info(f"probe {probes}: {site.name} failing ({streak}/{need}): "
                      + ", ".join(f"{h}: {v}" for h, v in found.items()))

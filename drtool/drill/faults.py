@@ -143,7 +143,6 @@ def process_crash(config: Config, primary: Site, container: str) -> Fault:
     client = engine(url, timeout=60)
     try:
         c = client.containers.get(container)
-        fault.info["container_id"] = c.id
         fault.undo_actions.append((f"start {container} on {host.name} if still stopped", start_again))
         c.stop(timeout=5)
     except docker.errors.DockerException as exc:

@@ -34,23 +34,19 @@ def client(store: ObjectStore, max_pool: int = 16):
     credentials_file (AWS shared-credentials format); they are never passed on a command line."""
     import boto3
 
-    session = boto3.Session(botocore_session=_botocore_session(store), region_name=store.region)
+    session = boto3.Session(botocore_session=transfer_session(store), region_name=store.region)
     cfg = BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=max_pool,
                      connect_timeout=5, read_timeout=60)
     return session.client("s3", endpoint_url=store.endpoint_url, config=cfg)
 
 
-def _botocore_session(store: ObjectStore) -> botocore.session.Session:
+def transfer_session(store: ObjectStore) -> botocore.session.Session:
     """The session every client of this store is made from: also what the lean blob path (s3blobs.py) takes the
     client's credentials and TLS settings from, through public calls (transfer_credentials, transfer_tls_verify)."""
     bsession = botocore.session.Session(profile=store.profile)
     if store.credentials_file:
         bsession.set_config_variable("credentials_file", store.credentials_file)
     return bsession
-
-
-def transfer_session(store: ObjectStore) -> botocore.session.Session:
-    return _botocore_session(store)
 
 
 def transfer_client(store: ObjectStore, max_pool: int, session: botocore.session.Session | None = None):
@@ -70,7 +66,7 @@ def transfer_client(store: ObjectStore, max_pool: int, session: botocore.session
                      request_checksum_calculation="when_required", response_checksum_validation="when_required",
                      s3={"payload_signing_enabled": False},
                      user_agent=f"drtool/{__version__} botocore/{botocore.__version__}")
-    return (session or _botocore_session(store)).create_client("s3", region_name=store.region,
+    return (session or transfer_session(store)).create_client("s3", region_name=store.region,
                                                                endpoint_url=store.endpoint_url, config=cfg)
 
 
