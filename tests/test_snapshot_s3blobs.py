@@ -84,6 +84,6 @@ def test_session_credentials_and_tls_verify_are_the_clients(monkeypatch, env, ex
     assert transfer_credentials(session).get_frozen_credentials().access_key == "AKIDEXAMPLE"
     signer, endpoint = getattr(client, "_request_signer", None), getattr(client, "_endpoint", None)
     if signer is None or endpoint is None:
-        pytest.skip("botocore's client internals changed: check transfer_credentials and transfer_tls_verify anew")
+        pytest.fail("botocore's client internals changed: check transfer_credentials and transfer_tls_verify anew")
     assert getattr(signer, "_credentials", None) is transfer_credentials(session)
     assert getattr(endpoint.http_session, "_verify", None) == expected
