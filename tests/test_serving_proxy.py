@@ -74,6 +74,16 @@ class Backend:
             self.server = None
 
 
+def _alive(pid: int) -> bool:
+    """True while the process runs. A zombie has exited: nginx's master is reparented to PID 1 when it daemonizes,
+    and a container's PID 1 may reap late or never, so /proc/<pid> alone does not say it still runs."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return not stat.rsplit(") ", 1)[1].startswith("Z")
+
+
 def _request(port: int, path: str = "/predict") -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -287,7 +297,7 @@ def test_remove_stops_nginx_and_deletes_the_config(site):
     pid = int((proxy.dir / "nginx.pid").read_text())
     run = proxy.run("remove")
     assert run["result"]["stopped"] is True
-    assert not Path(f"/proc/{pid}").exists()
+    assert not _alive(pid)
     assert not proxy.conf.exists() and not (proxy.dir / "instances.json").exists()
     assert (proxy.dir / "logs/access.log").exists()
     with pytest.raises(OSError):
