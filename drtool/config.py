@@ -56,6 +56,17 @@ class DnsTarget:
 
 
 @dataclass(frozen=True)
+class Proxy:
+    """The site's Nginx (roles/serving_proxy) in front of its serving hosts: it listens on the site's serving port,
+    and the serving record points at it, not at a model host (docs/serving-proxy.md)."""
+
+    name: str
+    address: str
+    port: int = 22                                 # its SSH port
+    dir: str = "/var/lib/drtool/serving-proxy"     # where that nginx keeps its config, pid and logs
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     role: str
@@ -70,10 +81,16 @@ class Site:
     serving_port: int
     health_path: str
     raw: dict = field(repr=False, compare=False, default_factory=dict)
+    proxy: Proxy | None = None
 
     @property
     def is_standby(self) -> bool:
         return self.standby_provider is not None
+
+    @property
+    def front_address(self) -> str:
+        """Where the serving record points when this site serves: its Nginx, else its first serving host."""
+        return self.proxy.address if self.proxy else self.hosts[0].address
 
 
 @dataclass(frozen=True)
@@ -287,6 +304,9 @@ def _semantic_problems(doc: dict) -> list[tuple[tuple, str]]:
         if has_hosts == has_pool:
             problems.append((("sites", site_name),
                              "give either 'hosts' (serving hosts) or 'standby_pool' (cold standbys), exactly one"))
+        if "proxy" in site and has_pool:
+            problems.append((("sites", site_name, "proxy"), "a proxy fronts serving hosts ('hosts'); a standby "
+                             "pool's host serves directly after a failover"))
         host_lists = [("hosts", site.get("hosts"))]
         if isinstance(site.get("standby_pool"), dict):
             host_lists.append((("standby_pool", "hosts"), site["standby_pool"].get("hosts")))
@@ -298,6 +318,12 @@ def _semantic_problems(doc: dict) -> list[tuple[tuple, str]]:
                         problems.append((("sites", site_name, *key_path, i, "name"),
                                          f"host name {h['name']!r} is already used in site {seen[h['name']]!r}"))
                     seen[h["name"]] = site_name
+        proxy = site.get("proxy")
+        if isinstance(proxy, dict) and isinstance(proxy.get("name"), str):
+            if proxy["name"] in seen:
+                problems.append((("sites", site_name, "proxy", "name"),
+                                 f"host name {proxy['name']!r} is already used in site {seen[proxy['name']]!r}"))
+            seen[proxy["name"]] = site_name
     return problems
 
 
@@ -366,6 +392,7 @@ def _build(path: Path, doc: dict[str, Any]) -> Config:
             serving_port=s["serving"]["port"],
             health_path=s["serving"].get("health_path", "/readyz"),
             raw=s,
+            proxy=Proxy(**{"port": ssh.port, **s["proxy"]}) if "proxy" in s else None,
         )
     models = {n: Model(name=n, **m) for n, m in doc["models"].items()}
     return Config(

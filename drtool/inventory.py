@@ -40,10 +40,17 @@ def build_inventory(config: Config) -> dict:
     roles: dict[str, dict] = {"primary": {}, "dr": {}}
     serving: dict = {}
     standby: dict = {}
+    proxies: dict = {}
     for site in config.sites.values():
         hosts = {h.name: {"ansible_host": h.address, "ansible_port": h.port} for h in site.hosts}
         for h in site.hosts:
             (standby if h.standby else serving)[h.name] = {}
+        if site.proxy:
+            # Its own group, not the site's: plays aimed at a site's serving hosts must not reach its Nginx.
+            proxies[site.proxy.name] = {"ansible_host": site.proxy.address, "ansible_port": site.proxy.port,
+                                        "drtool_site": site.name, "drtool_docker_host": "",
+                                        "serving_proxy_dir": site.proxy.dir,
+                                        "serving_proxy_listen": f"0.0.0.0:{site.serving_port}"}
         children[group_name(site.name)] = {
             "hosts": hosts,
             "vars": {
@@ -61,4 +68,5 @@ def build_inventory(config: Config) -> dict:
     children["dr"] = {"children": roles["dr"]}
     children["serving"] = {"hosts": serving}
     children["standby"] = {"hosts": standby}
+    children["proxy"] = {"hosts": proxies}
     return {"all": {"vars": all_vars, "children": children}}
