@@ -1,4 +1,5 @@
-"""drtool serve: receive Alertmanager webhooks and start (or queue for approval) failovers."""
+"""drtool serve: receive Alertmanager webhooks and start (or queue for approval) failovers. Alerts about one serving
+instance of the primary climb its escalation ladder first (restart in place, drain; drtool/alerts/ladder.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import sys
 from pathlib import Path
 
 from drtool.alerts.decisions import DecisionBook
+from drtool.alerts.ladder import AlertLadder, Remedies
 from drtool.alerts.receiver import ReceiverServer
-from drtool.config import Config
+from drtool.config import Config, Host, Site
 from drtool.errors import UsageError
 from drtool.output import Output
 from drtool.paths import state_dir
@@ -46,6 +48,22 @@ def subprocess_launcher(config: Config, logs: Path):
     return launch
 
 
+def real_remedies(config: Config) -> Remedies:
+    """The ladder's side effects, as `drtool watch` runs them: model_server's restart action, the site's Nginx."""
+    from drtool.actions import deploy, proxy
+    from drtool.actions.failover import pick_model
+    from drtool.providers.base import ssh_banner
+
+    def restart(site: Site, host: Host) -> None:
+        deploy.restart(config, host, pick_model(config, None))
+
+    return Remedies(
+        restart=restart,
+        drain=lambda site, instance: proxy.drain(config, site, instance),
+        undrain=lambda site, instance: proxy.undrain(config, site, instance),
+        reachable=lambda host: bool(ssh_banner(host.address, host.port, timeout=config.watch.timeout_s)))
+
+
 def run(config: Config, out: Output, listen: str) -> None:
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
@@ -57,9 +75,12 @@ def run(config: Config, out: Output, listen: str) -> None:
     resumed = book.resume_interrupted()
     if resumed:
         out.info(f"re-launched interrupted failover(s): {', '.join(resumed)}")
-    server = ReceiverServer((host, int(port)), book, token)
+    ladder = AlertLadder(config, book, base / "ladder", real_remedies(config))
+    server = ReceiverServer((host, int(port)), book, token, ladder=ladder)
+    pol = config.ha.policy
     out.info(f"drtool serve: listening on http://{listen}/alerts (policy {config.alerts.policy}, "
-             f"firing_for {config.alerts.firing_for_s:.0f}s, cooldown {config.alerts.cooldown_s:.0f}s)")
+             f"firing_for {config.alerts.firing_for_s:.0f}s, cooldown {config.alerts.cooldown_s:.0f}s; "
+             f"instance alerts: restart {pol.restart}, drain {pol.drain}, failover {pol.failover})")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -6,12 +6,17 @@ import hmac
 import json
 import logging
 import threading
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 import jsonschema
 
 from drtool.alerts.decisions import Alert, DecisionBook, parse_time
+
+if TYPE_CHECKING:
+    from drtool.alerts.ladder import AlertLadder
 
 log = logging.getLogger("drtool.serve")
 MAX_BODY = 1 << 20  # Alertmanager batches are small; anything bigger is refused unread
@@ -41,6 +46,14 @@ WEBHOOK_SCHEMA = {
 }
 
 
+@dataclass
+class WebhookAlert(Alert):
+    """An Alert as Alertmanager sent it, with its annotations (the ladder names a degraded instance by its
+    summary); the DecisionBook treats it as any Alert."""
+
+    annotations: dict = field(default_factory=dict)
+
+
 def parse_webhook(body: bytes) -> list[Alert]:
     """Alerts from a webhook body; ValueError naming the problem when it is not a valid payload."""
     try:
@@ -58,17 +71,21 @@ def parse_webhook(body: bytes) -> list[Alert]:
         except ValueError:
             raise ValueError(f"alert {a['fingerprint']}: startsAt {a['startsAt']!r} is not a timestamp") from None
         labels = a["labels"]
-        alerts.append(Alert(fingerprint=a["fingerprint"], status=a["status"], name=labels.get("alertname", "?"),
-                            site=labels.get("site"), starts_at=starts, labels=labels))
+        notes = a.get("annotations")
+        notes = {k: v for k, v in notes.items() if isinstance(v, str)} if isinstance(notes, dict) else {}
+        alerts.append(WebhookAlert(fingerprint=a["fingerprint"], status=a["status"],
+                                   name=labels.get("alertname", "?"), site=labels.get("site"), starts_at=starts,
+                                   labels=labels, annotations=notes))
     return alerts
 
 
 class ReceiverServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], book: DecisionBook, token: str):
+    def __init__(self, address: tuple[str, int], book: DecisionBook, token: str, ladder: AlertLadder | None = None):
         super().__init__(address, Handler)
         self.book = book
+        self.ladder = ladder  # alerts about one instance climb its escalation ladder first (drtool/alerts/ladder.py)
         self.token = token.encode()
         self.handled = 0
         self.handled_lock = threading.Lock()
@@ -114,7 +131,14 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             log.warning("rejected malformed webhook: %s", exc)
             return self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-        decisions = self.server.book.handle(alerts)
+        ladder = self.server.ladder
+        if ladder is None:
+            decisions = self.server.book.handle(alerts)
+        else:  # site-level alerts go to the book as before; alerts about one instance up its ladder
+            mine, rest = ladder.split(alerts)
+            decisions = self.server.book.handle(rest) if rest or not mine else []
+            if mine:
+                decisions += ladder.handle(mine)
         for d in decisions:
             if not d.get("duplicate"):
                 log.info("alert %s (%s): %s %s", d["alert"], d["fingerprint"], d["action"], d.get("why", ""))

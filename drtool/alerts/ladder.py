@@ -1,0 +1,223 @@
+"""Alerts about one serving instance climb the escalation ladder in `drtool serve` (issue #17), as `drtool watch`
+does for its probes: (1) restart the instance's container in place, (2) drain it from the site's Nginx, (3) only
+when the site has no healthy undrained instance left, hand ONE alert for the site to the DecisionBook (firing time,
+cooldown, policy, exactly once), the path every site-level alert takes.
+
+An alert is about one instance when its `instance` label (`ADDRESS:PORT` as Prometheus writes it, or a bare host
+name or address) names a serving host of a primary site (the port, when given, must be the site's serving port).
+Its name says what it means for the ladder (ops/prometheus/drtool-rules.yml):
+
+- ModelInstanceDown, ModelServerNotReady: the instance does not serve: *down* (rung 1, restart);
+- ModelGpuTemperatureHigh, ModelGpuMemoryHigh: *degraded* (straight to drain: a restart does not cool a GPU);
+- ModelLatencyP95High, ModelErrorRateHigh and any other name: recorded, no rung (a slow or failing host is for
+  people to look at: draining or failing over on latency could take a whole site out on a load peak).
+
+The ladder keeps the instance alerts still firing (by fingerprint; a `resolved` one is dropped), and on every
+batch that names a site's instance it observes EVERY serving host of that site: a host with no firing alert is
+healthy (so a drained one is undrained once its alert resolves). The decisions and outcomes go to the same journal
+as `drtool watch` (`<state>/ladder/<site>.jsonl`). The side effects are injected (`Remedies`), the state is in
+memory (one `LadderState` per process), one lock serialises batches from the receiver's threads."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from drtool.alerts.decisions import Alert, DecisionBook
+from drtool.config import Config, Host, Site
+from drtool.errors import DrtoolError
+from drtool.ha.ladder import InstanceHealth, LadderJournal, LadderState, apply, decide
+
+log = logging.getLogger("drtool.serve")
+
+DOWN_ALERTS = frozenset({"ModelInstanceDown", "ModelServerNotReady"})
+DEGRADED_ALERTS = frozenset({"ModelGpuTemperatureHigh", "ModelGpuMemoryHigh"})
+FAILOVER_ALERT = "DrtoolServeLadderSiteDown"   # the site-level alert the failover rung hands to the book
+
+
+@dataclass(frozen=True)
+class Remedies:
+    """The ladder's side effects. restart(site, host), drain(site, instance), undrain(site, instance) raise
+    DrtoolError when they fail; reachable(host) says whether a down instance's host answers (SSH), else nothing
+    can restart its container and the ladder goes on to drain."""
+
+    restart: Callable[[Site, Host], object]
+    drain: Callable[[Site, str], object]
+    undrain: Callable[[Site, str], object]
+    reachable: Callable[[Host], bool] = lambda host: True
+
+
+@dataclass(frozen=True)
+class _Firing:
+    instance: str
+    site: str
+    name: str
+    starts_at: float
+    healthy: bool
+    degraded_reason: str | None
+
+
+def _split_instance(label: str) -> tuple[str, str | None]:
+    """("host", "port" or None) from `host:port`, `[v6]:port`, a bare name or a bare (v4 or v6) address."""
+    if label.startswith("["):
+        host, _, rest = label[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else None
+    if label.count(":") == 1:
+        host, port = label.split(":")
+        return host, port
+    return label, None
+
+
+class AlertLadder:
+    def __init__(self, config: Config, book: DecisionBook, journal_dir: Path, remedies: Remedies,
+                 clock: Callable[[], float] = time.time):
+        self.config, self.book, self.remedies, self.clock = config, book, remedies, clock
+        self.journal_dir = Path(journal_dir)
+        self.settings = config.ha
+        self.state = LadderState()
+        self.firing: dict[str, _Firing] = {}       # fingerprint -> an instance alert still firing
+        self.outage_start: dict[str, float] = {}   # site -> start of its current no-healthy-instance outage
+        self.journals: dict[str, LadderJournal] = {}
+        self.lock = threading.Lock()
+
+    def journal(self, site: str) -> LadderJournal:
+        if site not in self.journals:
+            self.journals[site] = LadderJournal(self.journal_dir / f"{site}.jsonl")
+        return self.journals[site]
+
+    def instance_of(self, alert: Alert) -> tuple[Site, Host] | None:
+        """The primary site's serving host the alert's `instance` label names, or None (a site-level alert)."""
+        label = alert.labels.get("instance")
+        if not label:
+            return None
+        name, port = _split_instance(label)
+        for site in self.config.sites.values():
+            if site.role != "primary" or (port is not None and port != str(site.serving_port)):
+                continue
+            for host in site.hosts:
+                if name in (host.name, host.address):
+                    return site, host
+        return None
+
+    def split(self, alerts: list[Alert]) -> tuple[list[Alert], list[Alert]]:
+        """(alerts about one instance: for handle(), the others: for the DecisionBook as before)."""
+        mine, rest = [], []
+        for a in alerts:
+            (mine if self.instance_of(a) is not None else rest).append(a)
+        return mine, rest
+
+    def handle(self, alerts: list[Alert]) -> list[dict]:
+        """Observe the instance alerts, climb the ladder for every site they name; one dict per alert, per ladder
+        action and per decision the book took for a failover rung."""
+        with self.lock:
+            now = self.clock()
+            out, sites = [], []
+            for alert in alerts:
+                found = self.instance_of(alert)
+                if found is None:
+                    continue
+                site, host = found
+                if site.name not in sites:
+                    sites.append(site.name)
+                out.append(self._observe(alert, site, host))
+            for name in sites:
+                out.extend(self._climb(self.config.sites[name], now))
+            return out
+
+    def _observe(self, alert: Alert, site: Site, host: Host) -> dict:
+        rec = {"fingerprint": alert.fingerprint, "alert": alert.name, "site": site.name, "instance": host.name}
+        if alert.status == "resolved":
+            gone = self.firing.pop(alert.fingerprint, None)
+            return {**rec, "action": "resolved", "why": f"{host.name}: {alert.name} resolved"
+                    + ("" if gone else " (was not firing here)")}
+        if alert.name in DOWN_ALERTS:
+            healthy, reason = False, None
+        elif alert.name in DEGRADED_ALERTS:
+            summary = (getattr(alert, "annotations", None) or {}).get("summary")
+            healthy, reason = True, f"{alert.name}: {summary}" if summary else alert.name
+        else:
+            return {**rec, "action": "ignored",
+                    "why": f"{alert.name} is not an instance-health alert the ladder acts on"}
+        self.firing[alert.fingerprint] = _Firing(host.name, site.name, alert.name, alert.starts_at, healthy, reason)
+        return {**rec, "action": "observed", "why": f"{host.name} {'degraded' if healthy else 'down'} "
+                                                   f"({reason or alert.name})"}
+
+    def _health(self, site: Site, host: Host, now: float) -> InstanceHealth:
+        alerts = [f for f in self.firing.values() if f.site == site.name and f.instance == host.name]
+        down = [f for f in alerts if not f.healthy]
+        if down:
+            return InstanceHealth(host.name, site.name, False, None, now,
+                                  host_reachable=bool(self.remedies.reachable(host)))
+        if alerts:
+            reasons = "; ".join(sorted({f.degraded_reason or f.name for f in alerts}))
+            return InstanceHealth(host.name, site.name, True, reasons, now)
+        return InstanceHealth(host.name, site.name, True, None, now)
+
+    def _climb(self, site: Site, now: float) -> list[dict]:
+        settings, journal = self.settings, self.journal(site.name)
+        observations = [self._health(site, h, now) for h in site.hosts]
+        actions = decide(self.state, observations, settings, now)
+        events = journal.record_decisions(actions, now)
+        out = []
+        if not any(a.instance is None for a in actions):   # the site has a healthy undrained instance
+            self.outage_start.pop(site.name, None)
+        for action, event in zip(actions, events, strict=True):
+            rec = {"fingerprint": "-", "alert": "ladder", "site": site.name, "instance": action.instance,
+                   "action": f"ladder_{action.kind}", "rung": action.rung, "policy": action.policy,
+                   "why": action.reason, **({"awaits": action.awaits} if action.awaits else {})}
+            detail = None
+            if action.kind == "restart":
+                host = next(h for h in site.hosts if h.name == action.instance)
+                ok, detail = self._run(self.remedies.restart, site, host)
+                if event:
+                    journal.record_outcome(event, "ok" if ok else "failed", self.clock(), detail)
+                self.state = apply(self.state, action, now, settings, ok=ok)
+                rec["outcome"] = "ok" if ok else "failed"
+            elif action.kind in ("drain", "undrain"):
+                run = self.remedies.drain if action.kind == "drain" else self.remedies.undrain
+                ok, detail = self._run(run, site, action.instance)
+                if event:
+                    journal.record_outcome(event, "ok" if ok else "failed", self.clock(), detail)
+                if ok:   # not applied when it failed: decided again at the next batch
+                    self.state = apply(self.state, action, now, settings)
+                rec["outcome"] = "ok" if ok else "failed"
+            elif action.kind == "failover":
+                rec["decisions"] = self._failover(site, now, journal, event)
+            if rec.get("outcome") == "failed":
+                rec["detail"] = detail
+            out.append(rec)
+            if action.kind != "none":
+                log.info("ladder %s %s: %s (%s)", site.name, action.instance or "(site)", action.kind, action.reason)
+        return out
+
+    def _failover(self, site: Site, now: float, journal: LadderJournal, event: str | None) -> list[dict]:
+        """The failover rung: one alert for the site, handed to the book, keyed by the outage's start (the first
+        firing instance alert of the site), so repeats of the rung are one outage to the book."""
+        starts = [f.starts_at for f in self.firing.values() if f.site == site.name]
+        start = self.outage_start.setdefault(site.name, min(starts, default=now))
+        fingerprint = hashlib.sha256(f"drtool-serve-ladder:{site.name}".encode()).hexdigest()[:16]
+        alert = Alert(fingerprint=fingerprint, status="firing", name=FAILOVER_ALERT, site=site.name,
+                      starts_at=start, labels={"alertname": FAILOVER_ALERT, "site": site.name,
+                                               "source": "drtool serve ladder"})
+        decisions = self.book.handle([alert])
+        for d in decisions:
+            if event and not d.get("duplicate"):
+                journal.record_outcome(event, d["action"], self.clock(), d.get("run_id"))
+        return decisions
+
+    @staticmethod
+    def _run(fn: Callable, site: Site, target) -> tuple[bool, str | None]:
+        try:
+            fn(site, target)
+        except DrtoolError as exc:
+            return False, exc.message
+        except Exception as exc:   # a bug or an unexpected failure in one remedy must not stop the receiver
+            log.exception("ladder remedy failed")
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, None
+
