@@ -40,7 +40,11 @@ def start(config: Config, site: Site, host: Host, model: Model, entry: VersionEn
           weights: str | None = None, port: int | None = None, container: str | None = None) -> dict:
     """The serving container; a canary run passes its own weights copy, port and container name."""
     gpu = site.gpu and container is None
+    serving = site.raw.get("serving", {}) if container is None else {}  # a canary gets no limits and no hook
     res = run_playbook(config, "model_server.yml", progress=progress, extravars={
+        "model_server_gpu_memory_limit_pct": serving.get("gpu_memory_limit_pct", 0),
+        "model_server_gpu_temperature_limit_c": serving.get("gpu_temperature_limit_c", 0),
+        "model_server_gpu_fault_dir": serving.get("gpu_fault_dir", ""),
         "drtool_targets": host.name, "model_server_action": "deploy", "model_server_model": model.name,
         "model_server_container": container or f"drtool-{model.name}",
         "model_server_image_ref": entry.image.at(site.registry_url),
