@@ -687,7 +687,8 @@ def dns_restore(app: App, site, index, model, dry_run):
               help="Consecutive failures before the alert path (default watch.failures).")
 @click.option("--interval", type=click.FloatRange(min=0.1), help="Seconds between probes (watch.interval_s).")
 @click.option("--exit-on-trigger", is_flag=True, help="Stop once a failover was started or queued for approval.")
-@click.option("--exit-on-recovery", is_flag=True, help="Stop once every instance the ladder restarted serves again.")
+@click.option("--exit-on-recovery", is_flag=True,
+              help="Stop once every instance the ladder restarted serves again, or once it drained one.")
 def watch_cmd(app: App, site, failures, interval, exit_on_trigger, exit_on_recovery):
     """Probe the primary's instances from here and climb the escalation ladder for one that fails N consecutive
     probes: restart it in place (ha.restart_attempts), drain it, and only when the site has no healthy instance

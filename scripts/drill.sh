@@ -4,7 +4,7 @@
 #   2. production as an operator sets it up: image built offline and pushed to both registries, weights
 #      snapshotted on the serving host and copied to the DR store, the version registered (canary computed by
 #      running the image) and promoted, the primary brought to it;
-#   3. the game day: `drtool drill --scenario primary-down`. prod-west's serving host goes down; Prometheus
+#   3. the game day: `drtool drill --scenario primary-down`. prod-west's serving hosts go down; Prometheus
 #      notices, Alertmanager posts to `drtool serve`, the failover brings the model back at dr-east behind the
 #      drill record (verified before DNS moves), Locust loads it; then cleanup fails back and compares
 #      production with what it was before.
@@ -32,9 +32,11 @@ $DRTOOL --json image build --model $MODEL --version "$VERSION" --push >"$DRILL_D
 IMAGE=$(json 'd["pushed"]["10.77.0.10:5000"]' <"$DRILL_DIR/image.json")
 echo "image: $IMAGE"
 
-say "2. Production: weights on pw-gpu1, snapshotted there and copied to dr-east"
-"$PY" -m drtool.model.demo write "$LAB/hosts/pw-gpu1/srv/models/$MODEL" --size-mb 40 --model $MODEL \
-  --version "$VERSION" --overwrite >/dev/null
+say "2. Production: weights on pw-gpu1 and pw-gpu2, snapshotted there and copied to dr-east"
+for host in pw-gpu1 pw-gpu2; do
+  "$PY" -m drtool.model.demo write "$LAB/hosts/$host/srv/models/$MODEL" --size-mb 40 --model $MODEL \
+    --version "$VERSION" --overwrite >/dev/null
+done
 $DRTOOL --json backup >"$DRILL_DIR/backup.json"
 SNAPSHOT=$(json 'd["snapshots"][0]["id"]' <"$DRILL_DIR/backup.json")
 echo "snapshot: $SNAPSHOT"
@@ -42,7 +44,7 @@ echo "snapshot: $SNAPSHOT"
 say "2. Production: register (canary), promote, serve on the primary"
 $DRTOOL registry register --model $MODEL --version "$VERSION" --snapshot "$SNAPSHOT" --image "$IMAGE"
 $DRTOOL registry promote $MODEL "$VERSION" --reason "make drill"
-$DRTOOL failback --site prod-west --yes >/dev/null   # brings the primary to the production version
+$DRTOOL failback --site prod-west --yes >/dev/null   # both GPU hosts at the production version, Nginx in front
 $DRTOOL registry verify --site dr-east
 
 say "3. Game day: the primary-down drill (Prometheus -> Alertmanager -> drtool serve -> failover), then cleanup"

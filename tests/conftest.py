@@ -93,22 +93,26 @@ def cli_json(*args: str, env: dict | None = None) -> dict:
 
 MODEL = "asr-demo"
 PROD_VERSION = "1.0.0"
+FRONT = "10.77.0.13"                 # pw-lb: prod-west's Nginx, where the production record points
+PW_HOSTS = ("pw-gpu1", "pw-gpu2")    # prod-west's two GPU hosts behind it
 
 
 @pytest.fixture(scope="session")
 def production(lab, lab_config):
     """The lab serving a real production version, built and registered the way an operator would:
-    image built offline and pushed to both registries, weights snapshotted on prod-west and replicated to
-    dr-east, the version registered (its canary computed by running the image) and promoted, and the
-    container running on pw-gpu1, pulled by digest and checked against the registry."""
-    from drtool.actions import deploy
+    image built offline and pushed to both registries, weights on both prod-west GPU hosts, snapshotted there and
+    replicated to dr-east, the version registered (its canary computed by running the image) and promoted, and
+    `drtool failback --site prod-west` bringing both instances and their Nginx (pw-lb) up, each checked against
+    the registry, with the record at the Nginx."""
     from drtool.actions.registry import site_registry
     from drtool.model.demo import write_demo_weights
 
     image = cli_json("image", "build", "--model", MODEL, "--version", PROD_VERSION, "--push")
-    weights = lab.state_dir / "hosts" / "pw-gpu1" / "srv" / "models" / MODEL
-    write_demo_weights(weights, size_mb=20, seed=0, model=MODEL, version=PROD_VERSION, overwrite=True)
     prod, dr = lab_config.site("prod-west"), lab_config.site("dr-east")
+    for h in prod.hosts:
+        write_demo_weights(lab.state_dir / "hosts" / h.name / "srv" / "models" / MODEL, size_mb=20, seed=0,
+                           model=MODEL, version=PROD_VERSION, overwrite=True)
+    weights = lab.state_dir / "hosts" / "pw-gpu1" / "srv" / "models" / MODEL
     snap = cli_json("snapshot", "create", str(weights), "--store", prod.object_stores[0].url, "--model", MODEL,
                     "--version", PROD_VERSION)
     cli_json("snapshot", "replicate", snap["id"], "--from", prod.object_stores[0].url,
@@ -117,13 +121,16 @@ def production(lab, lab_config):
              "--image", image["pushed"][prod.registry_url])
     cli_json("registry", "promote", MODEL, PROD_VERSION, "--reason", "lab production")
     entry = site_registry(lab_config, prod).require_version(MODEL, PROD_VERSION)
-    host, model = prod.hosts[0], lab_config.model(MODEL)
-    deploy.pull(lab_config, prod, host, entry)
-    deploy.restore(lab_config, prod, host, model, entry)  # over its own source: same bytes, plus the manifest
-    deploy.start(lab_config, prod, host, model, entry)
-    deploy.wait(prod, host)
-    deploy.check(prod, host, entry)
+    back = cli_json("failback", "--site", "prod-west", "--yes")
+    assert back["status"] == "done", back
+    assert dig() == FRONT
     return {"image": image, "snapshot": snap, "entry": entry, "weights": weights}
+
+
+def power_off_primary(lab) -> None:
+    """prod-west down: both GPU hosts off (with one left, its Nginx keeps the site serving)."""
+    for h in PW_HOSTS:
+        lab.power_off(h)
 
 
 def dig(name: str = "model.drlab.test") -> str:
@@ -145,14 +152,15 @@ def back_to_production(lab, production):
     yield
     for h in ("de-gpu1", "de-gpu2"):
         lab.break_engine(h, False)
-    lab.set_link("pw-gpu1", True)
-    lab.power_on("pw-gpu1")
+    for h in (*PW_HOSTS, "pw-lb"):
+        lab.set_link(h, True)
+        lab.power_on(h)
     proc = run_cli("failback", "--site", "prod-west", "--yes")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for h in ("de-gpu1", "de-gpu2"):  # failback cools only standbys it finds on; make sure
         if lab.is_powered(h):
             lab.power_off(h)
-    assert dig() == "10.77.0.11"
+    assert dig() == FRONT
 
 
 def wait_for(predicate, timeout: float = 60, what: str = "condition", poll: float = 0.02):

@@ -26,7 +26,7 @@ def ssh(lab, command: str) -> subprocess.CompletedProcess:
 def test_dry_run_names_what_would_happen_and_does_nothing(lab_config, production):
     before = cli_json("snapshot", "list", "--store", lab_config.site("prod-west").object_stores[0].url)
     plan = cli_json("backup", "--dry-run")
-    assert plan["dry_run"] and plan["hosts"] == ["pw-gpu1"] and plan["models"][0]["name"] == MODEL
+    assert plan["dry_run"] and plan["hosts"] == ["pw-gpu1", "pw-gpu2"] and plan["models"][0]["name"] == MODEL
     assert plan["replicate_to"] == [lab_config.site("dr-east").object_stores[0].url]
     after = cli_json("snapshot", "list", "--store", lab_config.site("prod-west").object_stores[0].url)
     assert len(after["snapshots"]) == len(before["snapshots"])
@@ -34,17 +34,20 @@ def test_dry_run_names_what_would_happen_and_does_nothing(lab_config, production
 
 def test_backup_snapshots_on_the_host_and_copies_to_dr(lab_config, production):
     res = cli_json("backup")
-    (snap,) = res["snapshots"]
-    assert snap["host"] == "pw-gpu1" and snap["model"] == MODEL and snap["files"] >= 2
-    assert snap["bytes_uploaded"] == 0  # same weights as the production snapshot: every blob deduplicated
-    # Labelled with the registry's production version, which the weights' own config.json confirmed on the host.
-    assert snap["version"] == PROD_VERSION and snap["version_from"] == "config.json"
-    (copy,) = res["copies"]
-    assert copy["to"] == lab_config.site("dr-east").object_stores[0].url and copy["verify"] == "sample"
-    listed = cli_json("snapshot", "list", "--store", copy["to"])
-    assert snap["id"] in {s["id"] for s in listed["snapshots"]}
-    shown = cli_json("snapshot", "show", snap["id"], "--store", copy["to"])
-    assert shown["manifest"]["source_host"] == "pw-gpu1"
+    by_host = {s["host"]: s for s in res["snapshots"]}
+    assert sorted(by_host) == ["pw-gpu1", "pw-gpu2"]  # each GPU host's own weights, each its own snapshot
+    for snap in by_host.values():
+        assert snap["model"] == MODEL and snap["files"] >= 2
+        assert snap["bytes_uploaded"] == 0  # same weights as the production snapshot: every blob deduplicated
+        # Labelled with the registry's production version, which the weights' own config.json confirmed there.
+        assert snap["version"] == PROD_VERSION and snap["version_from"] == "config.json"
+    dr_url = lab_config.site("dr-east").object_stores[0].url
+    assert {c["snapshot"] for c in res["copies"]} == {s["id"] for s in by_host.values()}
+    assert all(c["to"] == dr_url and c["verify"] == "sample" for c in res["copies"])
+    listed = {s["id"] for s in cli_json("snapshot", "list", "--store", dr_url)["snapshots"]}
+    for host, snap in by_host.items():
+        assert snap["id"] in listed
+        assert cli_json("snapshot", "show", snap["id"], "--store", dr_url)["manifest"]["source_host"] == host
 
 
 def test_nightly_job_installs_runs_with_lock_and_metrics_and_uninstalls(lab, lab_config, production):

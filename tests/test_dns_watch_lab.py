@@ -14,7 +14,7 @@ from drtool.actions import watch
 from drtool.config import load_config
 from drtool.output import Output
 
-from .conftest import cli_json, dig, run_cli
+from .conftest import cli_json, dig, power_off_primary, run_cli
 from .test_failover_lab import PRIMARY, STANDBY1
 
 pytestmark = pytest.mark.lab
@@ -37,12 +37,12 @@ def test_prepare_lowers_ttl_then_restore_puts_it_back(lab, production, state):
     shown = cli_json("dns", "show", "--site", "dr-east")
     assert shown["saved"][0]["addresses"] == [PRIMARY] and shown["saved"][0]["ttl"] == ttl
     restored = cli_json("dns", "restore", "--site", "dr-east")
-    assert restored["changed"] and restored["serving"][PRIMARY]["host"] == "pw-gpu1"
+    assert restored["changed"] and restored["serving"][PRIMARY]["host"] == "pw-lb"
     assert dig_ttl() == (PRIMARY, ttl)
 
 
 def test_failover_saves_the_record_and_restore_refuses_a_dead_target(lab, production, state, back_to_production):
-    lab.power_off("pw-gpu1")
+    power_off_primary(lab)
     report = cli_json("failover", "--site", "dr-east", "--yes", "--reason", "test: record saved")
     flip = next(s for s in report["steps"] if s["name"] == "flip_dns")
     assert flip["evidence"]["previous_saved"].startswith("dns/model.drlab.test/")
@@ -53,7 +53,7 @@ def test_failover_saves_the_record_and_restore_refuses_a_dead_target(lab, produc
     proc = run_cli("--json", "dns", "restore", "--site", "dr-east")
     assert proc.returncode == 3, proc.stdout + proc.stderr
     err = json.loads(proc.stdout)
-    assert "pw-gpu1" in err["message"] and "no site would be serving" in err["hint"]
+    assert "pw-lb" in err["message"] and "no site would be serving" in err["hint"]  # its Nginx, both GPUs dead
     assert dig() == STANDBY1
 
 
@@ -67,7 +67,7 @@ def test_watch_decides_once_on_a_dead_primary(lab, lab_config, production, state
     healthy = watch.run(cfg, out, "prod-west", failures=2, interval=0.2, exit_on_trigger=True, max_probes=4)
     assert healthy["decisions"] == [] and healthy["failing_streak"] == 0
 
-    lab.power_off("pw-gpu1")
+    power_off_primary(lab)
     first = cli_json("--config", str(cfg_path), "watch", "--site", "prod-west", "--failures", "3",
                      "--interval", "0.3", "--exit-on-trigger")
     assert [d["action"] for d in first["decisions"]] == ["awaiting_approval"]

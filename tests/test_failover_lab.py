@@ -12,10 +12,10 @@ import yaml
 from drtool.execute.serving import base_url, predict
 from drtool.model_registry.entries import compare_output
 
-from .conftest import MODEL, cli_json, dig, run_cli
+from .conftest import FRONT, MODEL, cli_json, dig, run_cli
 
 pytestmark = pytest.mark.lab
-PRIMARY, STANDBY1, STANDBY2 = "10.77.0.11", "10.77.0.21", "10.77.0.22"
+PRIMARY, STANDBY1, STANDBY2 = FRONT, "10.77.0.21", "10.77.0.22"  # PRIMARY: prod-west's Nginx
 
 
 def serves_canary(address: str, entry) -> bool:

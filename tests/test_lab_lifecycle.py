@@ -19,7 +19,7 @@ pytestmark = pytest.mark.lab
 
 STANDBY_PARTS = {"de-gpu1", "engine@de-gpu1", "de-gpu2", "engine@de-gpu2"}
 ALL_PARTS = {"network", "dns", "registry@prod-west", "s3@prod-west", "registry@dr-east", "s3@dr-east",
-             "pw-gpu1", "engine@pw-gpu1"} | STANDBY_PARTS
+             "pw-gpu1", "engine@pw-gpu1", "pw-gpu2", "engine@pw-gpu2", "pw-lb", "engine@pw-lb"} | STANDBY_PARTS
 
 
 def _parts(lab) -> dict:

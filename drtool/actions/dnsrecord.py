@@ -91,10 +91,13 @@ def prepare(config: Config, out: Output, site_name: str, ttl: int | None, dry_ru
 
 
 def _host_at(config: Config, address: str) -> tuple[Site, Host] | None:
+    """The serving host, or the site's Nginx (checked through it, as clients reach it), at `address`."""
     for s in config.sites.values():
         for h in s.hosts:
             if h.address == address:
                 return s, h
+        if s.proxy and s.proxy.address == address:
+            return s, Host(name=s.proxy.name, address=s.proxy.address, site=s.name, port=s.proxy.port)
     return None
 
 

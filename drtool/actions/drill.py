@@ -13,9 +13,10 @@ import time
 import uuid
 from pathlib import Path
 
+import requests
 import yaml
 
-from drtool.actions import deploy, failover
+from drtool.actions import deploy, failover, proxy
 from drtool.actions.registry import site_registry
 from drtool.config import Config, Model, load_config
 from drtool.drill import faults
@@ -31,10 +32,11 @@ from drtool.paths import state_dir
 from drtool.snapshot.stores import open_store
 
 SCENARIOS = ("primary-down", "region-partition", "corrupt-latest-snapshot", "standby-boot-failure",
-             "registry-mismatch", "process-crash")
+             "registry-mismatch", "process-crash", "gpu-degraded")
 DETECTED = ("primary-down", "region-partition")   # outages: detected through Prometheus -> Alertmanager -> serve
-IN_SITE = ("process-crash",)   # cured at the primary site by the escalation ladder (drtool watch): no failover
+IN_SITE = ("process-crash", "gpu-degraded")  # cured at the primary site by the escalation ladder: no failover
 LADDER_PROBE_S = 0.5
+UNDER_LOAD_FACTOR = 60  # gpu-degraded: drill.load.requests x this, so the load outlasts detection and the drain
 DRILLS = "drills"
 FAILOVER_TIMEOUT_S = 900
 
@@ -101,7 +103,7 @@ class Drill:
     def steady(self) -> dict:
         """The primary serves the production version (the snapshot it serves is one of that version, checked by
         the server against its manifest) and computes the registered canary output."""
-        host = self.primary.hosts[0]
+        host = proxy.front(self.primary) if self.primary.proxy else self.primary.hosts[0]  # as clients reach it
         return deploy.check(self.primary, host, failover.served_entry(self.primary, host, self.production_entry()))
 
     # -- the drill's own configuration ------------------------------------------------------------------------
@@ -164,18 +166,25 @@ class Drill:
             cfg_path = self.drill_config(name, chain)
             drill_cfg = load_config(cfg_path)
             if not self.live:
-                dns_for(self.dr.dns).replace_a([self.primary.hosts[0].address], self.dr.dns.ttl, record=self.record)
+                dns_for(self.dr.dns).replace_a([self.primary.front_address], self.dr.dns.ttl, record=self.record)
             if chain is not None:
                 chain.start(cfg_path)
                 chain.wait_scraped_up()
             sc.step("steady_state", "Steady state: the primary serves the canary; drill record and alert chain ready",
                     t0, now(), evidence={"production_before": before, "record": self.record})
-            fault, fault_at = self.inject(name, entry), now()
-            sc.doc["fault"], sc.doc["fault_at"] = fault.description, fault_at
-            sc.step("fault", f"Fault: {fault.description}", fault_at, now())
-            if name in IN_SITE:
+            load = self.background_load(sc, entry) if name == "gpu-degraded" else None
+            try:
+                fault, fault_at = self.inject(name, entry), now()
+                sc.doc["fault"], sc.doc["fault_at"] = fault.description, fault_at
+                sc.step("fault", f"Fault: {fault.description}", fault_at, now())
+                if name == "gpu-degraded":
+                    self.drain_ladder(sc, drill_cfg, fault, fault_at)
+            finally:
+                if load is not None:
+                    self.finish_load(sc, load)
+            if name == "process-crash":
                 self.ladder(sc, drill_cfg, fault_at)
-            else:
+            elif name not in IN_SITE:
                 fo = self.failover(sc, name, chain, drill_cfg, fault_at)
                 self.expect(sc, name, fo, fault, drill_cfg, entry)
         except (DrtoolError, OSError) as exc:
@@ -201,6 +210,8 @@ class Drill:
             return faults.corrupt_latest_snapshot(self.config, self.dr, self.model.name, entry.version)
         if name == "process-crash":
             return faults.process_crash(self.config, self.primary, f"drtool-{self.model.name}")
+        if name == "gpu-degraded":
+            return faults.gpu_degraded(self.config, self.primary)
         return faults.registry_mismatch(self.config, self.dr, entry.image.repository)
 
     def failover(self, sc: ScenarioRun, name: str, chain: AlertChain | None, cfg: Config, fault_at: float) -> dict:
@@ -284,6 +295,108 @@ class Drill:
             sc.check("rto_within_target", sc.doc["rto_s"] <= t.rto_target_s,
                      f"RTO {sc.doc['rto_s']:.1f}s (fault to serving again), target {t.rto_target_s:.0f}s")
 
+    def background_load(self, sc: ScenarioRun, entry) -> dict:
+        """Locust on /predict through the drill record (the site's Nginx) for the whole switch, started before the
+        fault; returns once the primary upstream has answered some of it."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from drtool.drill.capacity import run_load
+        from drtool.model.demo import demo_inputs
+
+        settings = self.config.drill.load
+        url = base_url(dns_for(self.dr.dns).read_a(self.record).addresses[0], self.primary.serving_port)
+        first = self.primary.hosts[0]
+        counted = self.requests_served(first)
+        inputs = [{"inputs": demo_inputs(frames=20, seed=s)} for s in range(1, 9)]
+        slo = {**settings.slo, "error_rate": 0.0}   # a drain must not drop a single request
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drill-load")
+        t0 = now()
+        future = pool.submit(run_load, url, requests_total=settings.requests * UNDER_LOAD_FACTOR,
+                             concurrency=settings.concurrency, inputs=inputs,
+                             canary={"input": entry.canary.input, "expected": entry.canary.expected,
+                                     "tolerance": entry.canary.tolerance},
+                             slo=slo, timeout_s=240, workdir=self.dir / "work" / sc.doc["scenario"] / "load")
+        deadline = time.monotonic() + 60
+        while not future.done() and self.requests_served(first) <= counted + settings.concurrency:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        return {"future": future, "pool": pool, "url": url, "started": t0, "flowing_at": now(),
+                "requests": settings.requests * UNDER_LOAD_FACTOR, "concurrency": settings.concurrency}
+
+    def requests_served(self, host) -> float:
+        """The model server's own count of /predict requests it answered (its /metrics), -1 when unreadable."""
+        try:
+            text = requests.get(base_url(host.address, self.primary.serving_port) + "/metrics", timeout=3).text
+        except requests.RequestException:
+            return -1.0
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("drtool_model_server_requests_total{") and 'endpoint="/predict"' in line)
+
+    def finish_load(self, sc: ScenarioRun, load: dict) -> None:
+        try:
+            result = load["future"].result()
+        except DrtoolError as exc:
+            result = {"passed": False, "reasons": [exc.message]}
+        finally:
+            load["pool"].shutdown(wait=True)
+        ended = now()
+        sc.doc["load"] = result
+        keys = ("requests", "rps", "p50_ms", "p95_ms", "p99_ms", "error_rate", "canary_mismatches")
+        sc.step("load", f"Load through the record during the switch: {load['requests']} requests, "
+                f"{load['concurrency']} concurrent (Locust)", load["started"], ended,
+                "done" if result.get("passed") else "failed", {k: result.get(k) for k in keys})
+        sc.check("zero_errors_and_p95_within_slo_under_load", bool(result.get("passed")),
+                 {k: result.get(k) for k in keys}, "; ".join(result.get("reasons") or []) or None)
+        drained_at = sc.doc.get("drained_at")
+        sc.check("load_spanned_the_switch", load["flowing_at"] <= sc.doc.get("fault_at", 0) and drained_at is not None
+                 and ended > drained_at, {"load_flowing_at": load["flowing_at"], "fault_at": sc.doc.get("fault_at"),
+                                          "drained_at": drained_at, "load_ended": ended},
+                 "the load must be flowing before the fault and still running after the drain")
+
+    def drain_ladder(self, sc: ScenarioRun, cfg: Config, fault, fault_at: float) -> None:
+        """gpu-degraded: `drtool watch` (the ladder, with the drill's configuration) sees the primary upstream
+        degraded and drains it from the site's Nginx, so the site's other GPU serves; no restart (a restart does
+        not cool a GPU), no failover, no DNS change. Cleanup clears the fault and undrains it."""
+        from drtool.actions import watch
+
+        instance = fault.info["instance"]
+        record_before = dns_for(self.dr.dns).read_a(self.record).addresses
+        res = watch.run(cfg, self.out, self.primary.name, failures=2, interval=LADDER_PROBE_S, exit_on_trigger=True,
+                        max_probes=int(120 / LADDER_PROBE_S), exit_on_recovery=True)
+        summary = res["ladder"]
+        sc.doc["ladder"] = summary
+        taken = [r for r in summary["instances"].get(instance, {}).get("rungs", []) if r["kind"] != "none"]
+        drain = next((r for r in taken if r["kind"] == "drain" and r["outcome"] == "ok"), None)
+        if drain is not None:
+            sc.step("detect", f"Detection: drtool watch, {instance} degraded for 2 probes {LADDER_PROBE_S:g}s apart",
+                    fault_at, drain["decided_at"], evidence={"reason": drain["reason"]})
+            sc.step("drain", f"Ladder rung 2: drain {instance} from {self.primary.proxy.name} (Nginx reload)",
+                    drain["decided_at"], drain["outcome_at"], evidence={"policy": drain["policy"]})
+            sc.doc["drained_at"] = drain["outcome_at"]
+            sc.doc["rto_s"] = round(drain["outcome_at"] - fault_at, 3)   # fault to drained: the in-site switch
+            sc.doc["split"].update(detection=round(drain["decided_at"] - fault_at, 3),
+                                   drain=round(drain["outcome_at"] - drain["decided_at"], 3))
+
+            def undrain() -> str:
+                deploy.wait(self.primary, next(h for h in self.primary.hosts if h.name == instance), timeout=120)
+                proxy.undrain(self.config, self.primary, instance)
+                return f"{instance} ready again and undrained at {self.primary.proxy.name}"
+
+            fault.undo_actions.insert(0, (f"undrain {instance} once it reports ready", undrain))
+        sc.check("drained_not_restarted", drain is not None and [r["kind"] for r in taken] == ["drain"], taken,
+                 "a degraded GPU is drained straight away: restarting the container does not cool it")
+        sc.check("other_instance_serves", any(h.name != instance for h in self.primary.hosts)
+                 and res["failing_streak"] == 0, {"failing_streak": res["failing_streak"]})
+        sc.check("no_failover", res["decisions"] == [], res["decisions"],
+                 "an in-site fault must be cured in the site: no cross-site failover")
+        record_after = dns_for(self.dr.dns).read_a(self.record).addresses
+        sc.check("dns_unchanged", record_after == record_before == [self.primary.front_address],
+                 {"before": record_before, "after": record_after})
+        if sc.doc["rto_s"] is not None:
+            sc.check("drained_within_target", sc.doc["rto_s"] <= self.config.drill.rto_target_s,
+                     f"fault to drained {sc.doc['rto_s']:.1f}s, target {self.config.drill.rto_target_s:.0f}s")
+
     def wait_report(self, run_id: str) -> dict:
         path = state_dir() / failover.RUNS / f"{run_id}.report.json"
         deadline = time.monotonic() + FAILOVER_TIMEOUT_S
@@ -304,7 +417,7 @@ class Drill:
                      fo["error"], "the DR registry lacks the production image: the failover must stop")
             sc.check("refused_in_preflight_naming_the_image", pre["status"] == "failed"
                      and entry.image.digest.split(":")[-1][:12] in (pre["error"] or ""), pre["error"])
-            sc.check("no_dns_flip", record_now == [self.primary.hosts[0].address],
+            sc.check("no_dns_flip", record_now == [self.primary.front_address],
                      {"record": self.record, "answer": record_now})
             return
         if name == "corrupt-latest-snapshot":
@@ -316,7 +429,7 @@ class Drill:
             if not can_fall_back:
                 sc.check("failover_refused_exit_3", fo["error"] is not None and fo["error"]["exit_code"] == 3,
                          fo["error"], "no snapshot of the production version verifies: nothing may be served")
-                sc.check("no_dns_flip", record_now == [self.primary.hosts[0].address],
+                sc.check("no_dns_flip", record_now == [self.primary.front_address],
                          {"record": self.record, "answer": record_now})
                 return
             fell_back = done and snap.get("restored") not in (None, fault.info["newest"])

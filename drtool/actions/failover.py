@@ -130,6 +130,17 @@ class Failover:
     def host(self) -> Host:
         return next(h for h in self.site.hosts if h.name == self.ctx["host"])
 
+    def target_address(self) -> str:
+        """Where the record points once this run is verified: the standby it brought up."""
+        return self.host().address
+
+    def verified_for_dns(self) -> bool:
+        """Never point DNS at an unverified target: the steps that prove the target must all be done."""
+        return self.journal.record("verify").status == DONE
+
+    def already_serving_check(self) -> bool:
+        return True
+
     # -- steps --------------------------------------------------------------------------------------
     def preflight(self, _ctx) -> dict:
         record = self.dns.read_a()
@@ -146,7 +157,7 @@ class Failover:
             self.ctx["snapshot_id"] = self.ctx["snapshot_candidates"][0]["id"]
         pool = {h.address: h for h in self.site.hosts}
         serving = [pool[a] for a in record.addresses if a in pool]
-        if serving and not self.ctx.get("host"):
+        if serving and not self.ctx.get("host") and self.already_serving_check():
             try:
                 deploy.check(self.site, serving[0], self.entry())  # with the snapshot chosen above
             except DrtoolError:
@@ -243,9 +254,9 @@ class Failover:
         return {"primary": self.primary.name, "fenced": fenced}
 
     def flip_dns(self, _ctx) -> dict:
-        if self.journal.record("verify").status != DONE:  # never point DNS at an unverified target
-            raise VerificationError("refusing to flip DNS: the standby has not passed verify")
-        target = self.host().address
+        if not self.verified_for_dns():  # never point DNS at an unverified target
+            raise VerificationError("refusing to flip DNS: the target has not passed verify")
+        target = self.target_address()
         before = self.dns.read_a()
         if before.addresses == [target]:
             return {"record": self.site.dns.record, "before": before.addresses, "after": [target], "changed": False}
@@ -255,7 +266,7 @@ class Failover:
                 "previous_saved": saved}
 
     def confirm_dns(self, _ctx) -> dict:
-        target = self.host().address
+        target = self.target_address()
         deadline = time.monotonic() + 30
         while True:
             got = self.dns.read_a()
@@ -356,6 +367,9 @@ class Failback(Failover):
             by_name["lease"],
             Step("provision", "The primary host answers SSH and its engine", self.provision),
             by_name["pull_image"], by_name["restore"], by_name["start"], by_name["wait_ready"], by_name["verify"],
+            *([Step("instances", "Bring the site's other serving hosts back, each verified", self.other_instances),
+               Step("proxy", "Deploy the site's Nginx over the verified instances; verify through it",
+                    self.deploy_proxy)] if self.site.proxy else []),
             by_name["flip_dns"], by_name["confirm_dns"],
             Step("cool_standby", "Stop the standby's container, remove its weights, power it off", self.cool_standby),
         ]
@@ -382,6 +396,55 @@ class Failback(Failover):
         self.ctx["primary_ok"] = served is not None
         return {"host": host.name, "address": host.address, "already_serving": self.ctx["primary_ok"],
                 "container_running": running, "waited_for_ready_s": waited}
+
+    def target_address(self) -> str:
+        return self.site.front_address
+
+    def verified_for_dns(self) -> bool:
+        return super().verified_for_dns() and (self.site.proxy is None
+                                               or self.journal.record("proxy").status == DONE)
+
+    def already_serving_check(self) -> bool:
+        # Behind a proxy, the record at the proxy says nothing about each instance: every step runs (each keeps an
+        # instance that already serves correctly) and the flip is a no-op when the record is already right.
+        return self.site.proxy is None
+
+    def other_instances(self, _ctx) -> dict:
+        """Each further serving host of the site: kept when it already serves the production version correctly,
+        else brought up like the first one (pull by digest, restore verified weights, start, ready, check). One
+        that fails is reported and left drained at the proxy; the site serves through the verified ones."""
+        done, failed = {}, {}
+        for host in self.site.hosts[1:]:
+            t0 = time.monotonic()
+            try:
+                if self._serving(host) is not None:
+                    done[host.name] = {"kept": "already serves the production version correctly"}
+                    continue
+                run_playbook(self.config, "status.yml", extravars={"drtool_targets": host.name})
+                entry = self.entry()
+                deploy.pull(self.config, self.site, host, entry)
+                deploy.restore(self.config, self.site, host, self.model, entry)
+                deploy.start(self.config, self.site, host, self.model, entry)
+                deploy.wait(self.site, host, timeout=self.config.failover.primary_ready_wait_s)
+                done[host.name] = {**deploy.check(self.site, host, entry), "snapshot_id": entry.snapshot_id,
+                                   "seconds": round(time.monotonic() - t0, 3)}
+            except DrtoolError as exc:
+                failed[host.name] = exc.message
+                self.out.step(f"{host.name} did not come back: {exc.message}; it stays drained at the proxy")
+        self.ctx["instances_failed"] = sorted(failed)
+        return {"instances": done, "failed": failed}
+
+    def deploy_proxy(self, _ctx) -> dict:
+        from drtool.actions import proxy
+
+        drained = self.ctx.get("instances_failed", [])
+        deployed = proxy.deploy(self.config, self.site, drained=drained)
+        front = proxy.front(self.site)
+        deploy.wait(self.site, front, timeout=60)
+        checked = deploy.check(self.site, front, served_entry(self.site, front, self.entry()))
+        return {"proxy": front.name, "address": front.address, "drained": drained,
+                "config_changed": deployed.get("config_changed"), "started": deployed.get("started"),
+                "reloaded": deployed.get("reloaded"), "through_proxy": checked}
 
     def _serving(self, host: Host) -> dict | None:
         """deploy.check's evidence when the host serves the production version correctly, else None."""

@@ -1,6 +1,7 @@
 """drtool watch: probe the primary's serving instances from the DR side and climb the escalation ladder
 (drtool/ha/ladder.py, docs/failover.md) for an instance that stays down or degraded for N consecutive probes:
-(1) restart its container in place, (2) drain it from the site's Nginx (not wired yet: one instance per site here),
+(1) restart its container in place, (2) drain it from the site's Nginx (sites with a `proxy`) so the site's other
+GPU serves, and undrain it once it reports healthy again,
 (3) only when the site has no healthy instance left, hand an alert to the same DecisionBook `drtool serve` uses
 (firing time, cooldown, policy, exactly once), so a watch and an Alertmanager never start two failovers for one
 outage. Every rung decided and its outcome go to the ladder's journal."""
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from drtool.actions import deploy
+from drtool.actions import deploy, proxy
 from drtool.actions.failover import pick_model
 from drtool.actions.serve import subprocess_launcher
 from drtool.alerts.decisions import AWAITING, STARTED, Alert, DecisionBook
@@ -84,7 +85,8 @@ def run(config: Config, out: Output, site_name: str, failures: int | None, inter
     fingerprint = hashlib.sha256(f"drtool-watch:{site.name}".encode()).hexdigest()[:16]
     streaks = {h.name: 0 for h in site.hosts}
     ladder, restarted_at = LadderState(), {}
-    first_failure, probes, decisions, recoveries = None, 0, [], []
+    first_failure, probes, decisions, recoveries, drains = None, 0, [], [], []
+    problem_since: dict[str, float] = {}   # each host's first failed probe of its current streak
     out.info(f"watching {site.name}'s {site.health_path} on port {site.serving_port} every {every:g}s; "
              f"{need} consecutive failures of a host climb the ladder (restart {settings.policy.restart}, "
              f"drain {settings.policy.drain}, failover {settings.policy.failover}: alert policy "
@@ -95,6 +97,10 @@ def run(config: Config, out: Output, site_name: str, failures: int | None, inter
         found = probe(site, config.watch.timeout_s)
         for h, problem in found.items():
             streaks[h] = 0 if problem is None else streaks[h] + 1
+            if problem is None:
+                problem_since.pop(h, None)
+            else:
+                problem_since.setdefault(h, t)
             if problem is None and h in restarted_at:
                 since = restarted_at.pop(h)
                 recoveries.append({"instance": h, "rung": "restart", "ready_after_s": round(t - since, 3)})
@@ -127,8 +133,22 @@ def run(config: Config, out: Output, site_name: str, failures: int | None, inter
             elif action.kind == "wait_approval":
                 out.info(f"ladder: {action.awaits} of {action.instance or action.site} awaits approval "
                          f"({action.reason})")
-            elif action.kind in ("drain", "undrain") and event:
-                journal.record_outcome(event, "failed", time.time(), "no serving proxy is wired for this site")
+            elif action.kind in ("drain", "undrain"):
+                verb = "draining" if action.kind == "drain" else "undraining"
+                out.info(f"ladder: {verb} {action.instance} at {site.name}'s Nginx ({action.reason})")
+                try:
+                    (proxy.drain if action.kind == "drain" else proxy.undrain)(config, site, action.instance)
+                except DrtoolError as exc:  # not applied: the ladder decides it again at the next probe
+                    journal.record_outcome(event, "failed", time.time(), exc.message)
+                    out.info(f"ladder: {action.kind} of {action.instance} failed: {exc.message}")
+                else:
+                    done_at = time.time()
+                    journal.record_outcome(event, "ok", done_at)
+                    ladder = apply(ladder, action, t, settings)
+                    if action.kind == "drain":
+                        since = problem_since.get(action.instance, t)
+                        drains.append({"instance": action.instance, "rung": "drain", "reason": action.reason,
+                                       "drained_at": done_at, "after_first_failure_s": round(done_at - since, 3)})
             elif action.kind == "failover":
                 alert = Alert(fingerprint=fingerprint, status="firing", name=ALERT_NAME, site=site.name,
                               starts_at=first_failure or t, labels={"alertname": ALERT_NAME, "site": site.name,
@@ -141,8 +161,8 @@ def run(config: Config, out: Output, site_name: str, failures: int | None, inter
                             journal.record_outcome(event, d["action"], time.time(), d.get("run_id"))
         if exit_on_trigger and any(d["action"] in (STARTED, AWAITING) for d in decisions):
             break
-        if exit_on_recovery and recoveries and not restarted_at:
+        if exit_on_recovery and (recoveries or drains) and not restarted_at:
             break
         time.sleep(max(0.0, every - (time.time() - t)))
     return {"site": site.name, "probes": probes, "failing_streak": streak, "decisions": decisions,
-            "recoveries": recoveries, "ladder": journal.summary()}
+            "recoveries": recoveries, "drains": drains, "ladder": journal.summary()}

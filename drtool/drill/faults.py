@@ -4,6 +4,7 @@ S3. Every inject records what it changed so that undo puts exactly that back."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +45,14 @@ class Fault:
 
 
 def primary_down(config: Config, primary: Site) -> Fault:
+    """Every serving host of the primary site goes down (with one left, its Nginx would keep the site serving:
+    that is the in-site ladder's case, not a failover's)."""
     lab = lab_for(config, "primary-down")
-    host = primary.hosts[0]
-    fault = Fault("primary-down", f"powered off {host.name} (the primary's serving host)")
-    fault.undo_actions.append((f"power on {host.name}", lambda: lab.power_on(host.name)))
-    lab.power_off(host.name)
+    names = ", ".join(h.name for h in primary.hosts)
+    fault = Fault("primary-down", f"powered off {names} (every serving host of {primary.name})")
+    for host in primary.hosts:
+        fault.undo_actions.append((f"power on {host.name}", lambda h=host: lab.power_on(h.name)))
+        lab.power_off(host.name)
     return fault
 
 
@@ -149,4 +153,34 @@ def process_crash(config: Config, primary: Site, container: str) -> Fault:
         raise UsageError(f"process-crash: cannot stop {container} on {host.name}: {exc}") from None
     finally:
         client.close()
+    return fault
+
+
+GPU_FAULT_FILE = "gpu-fault.json"   # the model_server role mounts serving.gpu_fault_dir; the server reads this name
+
+
+def gpu_degraded(config: Config, primary: Site) -> Fault:
+    """The primary upstream's GPU runs hot: the drill hook (serving.gpu_fault_dir, docs/model-server.md) makes its
+    server read 95 °C, above the site's gpu_temperature_limit_c, so /readyz answers 503 "degraded" while /predict
+    keeps answering. Undo deletes the file; the next reading is the real one again."""
+    lab = lab_for(config, "gpu-degraded")
+    serving = primary.raw.get("serving", {})
+    fault_dir, limit = serving.get("gpu_fault_dir"), serving.get("gpu_temperature_limit_c")
+    if not fault_dir or not limit or primary.proxy is None or len(primary.hosts) < 2:
+        raise UsageError(f"gpu-degraded needs two serving hosts behind a proxy at {primary.name}, with "
+                         "serving.gpu_temperature_limit_c and serving.gpu_fault_dir set",
+                         hint="the lab has them (`drtool lab up`); see docs/drills.md")
+    if not Path(fault_dir).is_relative_to("/srv"):
+        raise UsageError(f"gpu-degraded writes the fault through the lab's /srv; serving.gpu_fault_dir is {fault_dir}")
+    host = primary.hosts[0]
+    path = lab.layout.host_srv(host.name) / Path(fault_dir).relative_to("/srv") / GPU_FAULT_FILE
+    reading = {"device": 0, "temperature_c": float(limit) + 10, "memory_used_pct": 50}
+    fault = Fault("gpu-degraded", f"{host.name}'s GPU 0 reads {reading['temperature_c']:g} °C (limit {limit:g} °C; "
+                                  "the model server's GPU fault hook)")
+    fault.info.update(instance=host.name, reading=reading)
+    fault.undo_actions.append((f"clear {host.name}'s GPU fault", lambda: path.unlink(missing_ok=True)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{GPU_FAULT_FILE}.tmp")
+    tmp.write_text(json.dumps(reading))
+    os.replace(tmp, path)   # the server never reads half a file
     return fault

@@ -74,6 +74,7 @@ class HostSpec:
     site: str                  # "prod-west"
     address: str
     powered_at_start: bool     # on at `lab up` (the primary) or off (a cold standby)
+    kind: str = "serving"      # "serving": a model host; "proxy": the site's Nginx in front of its serving hosts
 
     @property
     def netns(self) -> Namespace:
@@ -93,6 +94,10 @@ SITES: dict[str, Site] = {
 
 HOSTS: dict[str, HostSpec] = {
     "pw-gpu1": HostSpec("pw-gpu1", "prod-west", "10.77.0.11", powered_at_start=True),
+    "pw-gpu2": HostSpec("pw-gpu2", "prod-west", "10.77.0.12", powered_at_start=True),
+    # prod-west's Nginx (roles/serving_proxy): the production record points here, with pw-gpu1 as its primary
+    # upstream and pw-gpu2 as its backup. A lab host like the others (sshd and an engine), serving no model.
+    "pw-lb": HostSpec("pw-lb", "prod-west", "10.77.0.13", powered_at_start=True, kind="proxy"),
     "de-gpu1": HostSpec("de-gpu1", "dr-east", "10.77.0.21", powered_at_start=False),
     "de-gpu2": HostSpec("de-gpu2", "dr-east", "10.77.0.22", powered_at_start=False),
 }
@@ -101,7 +106,10 @@ HOSTS: dict[str, HostSpec] = {
 NAMESPACES: tuple[Namespace, ...] = (DNS, *(s.services for s in SITES.values()),
                                      *(h.netns for h in HOSTS.values()))
 
-MODEL_INITIAL_ADDRESS = HOSTS["pw-gpu1"].address
+PROXIES: dict[str, HostSpec] = {h.site: h for h in HOSTS.values() if h.kind == "proxy"}
+SERVING_HOSTS: dict[str, HostSpec] = {n: h for n, h in HOSTS.items() if h.kind == "serving"}
+
+MODEL_INITIAL_ADDRESS = PROXIES["prod-west"].address
 
 
 def namespace_for(name: str) -> Namespace:
