@@ -161,10 +161,12 @@ def test_model_primary_down_reaches_drtool_serve_with_its_site():
 # -- Alertmanager -------------------------------------------------------------------------------------------
 def test_alertmanager_fragment_structure():
     doc = yaml.safe_load(AM.read_text())
-    (route,) = [r for r in doc["route"]["routes"] if r["receiver"] == "drtool"]
-    # drtool serve fails over whatever site an alert names: only ModelPrimaryDown may reach it.
+    route, instances = [r for r in doc["route"]["routes"] if r["receiver"] == "drtool"]
+    # drtool serve fails over whatever site a site-level alert names: only ModelPrimaryDown may reach it so.
     assert route["matchers"] == ['alertname = "ModelPrimaryDown"']
     assert route["group_by"] == ["alertname", "site"]
+    # Alerts about one instance climb its ladder (restart, drain) first; grouped per instance.
+    assert instances["group_by"] == ["alertname", "site", "instance"] and instances["continue"] is True
     (receiver,) = [r for r in doc["receivers"] if r["name"] == "drtool"]
     (hook,) = receiver["webhook_configs"]
     assert hook["url"].endswith("/alerts")
@@ -181,7 +183,11 @@ def test_amtool_check_config_and_routing():
     proc = run(amtool, "check-config", str(AM))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for labels, drtool in ((["alertname=ModelPrimaryDown", "site=prod-west", "severity=page"], True),
-                           (["alertname=ModelServerNotReady", "site=prod-west", "severity=page"], False),
+                           (["alertname=ModelServerNotReady", "site=prod-west", "instance=10.0.1.11:8080",
+                             "severity=page"], True),
+                           (["alertname=ModelGpuTemperatureHigh", "site=prod-west", "instance=10.0.1.11:8080",
+                             "severity=page"], True),
+                           (["alertname=ModelLatencyP95High", "site=prod-west", "severity=page"], False),
                            (["alertname=DrtoolBackupTooOld", "site=prod-west", "severity=ticket"], False)):
         proc = run(amtool, "config", "routes", "test", f"--config.file={AM}", *labels)
         assert proc.returncode == 0, proc.stdout + proc.stderr

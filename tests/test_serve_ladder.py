@@ -249,6 +249,10 @@ def test_receiver_sends_site_alerts_to_the_book_and_instance_alerts_up_the_ladde
         assert [d["action"] for d in out] == [STARTED] and out[0]["alert"] == "ModelPrimaryDown"
         assert len(fakes.launched) == 1 and "ModelPrimaryDown" in fakes.launched[0][2]
         assert fakes.of("restart") == ["pw-gpu2"]
+        # An alert about an instance drtool does not know never reaches the book: no site fails over for it.
+        out = post(alert("ModelGpuTemperatureHigh", instance="10.9.9.9:8080", fingerprint="ff02"))
+        assert [d["action"] for d in out] == ["ignored"] and "10.9.9.9:8080" in out[0]["why"]
+        assert len(fakes.launched) == 1 and fakes.of("drain") == []
     finally:
         srv.shutdown()
         srv.server_close()

@@ -136,9 +136,15 @@ class Handler(BaseHTTPRequestHandler):
             decisions = self.server.book.handle(alerts)
         else:  # site-level alerts go to the book as before; alerts about one instance up its ladder
             mine, rest = ladder.split(alerts)
-            decisions = self.server.book.handle(rest) if rest or not mine else []
+            # An alert about one instance drtool does not know must never fail a whole site over: ignored, said so.
+            stray = [a for a in rest if a.labels.get("instance")]
+            rest = [a for a in rest if not a.labels.get("instance")]
+            decisions = self.server.book.handle(rest) if rest or not (mine or stray) else []
             if mine:
                 decisions += ladder.handle(mine)
+            decisions += [{"alert": a.name, "fingerprint": a.fingerprint, "action": "ignored", "why":
+                           f"instance {a.labels['instance']!r} is not a serving host of a primary site"}
+                          for a in stray]
         for d in decisions:
             if not d.get("duplicate"):
                 log.info("alert %s (%s): %s %s", d["alert"], d["fingerprint"], d["action"], d.get("why", ""))
