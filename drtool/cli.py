@@ -556,13 +556,21 @@ def registry_verify(app: App, site, model, read_data):
 @click.option("--model", help="The model to fail over (default: the only one configured).")
 @click.option("--prepare", is_flag=True, help="Only lower the record's TTL now (dns.prepare_ttl), ahead of a failover.")
 @click.option("--ttl", type=click.IntRange(1, 86400), help="With --prepare: the TTL to set (default dns.prepare_ttl).")
-def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, approve_run, model, prepare, ttl):
+@click.option("--service", "services", metavar="NAME", multiple=True,
+              help="With --dry-run: plan only this service (repeatable; default: every service failing over to SITE).")
+@click.option("--parallel", type=click.IntRange(min=1),
+              help="With --dry-run: services brought up at once per wave (default failover.parallel).")
+def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, approve_run, model, prepare, ttl,
+                 services, parallel):
     """Provision a standby at SITE, restore and verify the production model, then flip DNS to it.
 
     Steps: preflight, lease, provision, pull_image, restore, start, wait_ready, verify, fence_primary,
     flip_dns, confirm_dns; each is journaled, so `--resume RUN` finishes an interrupted run without doing
     anything twice. DNS never points at a standby that has not passed verify. The record a flip replaces is
     saved (`drtool dns show`, `drtool dns restore`).
+
+    With --dry-run it also prints the fleet plan of a region outage (issue #16): which standby takes which
+    service, in which wave, and what it would restore; services that fit nowhere are listed as left.
 
     With --prepare, nothing fails over: the record's TTL is lowered now (addresses unchanged, the old record
     saved) so that resolvers follow a later flip quickly."""
@@ -580,8 +588,26 @@ def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, appro
         raise UsageError("--ttl goes with --prepare")
     from drtool.actions import failover
 
-    result = failover.run(app.config, app.out, site, model, dry_run, yes, resume_run, reason, run_id, approve_run)
-    app.out.result(result, _render_move(result))
+    result = failover.run(app.config, app.out, site, model, dry_run, yes, resume_run, reason, run_id, approve_run,
+                          services=list(services) or None, parallel=parallel)
+    render_move, fleet = _render_move(result), result.get("fleet_plan")
+
+    def render(console):
+        render_move(console)
+        if fleet:
+            console.print(table(
+                f"Fleet plan: {', '.join(fleet['from'])} -> {fleet['site']} ({fleet['waves']} wave(s) of at most "
+                f"{fleet['parallel']}; {fleet['changes']})",
+                ["service", "priority", "standby", "GPUs", "wave", "snapshot", "image digest", "record"],
+                [[r["service"], r["priority"], r["standby"], ",".join(map(str, r["gpus"])), r["wave"],
+                  (r["snapshot"] or "")[:12] or r["problem"],
+                  r["image"].rsplit("@", 1)[-1].removeprefix("sha256:")[:12] if r["image"] else "",
+                  f"{r['record']}:{r['port']}"] for r in fleet["services"]]))
+            if fleet["left"]:
+                console.print(table("Left (no standby can take them)", ["service", "priority", "GPUs", "reason"],
+                                    [[x["service"], x["priority"], x["gpus"], x["reason"]] for x in fleet["left"]]))
+
+    app.out.result(result, render)
 
 
 def _render_move(result: dict):

@@ -31,6 +31,7 @@ class Host:
     port: int = 22
     standby: bool = False
     instance_id: str | None = None
+    gpus: int = 1                # GPU slots (a standby pool's host: how many services it can take, issue #16)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,20 @@ class Model:
 
 
 @dataclass(frozen=True)
+class ServiceSpec:
+    """One served model at a site (`services:`, issue #16): lower `priority` = more important."""
+
+    name: str
+    model: str
+    site: str
+    record: str
+    port: int
+    priority: int = 100
+    gpus: int = 1
+    alias: str = "production"
+
+
+@dataclass(frozen=True)
 class SshSettings:
     user: str = "root"
     private_key_file: str | None = None
@@ -130,6 +145,7 @@ class FailoverSettings:
     fallback_to_older: bool = True    # a snapshot that fails verification: try the next older one of that version
     fence: bool = True                # stop the primary's serving container when it is reachable
     primary_ready_wait_s: float = 90  # failback: how long a primary whose container is running may take to be ready
+    parallel: int = 4                 # a region outage: services brought up at once per wave (issue #16)
 
 
 @dataclass(frozen=True)
@@ -176,6 +192,7 @@ class Config:
     build_engine: str = "unix:///var/run/docker.sock"   # the engine images are built on, seen from here
     build_cache_dir: str = "/var/cache/drtool"
     agent_dir: str | None = None  # `drtool agent install` puts drtool here on the hosts (None: the interpreter's)
+    services: dict[str, ServiceSpec] = field(default_factory=dict)  # `services:`, else one per model at the primary
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     def site(self, name: str) -> Site:
@@ -324,6 +341,81 @@ def _semantic_problems(doc: dict) -> list[tuple[tuple, str]]:
                 problems.append((("sites", site_name, "proxy", "name"),
                                  f"host name {proxy['name']!r} is already used in site {seen[proxy['name']]!r}"))
             seen[proxy["name"]] = site_name
+    problems += _service_problems(doc, sites)
+    return problems
+
+
+def _service_problems(doc: dict, sites: dict) -> list[tuple[tuple, str]]:
+    """`services:`: known model, a serving site, one record per service, one port per site, and a standby of the
+    site's failover target big enough for it (issue #16)."""
+    from drtool.fleet import planner
+
+    services = doc.get("services")
+    if not isinstance(services, dict):
+        return []
+    problems: list[tuple[tuple, str]] = []
+    models = doc.get("models") if isinstance(doc.get("models"), dict) else {}
+    primaries = [n for n, s in sites.items() if isinstance(s, dict) and s.get("role") == "primary"]
+    drs = [n for n, s in sites.items() if isinstance(s, dict) and s.get("role") == "dr"]
+    alerts = doc.get("alerts") if isinstance(doc.get("alerts"), dict) else {}
+    failover_to = alerts.get("failover_to") if isinstance(alerts.get("failover_to"), dict) else {}
+    records: dict[str, str] = {}
+    ports: dict[tuple, str] = {}
+    for name, svc in services.items():
+        if not isinstance(svc, dict):
+            continue
+        here = ("services", name)
+        model = svc.get("model")
+        if isinstance(model, str) and model not in models:
+            problems.append((here + ("model",), f"unknown model {model!r} (known: {', '.join(models) or 'none'})"))
+        site_name = svc.get("site", primaries[0] if len(primaries) == 1 else None)
+        site = sites.get(site_name) if isinstance(site_name, str) else None
+        if "site" in svc and isinstance(site_name, str) and site is None:
+            problems.append((here + ("site",), f"unknown site {site_name!r} (known: {', '.join(sites)})"))
+            continue
+        if not isinstance(site, dict):
+            continue
+        if "hosts" not in site:
+            problems.append((here + ("site",) if "site" in svc else here,
+                             f"site {site_name!r} has no serving hosts: a service runs at a site with 'hosts'"))
+            continue
+        dns = site.get("dns") if isinstance(site.get("dns"), dict) else {}
+        serving = site.get("serving") if isinstance(site.get("serving"), dict) else {}
+        record = svc.get("record", dns.get("record"))
+        port = svc.get("port", serving.get("port"))
+        if isinstance(record, str):
+            where = here + ("record",) if "record" in svc else here
+            if record in records:
+                default = "" if "record" in svc else f" (the default: site {site_name}'s dns.record)"
+                problems.append((where, f"record {record!r}{default} is already used by service "
+                                        f"{records[record]!r}; each service needs its own record"))
+            else:
+                records[record] = name
+        if isinstance(port, int) and not isinstance(port, bool):
+            where = here + ("port",) if "port" in svc else here
+            if (site_name, port) in ports:
+                default = "" if "port" in svc else f" (the default: site {site_name}'s serving.port)"
+                problems.append((where, f"port {port}{default} at site {site_name} is already used by service "
+                                        f"{ports[(site_name, port)]!r}"))
+            else:
+                ports[(site_name, port)] = name
+        # the standbys of the site it fails over to must include one with enough GPUs
+        gpus = svc.get("gpus", 1)
+        target_name = failover_to.get(site_name) or (drs[0] if drs else None)
+        target = sites.get(target_name) if isinstance(target_name, str) else None
+        pool = target.get("standby_pool") if isinstance(target, dict) else None
+        if not isinstance(gpus, int) or isinstance(gpus, bool) or not isinstance(pool, dict) \
+                or target_name == site_name or not isinstance(pool.get("hosts"), list):
+            continue
+        standbys = [planner.StandbyHost(h["name"], target_name, h.get("gpus", 1)) for h in pool["hosts"]
+                    if isinstance(h, dict) and isinstance(h.get("name"), str)
+                    and isinstance(h.get("gpus", 1), int) and 1 <= h.get("gpus", 1) <= planner.GPUS_MAX]
+        service = planner.Service(name, site_name, str(model), str(record), 1, 0, gpus)
+        prefix = f"service {name} needs"
+        for msg in planner.validate([service], standbys):
+            if msg.startswith(prefix):
+                problems.append((here + ("gpus",) if "gpus" in svc else here,
+                                 f"{msg}: no standby of {target_name} (where {site_name} fails over to) can take it"))
     return problems
 
 
@@ -374,7 +466,7 @@ def _build(path: Path, doc: dict[str, Any]) -> Config:
         host_docs = pool["hosts"] if pool else s["hosts"]
         hosts = tuple(
             Host(name=h["name"], address=h["address"], site=name, port=h.get("port", ssh.port),
-                 standby=bool(pool), instance_id=h.get("instance_id"))
+                 standby=bool(pool), instance_id=h.get("instance_id"), gpus=h.get("gpus", 1))
             for h in host_docs
         )
         dns = s["dns"]
@@ -410,8 +502,24 @@ def _build(path: Path, doc: dict[str, Any]) -> Config:
         build_engine=doc.get("build", {}).get("docker_host", "unix:///var/run/docker.sock"),
         build_cache_dir=doc.get("build", {}).get("cache_dir", "/var/cache/drtool"),
         agent_dir=doc.get("agent", {}).get("dir"),
+        services=_services(doc, sites),
         raw=doc,
     )
+
+
+def _services(doc: dict, sites: dict[str, Site]) -> dict[str, ServiceSpec]:
+    """`services:` with its defaults; absent: one implicit service per model at the primary site."""
+    primary = next(s for s in sites.values() if s.role == "primary")
+    if "services" not in doc:
+        return {m: ServiceSpec(name=m, model=m, site=primary.name, record=primary.dns.record,
+                               port=primary.serving_port) for m in doc["models"]}
+    out = {}
+    for name, s in (doc["services"] or {}).items():
+        site = sites[s.get("site", primary.name)]
+        out[name] = ServiceSpec(name=name, model=s["model"], site=site.name, record=s.get("record", site.dns.record),
+                                port=s.get("port", site.serving_port), priority=s.get("priority", 100),
+                                gpus=s.get("gpus", 1), alias=s.get("alias", "production"))
+    return out
 
 
 def ha_settings(doc: dict) -> LadderSettings:

@@ -150,3 +150,146 @@ def test_inventory_agrees_with_config():
     assert kids["primary"]["children"] == {"site_prod_west": {}}
     # Paths to secrets only, never their contents.
     assert "tsig" not in json.dumps(inv).lower()
+
+
+# -- services and standby GPUs (issue #16) ---------------------------------------------------------------------
+FLEET = """\
+version: 1
+sites:
+  prod-west:
+    role: primary
+    hosts:
+      - {name: pw-gpu1, address: 10.0.1.11}
+    container_registry: {url: "registry.prod-west.example.com"}
+    object_stores: [{url: "s3://acme-prod-west/drtool"}]
+    dns: {provider: rfc2136, record: model.example.com, server: 10.0.0.53, zone: example.com, tsig_key_file: /k}
+    serving: {port: 8080}
+  dr-east:
+    role: dr
+    standby_pool:
+      provider: lab
+      hosts:
+        - {name: de-gpu1, address: 10.0.2.21, gpus: 4}
+        - {name: de-gpu2, address: 10.0.2.22, gpus: 2}
+        - {name: de-gpu3, address: 10.0.2.23}
+        - {name: de-gpu4, address: 10.0.2.24, gpus: 1}
+    container_registry: {url: "registry.dr-east.example.com"}
+    object_stores: [{url: "s3://acme-dr-east/drtool"}]
+    dns: {provider: rfc2136, record: model.example.com, server: 10.0.0.53, zone: example.com, tsig_key_file: /k}
+    serving: {port: 8080}
+models:
+  asr: {weights_path: /srv/models/asr, image: asr}
+  llm: {weights_path: /srv/models/llm, image: llm}
+  embed: {weights_path: /srv/models/embed, image: embed}
+  rerank: {weights_path: /srv/models/rerank, image: rerank}
+  tts: {weights_path: /srv/models/tts, image: tts}
+  ocr: {weights_path: /srv/models/ocr, image: ocr}
+services:
+  asr: {model: asr, priority: 10}
+  llm: {model: llm, record: llm.example.com, port: 8081, priority: 0, gpus: 4}
+  embed: {model: embed, record: embed.example.com, port: 8082, priority: 20}
+  rerank: {model: rerank, record: rerank.example.com, port: 8083, priority: 30, gpus: 2}
+  tts: {model: tts, record: tts.example.com, port: 8084, priority: 50}
+  ocr: {model: ocr, record: ocr.example.com, port: 8085}
+"""
+
+
+def _load(tmp_path: Path, text: str):
+    path = tmp_path / "drtool.yaml"
+    path.write_text(text)
+    return path, load_config(path)
+
+
+def test_services_defaults_and_standby_gpus(tmp_path: Path):
+    from drtool.config import ServiceSpec
+
+    _, cfg = _load(tmp_path, FLEET)
+    assert cfg.services["asr"] == ServiceSpec(name="asr", model="asr", site="prod-west", record="model.example.com",
+                                              port=8080, priority=10, gpus=1, alias="production")
+    assert cfg.services["ocr"].priority == 100 and cfg.services["llm"].gpus == 4
+    assert [h.gpus for h in cfg.site("dr-east").hosts] == [4, 2, 1, 1]
+    assert [h.gpus for h in cfg.site("prod-west").hosts] == [1]
+    assert cfg.failover.parallel == 4
+
+
+def test_without_services_one_implicit_service_per_model():
+    cfg = load_config(EXAMPLE)
+    primary = cfg.primary
+    assert set(cfg.services) == set(cfg.models)
+    for name, svc in cfg.services.items():
+        assert (svc.model, svc.site, svc.record, svc.port, svc.priority, svc.gpus) == \
+            (name, primary.name, primary.dns.record, primary.serving_port, 100, 1)
+    assert all(h.gpus == 1 for h in cfg.all_hosts())
+
+
+def test_service_mistakes_are_all_reported_with_lines(tmp_path: Path):
+    text = (FLEET
+            .replace("  asr: {model: asr, priority: 10}", "  asr: {model: asr, priority: 10, site: dr-east}")
+            .replace("  embed: {model: embed, record: embed.example.com,",
+                     "  embed: {model: embedding, record: llm.example.com,")
+            .replace("record: tts.example.com, port: 8084", "record: tts.example.com, port: 8083")
+            .replace("record: ocr.example.com, port: 8085}",
+                     "record: ocr.example.com, port: 8085, gpus: 8, site: nowhere}")
+            .replace("gpus: 4}\n  embed", "gpus: 5}\n  embed")
+            .replace("  tts: {model: tts,", "  Bad_Name: {model: tts,")
+            + "failover: {parallel: 0}\n")
+    path = tmp_path / "drtool.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    details = info.value.details
+    lines = {i + 1: line for i, line in enumerate(text.splitlines())}
+
+    def at(word: str) -> int:
+        start = next(n for n, line in lines.items() if line == "services:")
+        if word == "services":
+            return start
+        return next(n for n, line in lines.items() if n > start and line.startswith(f"  {word}: {{"))
+
+    expected = [
+        (at("asr"), "services.asr.site", "site 'dr-east' has no serving hosts"),
+        (at("llm"), "services.llm.gpus", "service llm needs 5 GPUs; the largest standby at dr-east (de-gpu1) has 4"),
+        (at("embed"), "services.embed.model", "unknown model 'embedding'"),
+        (at("embed"), "services.embed.record", "record 'llm.example.com' is already used by service 'llm'"),
+        (at("Bad_Name"), "services.Bad_Name.port", "port 8083 at site prod-west is already used by service 'rerank'"),
+        (at("services"), "services", "'Bad_Name': use lower-case letters, digits and '-'"),
+        (at("ocr"), "services.ocr.site", "unknown site 'nowhere'"),
+        (len(lines), "failover.parallel", "0 is less than the minimum of 1"),
+    ]
+    for line, key, msg in expected:
+        assert any(f"{path}:{line}: {key}" in d and msg in d for d in details), (line, key, msg, details)
+    assert len(details) == len(expected), details
+
+
+def test_service_no_standby_of_its_target_can_take(tmp_path: Path):
+    # failover_to sends prod-west to dr-north, whose only standby has 2 GPUs: llm (4) fits dr-east but not there
+    north = """\
+  dr-north:
+    role: dr
+    standby_pool: {provider: lab, hosts: [{name: dn-gpu1, address: 10.0.3.21, gpus: 2}]}
+    container_registry: {url: "registry.dr-north.example.com"}
+    object_stores: [{url: "s3://acme-dr-north/drtool"}]
+    dns: {provider: rfc2136, record: model.example.com, server: 10.0.0.53, zone: example.com, tsig_key_file: /k}
+    serving: {port: 8080}
+"""
+    text = FLEET.replace("models:\n", north + "models:\n", 1) + "alerts: {failover_to: {prod-west: dr-north}}\n"
+    path = tmp_path / "drtool.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    details = info.value.details
+    assert len(details) == 1, details
+    assert "services.llm.gpus" in details[0] and "service llm needs 4 GPUs" in details[0] and "dr-north" in details[0]
+    assert "where prod-west fails over to" in details[0]
+
+
+def test_default_records_collide(tmp_path: Path):
+    text = FLEET.replace("  embed: {model: embed, record: embed.example.com, port: 8082,", "  embed: {model: embed,")
+    path = tmp_path / "drtool.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    details = info.value.details
+    assert any("services.embed:" in d and "record 'model.example.com' (the default" in d and "'asr'" in d
+               for d in details), details
+    assert any("services.embed:" in d and "port 8080 (the default" in d for d in details), details

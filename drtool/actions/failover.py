@@ -531,9 +531,21 @@ def confirm_plan(out: Output, fo: Failover, yes: bool) -> None:
 
 def run(config: Config, out: Output, site_name: str, model: str | None, dry_run: bool, yes: bool,
         resume: str | None, reason: str | None, run_id: str | None, approve: str | None,
-        plan: type[Failover] = Failover) -> dict:
+        plan: type[Failover] = Failover, services: list[str] | None = None, parallel: int | None = None) -> dict:
+    from drtool.fleet.plan import fleet_plan, select_services
+
     site = config.site(site_name)
+    fleet = services is not None or parallel is not None or (dry_run and not issubclass(plan, Failback))
+    picked = select_services(config, site.name, services) if fleet else []  # names checked before any I/O
+    several = UsageError("moving several services in one failover is not built yet (issue #16); use --dry-run to "
+                         "see the plan")
+    if not dry_run and (parallel is not None or len({s.name for s in picked}) > 1):
+        raise several
+    if model is None and picked and (dry_run or len(picked) == 1):
+        model = picked[0].model  # the most important service's model: the one the steps below preflight
     chosen = pick_model(config, model)
+    if not dry_run and any(s.model != chosen.name for s in picked):
+        raise several
     if approve:
         from drtool.alerts.decisions import DecisionBook
 
@@ -556,6 +568,8 @@ def run(config: Config, out: Output, site_name: str, model: str | None, dry_run:
         confirm_plan(out, fo, yes)
     report = fo.run(dry_run)
     failed = next((s for s in report["steps"] if s["status"] == "failed"), None)
+    if dry_run and fleet and not failed:
+        report["fleet_plan"] = fleet_plan(config, site.name, services, parallel)
     if failed:
         verification = failed["name"] in ("verify", "wait_ready") or "(exit 3)" in (failed["error"] or "") or \
             failed["error_class"] in ("VerificationError", "HostKeyError")

@@ -1,0 +1,134 @@
+"""`drtool failover --service/--parallel` (issue #16) without the lab: option checks, unknown names and the
+refusal to move several services for real happen before anything is contacted; the fleet tables render."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from drtool import cli
+from drtool.actions import failover
+
+from .conftest import run_cli
+from .test_config import FLEET
+
+
+@pytest.fixture
+def fleet_config(tmp_path: Path) -> Path:
+    path = tmp_path / "drtool.yaml"
+    path.write_text(FLEET)
+    return path
+
+
+def test_parallel_zero_exits_2(fleet_config):
+    proc = run_cli("--config", str(fleet_config), "failover", "--site", "dr-east", "--dry-run", "--parallel", "0")
+    assert proc.returncode == 2, proc.stderr
+    assert "--parallel" in proc.stderr
+
+
+def test_unknown_service_exits_2_listing_the_known(fleet_config):
+    proc = run_cli("--config", str(fleet_config), "--json", "failover", "--site", "dr-east", "--dry-run",
+                   "--service", "asr", "--service", "nope")
+    assert proc.returncode == 2, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["error"] == "UsageError" and "'nope'" in out["message"]
+    assert "asr, embed, llm, ocr, rerank, tts" in out["hint"]
+
+
+@pytest.mark.parametrize("args", [
+    ["--service", "asr", "--service", "llm"],
+    ["--service", "asr", "--parallel", "2"],
+    ["--parallel", "2", "--model", "asr"],
+    ["--service", "llm", "--model", "asr"],
+])
+def test_several_services_for_real_is_refused(fleet_config, args):
+    proc = run_cli("--config", str(fleet_config), "--json", "failover", "--site", "dr-east", "--yes", *args)
+    assert proc.returncode == 2, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["error"] == "UsageError" and "not built yet (issue #16)" in out["message"]
+    assert "--dry-run" in out["message"]
+
+
+FAKE_PLAN = {
+    "site": "dr-east", "from": ["prod-west"], "parallel": 2, "waves": 1, "changes": "none (dry run)",
+    "services": [{"service": "llm", "site": "prod-west", "priority": 0, "model": "llm", "alias": "production",
+                  "version": "v3", "standby": "de-gpu1", "address": "10.0.2.21", "gpus": [0, 1, 2, 3], "wave": 0,
+                  "snapshot": "0123456789abcdef" * 4, "image": "reg/llm@sha256:" + "fe" * 32,
+                  "record": "llm.example.com", "port": 8081, "problem": None},
+                 {"service": "asr", "site": "prod-west", "priority": 10, "model": "asr", "alias": "production",
+                  "version": None, "standby": "de-gpu3", "address": "10.0.2.23", "gpus": [0], "wave": 0,
+                  "snapshot": None, "image": None, "record": "model.example.com", "port": 8080,
+                  "problem": "no production version of asr in dr-east's registry"}],
+    "left": [{"service": "ocr", "priority": 100, "gpus": 1, "reason": "no standby left at dr-east (1 GPUs needed)"}],
+}
+
+
+def fake_run(seen):
+    def run(config, out, site, model, dry_run, yes, resume, reason, run_id, approve, services=None, parallel=None):
+        seen.update(site=site, model=model, dry_run=dry_run, services=services, parallel=parallel)
+        return {"kind": "failover", "run_id": "fo-x", "site": site, "status": "done", "steps": [],
+                "already_serving": None, "dns": {"record": "model.example.com", "before": None, "after": None},
+                "rto_s": None, "fleet_plan": FAKE_PLAN}
+    return run
+
+
+def test_dry_run_prints_the_fleet_tables(fleet_config, monkeypatch):
+    seen: dict = {}
+    monkeypatch.setattr(failover, "run", fake_run(seen))
+    res = CliRunner().invoke(cli.main_group, ["--config", str(fleet_config), "failover", "--site", "dr-east",
+                                              "--dry-run", "--service", "llm", "--service", "asr", "--parallel", "2"],
+                             terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert seen == {"site": "dr-east", "model": None, "dry_run": True, "services": ["llm", "asr"], "parallel": 2}
+    assert "Fleet plan" in res.output and "de-gpu1" in res.output and "0,1,2,3" in res.output
+    assert "0123456789ab" in res.output and "0123456789abc" not in res.output  # snapshot: 12 characters
+    assert "fefefefefefe" in res.output and "no production version of asr" in res.output
+    assert "Left" in res.output and "ocr" in res.output and "no standby left at dr-east" in res.output
+
+
+def test_dry_run_json_carries_the_fleet_plan(fleet_config, monkeypatch):
+    seen: dict = {}
+    monkeypatch.setattr(failover, "run", fake_run(seen))
+    res = CliRunner().invoke(cli.main_group, ["--config", str(fleet_config), "--json", "failover", "--site",
+                                              "dr-east", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert seen["services"] is None and seen["parallel"] is None
+    assert json.loads(res.output)["fleet_plan"] == FAKE_PLAN
+
+
+class FakeMove:
+    """Stands in for the Failover steps (which need the lab): a dry run that did its preflight."""
+
+    kind = "failover"
+
+    def __init__(self, config, out, site, model, run_id, reason):
+        self.model = model
+        self.journal = type("J", (), {"path": Path("/nonexistent/journal.json")})()
+
+    def steps(self):
+        return []
+
+    def run(self, dry_run):
+        return {"steps": [{"name": "preflight", "status": "done"}], "model": self.model.name, "dry_run": dry_run}
+
+
+def test_run_dry_run_attaches_the_fleet_plan(fleet_config, monkeypatch):
+    import importlib
+
+    from drtool.config import load_config
+
+    fleet = importlib.import_module("drtool.fleet.plan")  # the module (drtool.fleet.plan may be the planner's plan)
+    from drtool.output import Output
+
+    calls = []
+    monkeypatch.setattr(fleet, "fleet_plan", lambda *a: calls.append(a[1:]) or {"planned": True})
+    cfg = load_config(fleet_config)
+    report = failover.run(cfg, Output(), "dr-east", None, True, False, None, None, None, None, plan=FakeMove,
+                          services=["tts", "asr"], parallel=3)
+    assert report["fleet_plan"] == {"planned": True} and calls == [("dr-east", ["tts", "asr"], 3)]
+    assert report["model"] == "asr"  # the most important named service's model is the one preflighted
+    report = failover.run(cfg, Output(), "dr-east", None, True, False, None, None, None, None, plan=FakeMove)
+    assert report["model"] == "llm" and calls[-1] == ("dr-east", None, None)
