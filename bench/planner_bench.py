@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drtool.fleet import Service, StandbyHost, plan, validate  # noqa: E402
+from drtool.fleet.planner import Service, StandbyHost, plan, validate  # noqa: E402
 
 TARGET_S = 2.0
 SITES = ["site-a", "site-b", "site-c"]

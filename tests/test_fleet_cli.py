@@ -116,11 +116,8 @@ class FakeMove:
 
 
 def test_run_dry_run_attaches_the_fleet_plan(fleet_config, monkeypatch):
-    import importlib
-
     from drtool.config import load_config
-
-    fleet = importlib.import_module("drtool.fleet.plan")  # the module (drtool.fleet.plan may be the planner's plan)
+    from drtool.fleet import plan as fleet
     from drtool.output import Output
 
     calls = []

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from drtool.fleet import Service, StandbyHost, plan, validate
+from drtool.fleet.planner import Service, StandbyHost, plan, validate
 
 
 def svc(name, priority, gpus=1, site="west", port=None, record=None):

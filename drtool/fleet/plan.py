@@ -8,8 +8,6 @@ inputs and resolves each assigned service against the DR registry.
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable
 
 from drtool.config import Config, ServiceSpec, Site
@@ -101,14 +99,3 @@ def fleet_plan(config: Config, dr_site_name: str, services: list[str] | None, pa
         "changes": "none (dry run)",
     }
 
-
-class _PlanModule(types.ModuleType):
-    """`drtool.fleet` re-exports the planner's `plan()`; importing this submodule rebinds the package attribute
-    `drtool.fleet.plan` to the module. Calling the module is calling `planner.plan`, so `from drtool.fleet import
-    plan; plan(...)` keeps working whichever was imported first."""
-
-    def __call__(self, *args, **kwargs):
-        return planner.plan(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _PlanModule
