@@ -286,3 +286,22 @@ def test_junit_never_green_for_a_failed_scenario(tmp_path):
     failed = {s: [c.get("name") for c in suites[s].iter("testcase") if c.find("failure") is not None]
               for s in suites}
     assert failed == {"drill.primary-down": ["load_within_slo"], "drill.quiet": ["scenario_passed"]}
+
+
+def test_ladder_rungs_in_html_and_console():
+    """gpu-degraded and process-crash carry the ladder's journal summary: every rung taken shows in the report."""
+    report = sample_report()
+    sc = report["scenarios"][0]
+    sc["ladder"] = {"schema": 1, "sites": {"prod-west": {"failovers": []}}, "instances": {"pw-gpu1": {
+        "site": "prod-west", "restarts": 0, "drained": True, "last_outcome": "ok", "rungs": [
+            {"kind": "drain", "rung": "drain", "policy": "auto", "awaits": None, "decided_at": T0 + 11,
+             "outcome": "ok", "outcome_at": T0 + 14, "detail": None,
+             "reason": "degraded (gpu 0 temperature 95 °C above limit 85 °C): <b>straight to drain</b>"}]}}}
+    html = drill_report.render_html(report)
+    section = html[html.index("<h3>Escalation ladder</h3>"):]
+    assert "pw-gpu1" in section and "drain" in section and "&lt;b&gt;straight to drain&lt;/b&gt;" in section
+    console = Console(record=True, width=200)
+    for t in drill_report.summary_table(report):
+        console.print(t)
+    text = console.export_text()
+    assert "ladder drain" in text and "pw-gpu1" in text

@@ -291,6 +291,13 @@ def _scenario_html(sc: dict, report: dict) -> str:
             [[escape(str(load.get(k, "—"))) for k in ("requests", "concurrency", "rps", "p50_ms", "p95_ms",
                                                        "p99_ms", "error_rate", "canary_mismatches")]
              + [escape(", ".join(f"{k} {v}" for k, v in slo.items())), _badge(load["passed"], "pass", "fail")]]))
+    rungs = ladder_rungs(sc)
+    if rungs:
+        parts.append("<h3>Escalation ladder</h3>" + _table(
+            ["instance", "rung", "action", "policy", "decided", "outcome", "reason"],
+            [[escape(r["instance"]), escape(r["rung"]), escape(r["kind"]), escape(r["policy"]),
+              escape(_iso(r["decided_at"]) or "—"), escape(r["outcome"] or "—"), escape(r["reason"])]
+             for r in rungs]))
     parts.append("<h3>Cleanup</h3><ul>" + "".join(
         f'<li>{"✔" if c["ok"] else "<b class=err>✘</b>"} {escape(c["action"])}'
         f'{" — " + escape(c["detail"]) if c.get("detail") else ""}</li>' for c in sc.get("cleanup") or [])
@@ -434,6 +441,17 @@ def render_history_table(rows: list[dict]) -> Table:
 OUTCOME_STYLE = {"done": "green", "failed": "red", "skipped": "dim", "pending": "yellow"}
 
 
+def ladder_rungs(sc: dict) -> list[dict]:
+    """The escalation ladder's rungs taken in a scenario (its journal summary), instance by instance, then the
+    site's failover decisions."""
+    ladder = sc.get("ladder") or {}
+    rows = [{"instance": name, **r} for name, inst in (ladder.get("instances") or {}).items()
+            for r in inst.get("rungs", [])]
+    rows += [{"instance": f"site {site}", **r} for site, rec in (ladder.get("sites") or {}).items()
+             for r in rec.get("failovers", [])]
+    return rows
+
+
 def summary_table(report: dict) -> list[Table]:
     """One table per scenario for the console: steps, RTO/RPO against targets, checks, load, cleanup."""
     tables = []
@@ -456,6 +474,9 @@ def summary_table(report: dict) -> list[Table]:
         for c in sc["checks"]:
             t.add_row(f"check {rich_escape(c['name'])}", "", "[green]passed[/]" if c["passed"] else "[red]failed[/]",
                       rich_escape(c.get("message") or ""))
+        for r in ladder_rungs(sc):
+            t.add_row(f"ladder {rich_escape(r['kind'])}", rich_escape(r["instance"]),
+                      rich_escape(r["outcome"] or "decided"), rich_escape(f"{r['policy']}: {r['reason']}"))
         if sc.get("load"):
             ld = sc["load"]
             t.add_row("load", f"{ld.get('rps')} rps, p95 {ld.get('p95_ms')} ms, errors {ld.get('error_rate')}",
