@@ -70,13 +70,13 @@ def test_tsig_update_changes_record_and_dig_reads_it(lab_config, tmp_path):
     target = lab_config.site("prod-west").dns
     dns = Rfc2136Dns(target)
     before = dns.read_a()
-    assert before.addresses == ["10.77.0.11"]
+    assert before.addresses == ["10.77.0.13"]
     try:
         dns.replace_a(["10.77.0.21"])
         assert _dig(target.server, target.record) == "10.77.0.21"
     finally:
         dns.replace_a(before.addresses, before.ttl)
-    assert _dig(target.server, target.record) == "10.77.0.11"
+    assert _dig(target.server, target.record) == "10.77.0.13"
 
     # A wrong key is refused by the server and nothing changes.
     bad = tmp_path / "bad.key"
@@ -87,7 +87,7 @@ def test_tsig_update_changes_record_and_dig_reads_it(lab_config, tmp_path):
     with pytest.raises(OperationFailed) as info:
         Rfc2136Dns(replace(target, tsig_key_file=str(bad))).replace_a(["10.77.0.22"])
     assert "refused the TSIG signature" in info.value.message
-    assert _dig(target.server, target.record) == "10.77.0.11"
+    assert _dig(target.server, target.record) == "10.77.0.13"
 
 
 @pytest.mark.parametrize("site_name", ["prod-west", "dr-east"])
