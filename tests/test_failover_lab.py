@@ -164,6 +164,8 @@ def test_dry_run_changes_nothing(lab, production, state):
     assert report["steps"][0]["status"] == "done"
     assert {s["status"] for s in report["steps"][1:]} == {"skipped"}
     assert dig() == PRIMARY and not lab.is_powered("de-gpu1")
+    runs = state / "runs"
+    assert report["journal"] is None and not (runs.exists() and any(runs.iterdir()))  # not even its own journal
 
 
 def test_without_yes_non_interactive_exits_2(lab, production, state):

@@ -289,6 +289,8 @@ class Failover:
                 self.out.info(f"  [red]failed[/] {rec.name}: {rec.error}")
 
         already = None
+        if dry_run:  # a dry run changes nothing, its own journal and report included: they stay in memory
+            self.journal.path, self.journal.mirror = None, None
         try:
             run_steps(self.journal, self.steps(), {}, progress=progress, dry_run=dry_run)
         except DrtoolError:
@@ -306,7 +308,8 @@ class Failover:
             if self.lease is not None:
                 self.lease.release()
             report = self.report(dry_run)
-            self.write_report(report)
+            if not dry_run:
+                self.write_report(report)
             self.dr_store.close()
         return report
 
@@ -336,7 +339,7 @@ class Failover:
                          "refused": j.context.get("snapshots_refused", []),
                          "age_at_start_s": snapshot_age(j.context.get("snapshot_created"), j.started)},
             "steps": steps,
-            "journal": str(j.path), "journal_mirror_error": j.mirror_error,
+            "journal": str(j.path) if j.path else None, "journal_mirror_error": j.mirror_error,
         }
 
     def restored(self) -> bool:
