@@ -95,6 +95,7 @@ MODEL = "asr-demo"
 PROD_VERSION = "1.0.0"
 FRONT = "10.77.0.13"                 # pw-lb: prod-west's Nginx, where the production record points
 PW_HOSTS = ("pw-gpu1", "pw-gpu2")    # prod-west's two GPU hosts behind it
+STANDBYS = ("de-gpu1", "de-gpu2", "de-gpu3", "de-gpu4")  # dr-east's cold standbys
 
 
 @pytest.fixture(scope="session")
@@ -150,14 +151,14 @@ def state(tmp_path, monkeypatch):
 def back_to_production(lab, production):
     """After each test: the primary on and serving, DNS at it, standbys cold, faults undone."""
     yield
-    for h in ("de-gpu1", "de-gpu2"):
+    for h in STANDBYS:
         lab.break_engine(h, False)
     for h in (*PW_HOSTS, "pw-lb"):
         lab.set_link(h, True)
         lab.power_on(h)
     proc = run_cli("failback", "--site", "prod-west", "--yes")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for h in ("de-gpu1", "de-gpu2"):  # failback cools only standbys it finds on; make sure
+    for h in STANDBYS:  # failback cools only standbys it finds on; make sure
         if lab.is_powered(h):
             lab.power_off(h)
     assert dig() == FRONT

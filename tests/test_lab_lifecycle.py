@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from drtool.lab.topology import HOSTS
+
 pytestmark = pytest.mark.lab
 
-STANDBY_PARTS = {"de-gpu1", "engine@de-gpu1", "de-gpu2", "engine@de-gpu2"}
+STANDBY_PARTS = {p for h in ("de-gpu1", "de-gpu2", "de-gpu3", "de-gpu4") for p in (h, f"engine@{h}")}
 ALL_PARTS = {"network", "dns", "registry@prod-west", "s3@prod-west", "registry@dr-east", "s3@dr-east",
              "pw-gpu1", "engine@pw-gpu1", "pw-gpu2", "engine@pw-gpu2", "pw-lb", "engine@pw-lb"} | STANDBY_PARTS
 
@@ -66,8 +68,7 @@ def test_config_and_secrets(lab):
     assert re.match(r'key "drtool-key" \{\s*algorithm hmac-sha256;\s*secret "[^"]+";\s*\};',
                     (lab.state_dir / "dns/tsig.key").read_text())
     lines = (lab.state_dir / "ssh/known_hosts").read_text().splitlines()
-    assert [ln.split()[:2] for ln in lines] == [["10.77.0.11", "ssh-ed25519"], ["10.77.0.21", "ssh-ed25519"],
-                                               ["10.77.0.22", "ssh-ed25519"]]
+    assert [ln.split()[:2] for ln in lines] == [[h.address, "ssh-ed25519"] for h in HOSTS.values()]
 
 
 def test_ssh_reaches_a_host_with_its_own_srv_and_engine(lab):

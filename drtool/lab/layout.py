@@ -30,6 +30,11 @@ class Layout:
     def config(self) -> Path:
         return self.root / "drtool.yaml"
 
+    @property
+    def fleet_config(self) -> Path:
+        """The lab's configuration with six services and GPU slots on the standbys (issue #16)."""
+        return self.root / "drtool-fleet.yaml"
+
     def log(self, part: str) -> Path:
         return self.root / "logs" / f"{part}.log"
 

@@ -18,6 +18,7 @@ from drtool.lab.topology import (
     BRIDGE_ADDRESS,
     DNS,
     DNS_PORT,
+    FLEET_SERVICES,
     HOST_RUN_MOUNT,
     HOST_SRV_MOUNT,
     HOSTS,
@@ -102,7 +103,8 @@ $TTL 300
 @       IN NS   ns.{ZONE}.
 ns      IN A    {DNS.address}
 {MODEL_RECORD:<7} {MODEL_TTL} IN A {MODEL_INITIAL_ADDRESS}
-""", 0o644)
+""" + "".join(f"{svc.name:<10} {MODEL_TTL} IN A {HOSTS['pw-gpu1'].address}\n"   # the fleet's other services
+              for svc in FLEET_SERVICES if svc.model != "asr-demo"), 0o644)
         return changed
 
     return Daemon(

@@ -100,6 +100,8 @@ HOSTS: dict[str, HostSpec] = {
     "pw-lb": HostSpec("pw-lb", "prod-west", "10.77.0.13", powered_at_start=True, kind="proxy"),
     "de-gpu1": HostSpec("de-gpu1", "dr-east", "10.77.0.21", powered_at_start=False),
     "de-gpu2": HostSpec("de-gpu2", "dr-east", "10.77.0.22", powered_at_start=False),
+    "de-gpu3": HostSpec("de-gpu3", "dr-east", "10.77.0.23", powered_at_start=False),
+    "de-gpu4": HostSpec("de-gpu4", "dr-east", "10.77.0.24", powered_at_start=False),
 }
 
 # Every namespace, in the order they are created.
@@ -110,6 +112,33 @@ PROXIES: dict[str, HostSpec] = {h.site: h for h in HOSTS.values() if h.kind == "
 SERVING_HOSTS: dict[str, HostSpec] = {n: h for n, h in HOSTS.items() if h.kind == "serving"}
 
 MODEL_INITIAL_ADDRESS = PROXIES["prod-west"].address
+
+
+@dataclass(frozen=True)
+class FleetService:
+    """A service of the lab's fleet configuration (drtool-fleet.yaml, issue #16): the demo model under another
+    name, served on pw-gpu1 on its own port behind its own record (asr-demo is the lab's production service)."""
+
+    name: str
+    model: str
+    port: int
+    priority: int
+
+    @property
+    def record(self) -> str:
+        return f"{MODEL_RECORD}.{ZONE}" if self.model == "asr-demo" else f"{self.name}.{ZONE}"
+
+
+FLEET_SERVICES: tuple[FleetService, ...] = (
+    FleetService("asr", "asr-demo", SERVING_PORT, 0),
+    FleetService("tts", "tts-demo", 8081, 10),
+    FleetService("emotion", "emotion-demo", 8082, 20),
+    FleetService("llm-small", "llm-small", 8083, 30),
+    FleetService("llm-medium", "llm-medium", 8084, 40),
+    FleetService("llm-large", "llm-large", 8085, 50),
+)
+# GPU slots of dr-east's standbys in the fleet configuration: six services on four hosts
+FLEET_STANDBY_GPUS = {"de-gpu1": 2, "de-gpu2": 2, "de-gpu3": 1, "de-gpu4": 1}
 
 
 def namespace_for(name: str) -> Namespace:
