@@ -557,11 +557,13 @@ def registry_verify(app: App, site, model, read_data):
 @click.option("--prepare", is_flag=True, help="Only lower the record's TTL now (dns.prepare_ttl), ahead of a failover.")
 @click.option("--ttl", type=click.IntRange(1, 86400), help="With --prepare: the TTL to set (default dns.prepare_ttl).")
 @click.option("--service", "services", metavar="NAME", multiple=True,
-              help="With --dry-run: plan only this service (repeatable; default: every service failing over to SITE).")
+              help="Move (or with --dry-run plan) only this service; repeatable (default: every service of the "
+                   "failed site whose record's target does not answer).")
+@click.option("--all", "all_services", is_flag=True, help="Move every service, also those whose primary still serves.")
 @click.option("--parallel", type=click.IntRange(min=1),
-              help="With --dry-run: services brought up at once per wave (default failover.parallel).")
+              help="Services brought up at once per wave (default failover.parallel).")
 def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, approve_run, model, prepare, ttl,
-                 services, parallel):
+                 services, all_services, parallel):
     """Provision a standby at SITE, restore and verify the production model, then flip DNS to it.
 
     Steps: preflight, lease, provision, pull_image, restore, start, wait_ready, verify, fence_primary,
@@ -570,7 +572,10 @@ def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, appro
     saved (`drtool dns show`, `drtool dns restore`).
 
     With --dry-run it also prints the fleet plan of a region outage (issue #16): which standby takes which
-    service, in which wave, and what it would restore; services that fit nowhere are listed as left.
+    service, in which wave, and what it would restore; services that fit nowhere are listed as left. With
+    several services configured (or --service/--all), the failover moves them all, most important first, at
+    most --parallel at once, each with its own journal; one that fails never flips its record and never stops
+    the others, and the command exits 1 with a table per service. `--resume RUN` moves the rest.
 
     With --prepare, nothing fails over: the record's TTL is lowered now (addresses unchanged, the old record
     saved) so that resolvers follow a later flip quickly."""
@@ -586,28 +591,64 @@ def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, appro
         return
     if ttl:
         raise UsageError("--ttl goes with --prepare")
-    from drtool.actions import failover
+    from drtool.actions import failover, fleet
 
+    if not dry_run and (services or all_services or parallel or len(app.config.services) > 1
+                        or fleet.is_fleet_run(resume_run) or fleet.is_fleet_run(approve_run)):
+        if model:
+            raise UsageError("--model names one model; a fleet failover moves services (--service NAME)")
+        if not yes and not resume_run and not approve_run:
+            from drtool.fleet.plan import fleet_plan
+
+            plan = fleet_plan(app.config, site, list(services) or None, parallel)
+            app.out.err.print(_fleet_plan_table(plan))
+            click.confirm(f"Move these services to {site}? Records move only for verified services", abort=True,
+                          err=True)
+        try:
+            result = fleet.run(app.config, app.out, site, list(services) or None, all_services, parallel,
+                               run_id or approve_run, reason, resume_run)
+        except DrtoolError as err:
+            if getattr(err, "result", None) and not app.out.json_mode:
+                app.out.err.print(_fleet_table(err.result))
+            raise
+        app.out.result(result, lambda c: c.print(_fleet_table(result)))
+        return
+    if all_services:
+        raise UsageError("--all moves services: it goes without --dry-run")
     result = failover.run(app.config, app.out, site, model, dry_run, yes, resume_run, reason, run_id, approve_run,
                           services=list(services) or None, parallel=parallel)
-    render_move, fleet = _render_move(result), result.get("fleet_plan")
+    render_move, plan = _render_move(result), result.get("fleet_plan")
 
     def render(console):
         render_move(console)
-        if fleet:
-            console.print(table(
-                f"Fleet plan: {', '.join(fleet['from'])} -> {fleet['site']} ({fleet['waves']} wave(s) of at most "
-                f"{fleet['parallel']}; {fleet['changes']})",
-                ["service", "priority", "standby", "GPUs", "wave", "snapshot", "image digest", "record"],
-                [[r["service"], r["priority"], r["standby"], ",".join(map(str, r["gpus"])), r["wave"],
-                  (r["snapshot"] or "")[:12] or r["problem"],
-                  r["image"].rsplit("@", 1)[-1].removeprefix("sha256:")[:12] if r["image"] else "",
-                  f"{r['record']}:{r['port']}"] for r in fleet["services"]]))
-            if fleet["left"]:
+        if plan:
+            console.print(_fleet_plan_table(plan))
+            if plan["left"]:
                 console.print(table("Left (no standby can take them)", ["service", "priority", "GPUs", "reason"],
-                                    [[x["service"], x["priority"], x["gpus"], x["reason"]] for x in fleet["left"]]))
+                                    [[x["service"], x["priority"], x["gpus"], x["reason"]] for x in plan["left"]]))
 
     app.out.result(result, render)
+
+
+def _fleet_plan_table(plan: dict):
+    return table(
+        f"Fleet plan: {', '.join(plan['from'])} -> {plan['site']} ({plan['waves']} wave(s) of at most "
+        f"{plan['parallel']}; {plan['changes']})",
+        ["service", "priority", "standby", "GPUs", "wave", "snapshot", "image digest", "record"],
+        [[r["service"], r["priority"], r["standby"], ",".join(map(str, r["gpus"])), r["wave"],
+          (r["snapshot"] or "")[:12] or r["problem"],
+          r["image"].rsplit("@", 1)[-1].removeprefix("sha256:")[:12] if r["image"] else "",
+          f"{r['record']}:{r['port']}"] for r in plan["services"]])
+
+
+def _fleet_table(result: dict):
+    rto = result.get("fleet_rto_s")
+    return table(f"Fleet failover {result['run_id']} to {result['site']}: {result['status']}"
+                 + (f", fleet RTO {rto:.1f}s" if rto is not None else ""),
+                 ["service", "priority", "standby", "status", "record", "RTO", "reason"],
+                 [[r["service"], r["priority"], r.get("standby") or "", r["status"], r["record"],
+                   f"{r['rto_s']:.1f}s" if r.get("rto_s") is not None else "", r.get("reason") or ""]
+                  for r in result["services"]])
 
 
 def _render_move(result: dict):

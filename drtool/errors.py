@@ -23,20 +23,25 @@ class DrtoolError(Exception):
 
     exit_code = EXIT_FAILED
 
-    def __init__(self, message: str, hint: str | None = None, details: list[str] | None = None):
+    def __init__(self, message: str, hint: str | None = None, details: list[str] | None = None,
+                 result: dict | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.details = list(details or [])
+        self.result = result   # what was done before the failure, when it matters (e.g. a fleet's table)
 
     def to_dict(self) -> dict:
-        return {
+        doc = {
             "error": type(self).__name__,
             "message": self.message,
             "hint": self.hint,
             "details": self.details,
             "exit_code": self.exit_code,
         }
+        if self.result is not None:
+            doc["result"] = self.result
+        return doc
 
 
 class OperationFailed(DrtoolError):

@@ -107,8 +107,12 @@ def run_playbook(
     progress: ProgressFn | None = None,
     check: bool = False,
     raise_on_failure: bool = True,
+    host_vars: dict[str, dict] | None = None,
+    forks: int | None = None,
 ) -> PlaybookResult:
-    """Run playbooks/<playbook> against the inventory built from `config`."""
+    """Run playbooks/<playbook> against the inventory built from `config`. `host_vars` (host -> variables) go into
+    the inventory, so one play over many hosts gives each its own values; `forks` bounds how many hosts Ansible
+    works on at once (default: Ansible's own, 5)."""
     pb_path = playbooks_dir() / playbook
     if not pb_path.is_file():
         raise UsageError(f"playbook {playbook} not found in {playbooks_dir()}")
@@ -121,7 +125,12 @@ def run_playbook(
     private = Path(tempfile.mkdtemp(prefix="drtool-ansible-"))
     os.chmod(private, 0o700)
     (private / "inventory").mkdir()
-    (private / "inventory" / "hosts.yml").write_text(yaml.safe_dump(build_inventory(config), sort_keys=False))
+    inventory = build_inventory(config)
+    for group in inventory["all"]["children"].values():
+        for name, hv in (group.get("hosts") or {}).items():
+            if host_vars and name in host_vars:
+                group["hosts"][name] = {**(hv or {}), **host_vars[name]}
+    (private / "inventory" / "hosts.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
     bin_dir = str(Path(sys.executable).parent)
     envvars = {
         # ansible-runner executes `ansible-playbook`: it must be found next to this Python.
@@ -135,6 +144,8 @@ def run_playbook(
         "ANSIBLE_LOCAL_TEMP": str(private / "tmp"),
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
     }
+    if forks:
+        envvars["ANSIBLE_FORKS"] = str(forks)
 
     result = PlaybookResult(playbook=playbook, status="unknown", rc=-1, seconds=0.0)
     task_started: dict[str, float] = {}

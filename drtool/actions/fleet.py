@@ -1,0 +1,495 @@
+"""drtool failover for a fleet (issue #16): every service of a failed site to the DR site's standbys at once.
+
+The planner (drtool/fleet/planner.py) gives each service a standby host and a wave (priority order, at most
+`--parallel` services per wave). A wave's host work is one Ansible play per step over all of its hosts, each host
+with its own variables (Ansible's fan-out: forks): power on, pull (each image once per host), restore (every byte
+verified; a snapshot that fails verification is replaced by the next older one of the same version), start. Then
+each service is checked over HTTP (readiness, /version against the registry, canary output) and only a verified
+service's record is pointed at its standby. A service that fails never flips its record and never stops the others.
+
+Each service has its own journal (runs/<fleet run>/<service>.json, the steps of `drtool failover`); the fleet run
+has its own (runs/<fleet run>.fleet.json). `--resume RUN` moves again only the services that did not move.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import requests
+
+from drtool.actions import deploy, dnsrecord
+from drtool.actions.deploy import store_vars
+from drtool.actions.failover import RUNS, is_verification
+from drtool.actions.registry import site_registry
+from drtool.config import Config, Host, ServiceSpec, Site
+from drtool.errors import DrtoolError, OperationFailed, UsageError
+from drtool.execute.ansible import run_playbook
+from drtool.execute.dns import dns_for
+from drtool.execute.serving import base_url
+from drtool.fleet import planner
+from drtool.fleet.plan import select_services
+from drtool.fsutil import write_json_atomic
+from drtool.output import Output
+from drtool.paths import state_dir
+from drtool.providers import get_provider
+from drtool.runbook import DONE, FAILED, PENDING, Journal, StepRecord
+from drtool.snapshot import catalog
+from drtool.snapshot.lease import Lease
+from drtool.snapshot.stores import open_store
+
+STEPS = (("provision", "Power on the standby and wait for SSH"),
+         ("pull_image", "Pull the production image by digest (once per host)"),
+         ("restore", "Restore the newest verifying snapshot of the production version"),
+         ("start", "Start the serving container on the service's port"),
+         ("verify", "Readiness, /version against the registry, canary output"),
+         ("flip_dns", "Point the service's record at its verified standby"))
+MOVED, ALREADY, FAILED_S, LEFT, PRIMARY_UP = "moved", "already serving", "failed", "left", "primary serving"
+PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass
+class Move:
+    """One service's move: its standby, what it restores, and its own journal."""
+
+    spec: ServiceSpec
+    host: Host
+    wave: int
+    journal: Journal
+    entry: object = None                       # the DR registry's production entry, snapshot set to the one tried
+    candidates: list[str] = field(default_factory=list)
+
+    @property
+    def ctx(self) -> dict:
+        return self.journal.context
+
+    def failed(self) -> bool:
+        return any(s.status == FAILED for s in self.journal.steps)
+
+    def step(self, name: str) -> StepRecord:
+        return self.journal.record(name)
+
+    def begin(self, name: str) -> None:
+        rec = self.step(name)
+        rec.status, rec.started, rec.error, rec.attempts = "running", time.time(), None, rec.attempts + 1
+        self.journal.save()
+
+    def done(self, name: str, evidence: dict | None = None) -> None:
+        rec = self.step(name)
+        rec.status, rec.ended, rec.evidence = DONE, time.time(), evidence or {}
+        rec.seconds = round(rec.ended - (rec.started or rec.ended), 3)
+        self.journal.save()
+
+    def fail(self, name: str, error: str, cls: str = "OperationFailed") -> None:
+        rec = self.step(name)
+        rec.status, rec.ended, rec.error, rec.error_class = FAILED, time.time(), error, cls
+        self.journal.status, self.journal.ended = "failed", rec.ended
+        self.journal.save()
+
+
+def _ok_hosts(res, hosts: list[str]) -> dict[str, tuple[bool, object]]:
+    """Per host of one play: (True, its drtool_result) or (False, what failed). A host counts as done only when
+    its drtool_result arrived and no task failed on it (a play that never reached it is not a success)."""
+    out = {}
+    for h in hosts:
+        failed = next((e for e in res.failed if e.host == h), None)
+        if h in res.unreachable:
+            out[h] = (False, f"unreachable: {_oneline(res.unreachable[h])}")
+        elif failed is not None:
+            out[h] = (False, f"{failed.task}: {_oneline(failed.message)}")
+        elif h in res.results:
+            out[h] = (True, res.results[h])
+        else:
+            out[h] = (False, f"{res.playbook} did not reach {h} (rc {res.rc})")
+    return out
+
+
+def _oneline(text: str, limit: int = 600) -> str:
+    return "; ".join(line.strip() for line in (text or "").splitlines() if line.strip())[:limit]
+
+
+class FleetFailover:
+    kind = "fleet-failover"
+
+    def __init__(self, config: Config, out: Output, site: Site, run_id: str, reason: str | None,
+                 parallel: int | None):
+        self.config, self.out, self.site, self.run_id, self.reason = config, out, site, run_id, reason
+        self.parallel = parallel or config.failover.parallel
+        self.dir = state_dir() / RUNS / run_id
+        self.path = state_dir() / RUNS / f"{run_id}.fleet.json"
+        self.moves: dict[str, Move] = {}
+        self.doc: dict = {}
+
+    # -- choosing what moves ----------------------------------------------------------------------------------
+    def serving_at(self, spec: ServiceSpec) -> tuple[list[str], bool]:
+        """The service record's addresses and whether the first answers /readyz on the service's port."""
+        target = dataclasses.replace(self.site.dns, record=spec.record)
+        addresses = dns_for(target).read_a(spec.record).addresses
+        if not addresses:
+            return addresses, False
+        try:
+            ok = requests.get(base_url(addresses[0], spec.port) + "/readyz", timeout=PROBE_TIMEOUT_S).status_code
+        except requests.RequestException:
+            return addresses, False
+        return addresses, ok == 200
+
+    def select(self, names: list[str] | None, everything: bool) -> tuple[list[ServiceSpec], list[dict]]:
+        """The services to move: the named ones, or all (`--all`), or those whose record's target does not serve.
+        Returns them and a row for each service not moved (primary serving, or already at a DR standby)."""
+        specs = select_services(self.config, self.site.name, names)
+        standby_addresses = {h.address for h in self.site.hosts}
+        chosen, rows = [], []
+        for spec in specs:
+            addresses, serving = self.serving_at(spec)
+            at_dr = bool(addresses) and addresses[0] in standby_addresses
+            if serving and at_dr:
+                rows.append({"service": spec.name, "priority": spec.priority, "status": ALREADY,
+                             "standby": next(h.name for h in self.site.hosts if h.address == addresses[0]),
+                             "record": spec.record, "reason": f"{spec.record} already points at a DR standby that "
+                                                              "answers ready"})
+            elif serving and not names and not everything:
+                rows.append({"service": spec.name, "priority": spec.priority, "status": PRIMARY_UP,
+                             "standby": None, "record": spec.record,
+                             "reason": f"{addresses[0]}:{spec.port} answers ready (use --all or --service to move "
+                                       "it anyway)"})
+            else:
+                chosen.append(spec)
+        return chosen, rows
+
+    # -- the run ----------------------------------------------------------------------------------------------
+    def begin(self, names: list[str] | None, everything: bool) -> dict:
+        chosen, rows = self.select(names, everything)
+        plan = planner.plan(
+            [planner.Service(s.name, s.site, s.model, s.record, s.port, s.priority, s.gpus, s.alias) for s in chosen],
+            [planner.StandbyHost(h.name, self.site.name, h.gpus, h.address) for h in self.site.hosts],
+            failed_site="+".join(sorted({s.site for s in chosen})) or "(none)", target_site=self.site.name,
+            parallel=self.parallel)
+        specs = {s.name: s for s in chosen}
+        hosts = {h.name: h for h in self.site.hosts}
+        self.doc = {"run_id": self.run_id, "kind": self.kind, "site": self.site.name, "reason": self.reason,
+                    "started": time.time(), "ended": None, "parallel": self.parallel, "waves": plan.waves,
+                    "assignments": [{"service": a.service.name, "standby": a.host.name, "gpus": list(a.gpu_indices),
+                                     "wave": a.wave} for a in plan.assignments],
+                    "left": [{"service": x.service.name, "priority": x.service.priority, "status": LEFT,
+                              "standby": None, "record": x.service.record, "reason": x.reason} for x in plan.left],
+                    "not_moved": rows}
+        write_json_atomic(self.path, self.doc)
+        for a in plan.assignments:
+            spec = specs[a.service.name]
+            journal = Journal(f"{self.run_id}.{spec.name}", "failover", self.site.name, time.time(),
+                              reason=self.reason, path=self.dir / f"{spec.name}.json",
+                              context={"service": spec.name, "model": spec.model, "host": a.host.name,
+                                       "record": spec.record, "port": spec.port, "wave": a.wave})
+            journal.steps = [StepRecord(n, t) for n, t in STEPS]
+            journal.save()
+            self.moves[spec.name] = Move(spec, hosts[a.host.name], a.wave, journal)
+        return self.execute()
+
+    def resume(self) -> dict:
+        try:
+            import json
+
+            self.doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            raise UsageError(f"no fleet run {self.run_id} in {self.path.parent}",
+                             hint="give the run id a fleet failover printed") from None
+        self.parallel = self.doc["parallel"]
+        hosts = {h.name: h for h in self.site.hosts}
+        for a in self.doc["assignments"]:
+            spec = self.config.services.get(a["service"])
+            if spec is None:
+                raise UsageError(f"service {a['service']} of run {self.run_id} is no longer in the configuration")
+            journal = Journal.load(self.dir / f"{spec.name}.json")
+            if journal.status != "done":   # the failed step and every later one run again
+                journal.status, journal.ended = "running", None
+                journal.context.pop("refused", None)   # the cause may be fixed: every candidate is tried again
+                for rec in journal.steps:
+                    if rec.status != DONE:
+                        rec.status, rec.error = PENDING, None
+                journal.save()
+            self.moves[spec.name] = Move(spec, hosts[a["standby"]], a["wave"], journal)
+        return self.execute()
+
+    def execute(self) -> dict:
+        lease = Lease(open_store(self.site.object_stores[0]), f"failover-{self.site.name}",
+                      f"fleet failover {self.run_id}")
+        lease.acquire(wait=0)
+        try:
+            self.prepare()
+            waves = sorted({m.wave for m in self.moves.values()})
+            for wave in waves:
+                todo = [m for m in self.moves.values() if m.wave == wave and m.journal.status != "done"]
+                if todo:
+                    self.out.step(f"wave {wave + 1} of {len(waves)}: " + ", ".join(m.spec.name for m in todo))
+                    self.run_wave(todo)
+        finally:
+            lease.release()
+            lease.store.close()
+        return self.report()
+
+    def prepare(self) -> None:
+        """Each service's production entry and snapshot candidates (newest first), read once per model."""
+        registry = site_registry(self.config, self.site)
+        store = open_store(self.site.object_stores[0])
+        try:
+            by_model: dict[str, tuple] = {}
+            for m in self.moves.values():
+                if m.spec.model not in by_model:
+                    try:
+                        entry = registry.production(m.spec.model)
+                    except DrtoolError:
+                        entry = None
+                    refs = catalog.list_refs(store, m.spec.model) if entry else []
+                    found = sorted(((man.created, ref.id) for ref, man, _ in catalog.load_many(store, refs)
+                                    if man is not None and entry and man.version == entry.version), reverse=True)
+                    ids = [i for _, i in found] or ([entry.snapshot_id] if entry else [])
+                    if not self.config.failover.fallback_to_older:
+                        ids = ids[:1]
+                    by_model[m.spec.model] = (entry, ids)
+                m.entry, m.candidates = by_model[m.spec.model]
+                if m.entry is None and m.journal.status != "done":
+                    m.begin("provision")
+                    m.fail("provision", f"{m.spec.model} has no production version in {self.site.name}'s registry",
+                           "UsageError")
+                else:
+                    m.ctx.update(version=m.entry.version, image=m.entry.image.at(self.site.registry_url),
+                                 candidates=m.candidates)
+                    m.journal.save()
+        finally:
+            registry.store.close()
+            store.close()
+
+    def live(self, moves: list[Move], step: str) -> list[Move]:
+        """The moves that go on to `step`: not failed, and not past it already (resume)."""
+        return [m for m in moves if not m.failed() and m.step(step).status != DONE]
+
+    def run_wave(self, moves: list[Move]) -> None:
+        forks = max(1, self.parallel)
+        # provision: power every host on at once, then one status play over all of them
+        todo = self.live(moves, "provision")
+        hosts = sorted({m.host.name for m in todo})
+        if todo:
+            for m in todo:
+                m.begin("provision")
+            provider = get_provider(self.config, self.site)
+            by_name = {h.name: h for h in self.site.hosts}
+
+            def power(name: str) -> str | None:
+                try:
+                    provider.power_on(by_name[name])
+                    provider.wait_ready(by_name[name], timeout=120)
+                except DrtoolError as exc:
+                    return exc.message
+                return None
+
+            with ThreadPoolExecutor(max_workers=forks) as pool:
+                errors = dict(zip(hosts, pool.map(power, hosts), strict=True))
+            up = [h for h in hosts if errors[h] is None]
+            seen = _ok_hosts(run_playbook(self.config, "status.yml", raise_on_failure=False, forks=forks,
+                                          extravars={"drtool_targets": ",".join(up)}), up) if up else {}
+            for m in todo:
+                err = errors[m.host.name] or (None if seen[m.host.name][0] else seen[m.host.name][1])
+                if err:
+                    m.fail("provision", f"standby {m.host.name}: {err}")
+                else:
+                    m.done("provision", {"host": m.host.name, "address": m.host.address})
+        # pull: each image once per host, in rounds when a host needs several images
+        todo = self.live(moves, "pull_image")
+        for m in todo:
+            m.begin("pull_image")
+        need: dict[str, list[str]] = {}
+        for m in todo:
+            ref = m.ctx["image"]
+            if ref not in need.setdefault(m.host.name, []):
+                need[m.host.name].append(ref)
+        pulled: dict[tuple[str, str], tuple[bool, object]] = {}
+        for k in range(max((len(v) for v in need.values()), default=0)):
+            rnd = {h: refs[k] for h, refs in need.items() if len(refs) > k}
+            res = run_playbook(self.config, "pull_image.yml", raise_on_failure=False, forks=forks,
+                               extravars={"drtool_targets": ",".join(sorted(rnd))},
+                               host_vars={h: {"serving_image_ref": r} for h, r in rnd.items()})
+            for h, outcome in _ok_hosts(res, sorted(rnd)).items():
+                pulled[(h, rnd[h])] = outcome
+        for m in todo:
+            ok, data = pulled[(m.host.name, m.ctx["image"])]
+            if ok:
+                m.done("pull_image", {"image": m.ctx["image"], "pulled": data.get("pulled")})
+            else:
+                m.fail("pull_image", str(data))
+        self.restore(moves, forks)
+        self.start(moves, forks)
+        self.verify(moves)
+        self.flip(moves)
+
+    def rounds(self, moves: list[Move]) -> list[list[Move]]:
+        """Moves in rounds of at most one per host: one play gives each host one set of role variables."""
+        per_host: dict[str, list[Move]] = {}
+        for m in moves:
+            per_host.setdefault(m.host.name, []).append(m)
+        depth = max((len(v) for v in per_host.values()), default=0)
+        return [[v[k] for v in per_host.values() if len(v) > k] for k in range(depth)]
+
+    def in_rounds(self, moves: list[Move], play) -> None:
+        """`play(round)` for every round at once: the rounds' hosts overlap only across rounds, and each round is
+        its own ansible-playbook process, so a host holding two services does not double the step's time."""
+        rounds = self.rounds(moves)
+        if rounds:
+            with ThreadPoolExecutor(max_workers=len(rounds), thread_name_prefix="fleet-round") as pool:
+                list(pool.map(play, rounds))
+
+    def restore(self, moves: list[Move], forks: int) -> None:
+        """A move whose snapshot fails verification goes on with its next older candidate, in another play."""
+        todo = self.live(moves, "restore")
+        for m in todo:
+            m.begin("restore")
+            m.ctx.setdefault("refused", [])
+
+        def play(rnd: list[Move]) -> None:
+            hv = {}
+            for m in rnd:
+                tried = {r["id"] for r in m.ctx["refused"]}
+                m.ctx["snapshot_id"] = next(c for c in m.candidates if c not in tried)
+                hv[m.host.name] = {"model_weights_snapshot_id": m.ctx["snapshot_id"],
+                                   "model_weights_dest": self.config.model(m.spec.model).weights_path}
+            res = run_playbook(self.config, "restore_weights.yml", raise_on_failure=False, forks=forks,
+                               extravars={"drtool_targets": ",".join(hv), **store_vars(self.site, "model_weights")},
+                               host_vars=hv)
+            outcome = _ok_hosts(res, list(hv))
+            for m in rnd:
+                ok, data = outcome[m.host.name]
+                if ok:
+                    m.done("restore", {"snapshot_id": m.ctx["snapshot_id"], "refused": m.ctx["refused"],
+                                       "restore": data.get("restore", {})})
+                elif is_verification(DrtoolError(str(data))):
+                    m.ctx["refused"].append({"id": m.ctx["snapshot_id"], "error": str(data)})
+                    left = [c for c in m.candidates if c not in {r["id"] for r in m.ctx["refused"]}]
+                    if not left:
+                        m.fail("restore", f"no snapshot of {m.spec.model} {m.ctx['version']} verifies: "
+                               + "; ".join(f"{r['id'][:12]}: {r['error']}" for r in m.ctx["refused"]),
+                               "VerificationError")
+                    else:
+                        self.out.step(f"{m.spec.name}: snapshot {m.ctx['snapshot_id'][:12]} refused; trying "
+                                      f"{left[0][:12]}")
+                else:
+                    m.fail("restore", str(data))
+
+        pending = list(todo)
+        while pending:
+            self.in_rounds(pending, play)
+            pending = [m for m in pending if m.step("restore").status == "running"]
+
+    def start(self, moves: list[Move], forks: int) -> None:
+        def play(rnd: list[Move]) -> None:
+            hv = {}
+            for m in rnd:
+                m.begin("start")
+                hv[m.host.name] = {
+                    "model_server_action": "deploy", "model_server_model": m.spec.model,
+                    "model_server_container": f"drtool-{m.spec.model}", "model_server_image_ref": m.ctx["image"],
+                    "model_server_weights": self.config.model(m.spec.model).weights_path,
+                    "model_server_port": m.spec.port, "model_server_gpu": self.site.gpu,
+                    "model_server_labels": {"io.drtool.version": m.ctx["version"],
+                                            "io.drtool.snapshot": m.ctx["snapshot_id"],
+                                            "io.drtool.service": m.spec.name}}
+            res = run_playbook(self.config, "model_server.yml", raise_on_failure=False, forks=forks,
+                               extravars={"drtool_targets": ",".join(hv)}, host_vars=hv)
+            for h, (ok, data) in _ok_hosts(res, list(hv)).items():
+                m = next(x for x in rnd if x.host.name == h)
+                m.done("start", data) if ok else m.fail("start", str(data))
+
+        self.in_rounds(self.live(moves, "start"), play)
+
+    def view(self, m: Move) -> Site:
+        """The DR site as this service sees it: its standby, its port, its record."""
+        return dataclasses.replace(self.site, hosts=(m.host,), serving_port=m.spec.port,
+                                   dns=dataclasses.replace(self.site.dns, record=m.spec.record))
+
+    def verify(self, moves: list[Move]) -> None:
+        todo = self.live(moves, "verify")
+
+        def check(m: Move) -> None:
+            m.begin("verify")
+            entry = dataclasses.replace(m.entry, snapshot_id=m.ctx["snapshot_id"])
+            try:
+                ready = deploy.wait(self.view(m), m.host, timeout=300)
+                m.done("verify", {**deploy.check(self.view(m), m.host, entry), **ready})
+            except DrtoolError as exc:
+                m.fail("verify", exc.message, type(exc).__name__)
+
+        with ThreadPoolExecutor(max_workers=max(1, self.parallel)) as pool:
+            list(pool.map(check, todo))
+
+    def flip(self, moves: list[Move]) -> None:
+        store = open_store(self.site.object_stores[0])
+        try:
+            for m in self.live(moves, "flip_dns"):
+                if m.step("verify").status != DONE:   # never point DNS at an unverified target
+                    continue
+                m.begin("flip_dns")
+                site = self.view(m)
+                try:
+                    dns = dns_for(site.dns)
+                    before = dns.read_a()
+                    if before.addresses != [m.host.address]:
+                        dnsrecord.save_previous(site, store, before, m.journal.run_id)
+                        dns.replace_a([m.host.address], site.dns.ttl)
+                    got = dns.read_a()
+                    if got.addresses != [m.host.address]:
+                        raise OperationFailed(f"{site.dns.server} answers {got.addresses} for {m.spec.record}")
+                    m.done("flip_dns", {"record": m.spec.record, "before": before.addresses,
+                                        "after": got.addresses})
+                    m.journal.status, m.journal.ended = "done", time.time()
+                    m.journal.save()
+                except DrtoolError as exc:
+                    m.fail("flip_dns", exc.message)
+        finally:
+            store.close()
+
+    def report(self) -> dict:
+        rows = []
+        for m in sorted(self.moves.values(), key=lambda x: (x.spec.priority, x.spec.name)):
+            failed = next((s for s in m.journal.steps if s.status == FAILED), None)
+            flip = m.step("flip_dns")
+            rows.append({
+                "service": m.spec.name, "priority": m.spec.priority, "standby": m.host.name, "wave": m.wave,
+                "status": MOVED if m.journal.status == "done" else FAILED_S, "record": m.spec.record,
+                "reason": f"{failed.name}: {failed.error}" if failed else None,
+                "snapshot": m.ctx.get("snapshot_id"), "version": m.ctx.get("version"),
+                "rto_s": round(flip.ended - self.doc["started"], 3) if flip.status == DONE and flip.ended else None,
+                "journal": str(m.journal.path)})
+        rows += self.doc.get("left", []) + self.doc.get("not_moved", [])
+        self.doc["ended"] = time.time()
+        moved = [r for r in rows if r["status"] == MOVED]
+        self.doc["status"] = "done" if all(r["status"] in (MOVED, ALREADY, PRIMARY_UP) for r in rows) else "partial"
+        self.doc["fleet_rto_s"] = max((r["rto_s"] for r in moved if r.get("rto_s") is not None), default=None)
+        self.doc["services"] = rows
+        write_json_atomic(self.path, self.doc)
+        return {**self.doc, "journal": str(self.path)}
+
+
+def new_fleet_run_id(site: str) -> str:
+    return f"fleet-{site}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+
+
+def is_fleet_run(run_id: str | None) -> bool:
+    return bool(run_id) and (state_dir() / RUNS / f"{run_id}.fleet.json").exists()
+
+
+def run(config: Config, out: Output, site_name: str, names: list[str] | None, everything: bool,
+        parallel: int | None, run_id: str | None, reason: str | None, resume: str | None) -> dict:
+    site = config.site(site_name)
+    fleet = FleetFailover(config, out, site, resume or run_id or new_fleet_run_id(site.name), reason, parallel)
+    out.info(f"fleet failover run [bold]{fleet.run_id}[/] to {site.name}; journals in {fleet.dir}")
+    result = fleet.resume() if resume else fleet.begin(names, everything)
+    bad = [r for r in result["services"] if r["status"] in (FAILED_S, LEFT)]
+    if bad:   # exit 1 with the table: the others moved; every failed or left service's record is unchanged
+        raise OperationFailed(
+            f"fleet failover {fleet.run_id}: {len(bad)} of {len(result['services'])} service(s) did not move",
+            hint=f"each of their records is unchanged; fix the cause and run `drtool failover --site {site.name} "
+                 f"--resume {fleet.run_id}` (only the services that did not move run again)",
+            details=[f"{r['service']}: {r['status']}: {r['reason']}" for r in bad] + [f"report: {fleet.path}"],
+            result=result)
+    return result

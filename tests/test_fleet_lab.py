@@ -1,0 +1,136 @@
+"""A region outage on the lab (issue #16): six services of prod-west (drtool-fleet.yaml) to dr-east's four standbys,
+for real: one Ansible play per step over all standbys, every restored byte verified, each record flipped only for
+its verified service."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from drtool.config import load_config
+from drtool.execute.dns import dns_for
+from drtool.lab.topology import FLEET_SERVICES, HOSTS
+
+from .conftest import MODEL, PROD_VERSION, cli_json, dig, power_off_primary, run_cli
+
+pytestmark = pytest.mark.lab
+STANDBYS = ("de-gpu1", "de-gpu2", "de-gpu3", "de-gpu4")
+ALL_HOSTS = ("pw-gpu1", "pw-gpu2", "pw-lb", *STANDBYS)
+PW_GPU1 = HOSTS["pw-gpu1"].address
+
+
+def _world(lab, state) -> dict:
+    """Everything a dry run must leave alone: every service's record, every host's power, drtool's journals."""
+    runs = state / "runs"
+    return {"records": {s.name: dig(s.record) for s in FLEET_SERVICES},
+            "power": {h: lab.is_powered(h) for h in ALL_HOSTS},
+            "journals": sorted(str(p.relative_to(runs)) for p in runs.rglob("*")) if runs.is_dir() else []}
+
+
+@pytest.fixture(scope="module")
+def fleet(lab, lab_config, production):
+    """The five other services of drtool-fleet.yaml in production on pw-gpu1 (drtool/lab/fleet.py)."""
+    from drtool.lab import fleet as lab_fleet
+
+    image = production["image"]["pushed"][lab_config.site("prod-west").registry_url]
+    snapshots = lab_fleet.set_up(lab, image)
+    return {"path": lab.layout.fleet_config, "config": load_config(lab.layout.fleet_config), "snapshots": snapshots}
+
+
+@pytest.fixture
+def fleet_back(lab, fleet, back_to_production):
+    """After a fleet test: standbys off, the other services' records back at pw-gpu1 (their primaries are gone
+    with its power cycle; the next fleet test moves them with --all), asr failed back by back_to_production."""
+    yield
+    for h in STANDBYS:
+        if lab.is_powered(h):
+            lab.power_off(h)
+    dr = fleet["config"].site("dr-east")
+    for svc in FLEET_SERVICES:
+        if svc.model != MODEL:
+            dns_for(dataclasses.replace(dr.dns, record=svc.record)).replace_a([PW_GPU1], 60, record=svc.record)
+
+
+def _fleet(fleet, *args: str):
+    return run_cli("--config", str(fleet["path"]), "--json", "failover", "--site", "dr-east", "--yes", *args)
+
+
+def test_fleet_dry_run_prints_the_whole_plan_and_changes_nothing(lab, fleet, state):
+    before = _world(lab, state)
+    out = cli_json("--config", str(fleet["path"]), "failover", "--site", "dr-east", "--dry-run")
+    assert _world(lab, state) == before
+    plan = out["fleet_plan"]
+    assert plan["changes"] == "none (dry run)" and plan["left"] == []
+    assert [r["service"] for r in plan["services"]] == [s.name for s in FLEET_SERVICES]   # priority order
+    assert {r["standby"] for r in plan["services"]} == set(STANDBYS)
+    for r in plan["services"]:
+        assert r["version"] == PROD_VERSION and r["image"] and r["snapshot"] and r["problem"] is None
+        if r["service"] in fleet["snapshots"]:
+            assert r["snapshot"] == fleet["snapshots"][r["service"]]
+
+
+def test_region_outage_one_of_six_fails_verification_the_others_move_then_resume_moves_it(
+        lab, fleet, state, fleet_back):
+    from drtool.execute import s3
+    from drtool.snapshot.stores import blob_key
+
+    victim = "emotion"
+    cfg = fleet["config"]
+    store = cfg.site("dr-east").object_stores[0]
+    loc, client = s3.parse_s3_url(store.url), s3.client(store)
+    manifest = cli_json("snapshot", "show", fleet["snapshots"][victim], "--store", store.url)["manifest"]
+    digest = max((p for f in manifest["files"] for p in f["parts"]), key=lambda p: p["size"])["sha256"]
+    key = loc.key(blob_key(digest))
+    good = client.get_object(Bucket=loc.bucket, Key=key)["Body"].read()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0x01
+    client.put_object(Bucket=loc.bucket, Key=key, Body=bytes(bad))   # its only snapshot: wrong weights
+    try:
+        power_off_primary(lab)                                          # the region: every prod-west GPU host
+        proc = _fleet(fleet)
+        assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+        err = json.loads(proc.stdout)
+        rows = {r["service"]: r for r in err["result"]["services"]}
+        assert set(rows) == {s.name for s in FLEET_SERVICES}
+        assert rows[victim]["status"] == "failed" and rows[victim]["reason"].startswith("restore: no snapshot")
+        assert "sha256 mismatch" in rows[victim]["reason"]
+        assert dig(f"{victim}.drlab.test") == PW_GPU1                 # its record untouched
+        moved = [n for n, r in rows.items() if r["status"] == "moved"]
+        assert sorted(moved) == sorted(s.name for s in FLEET_SERVICES if s.name != victim)
+        standby_addresses = {HOSTS[h].address for h in STANDBYS}
+        for svc in FLEET_SERVICES:
+            if svc.name in moved:
+                assert dig(svc.record) in standby_addresses, svc.name
+        assert err["result"]["fleet_rto_s"] > 0 and "--resume" in err["hint"]
+        run_id = err["result"]["run_id"]
+    finally:
+        client.put_object(Bucket=loc.bucket, Key=key, Body=good)       # the fix
+    again = cli_json("--config", str(fleet["path"]), "failover", "--site", "dr-east", "--yes", "--resume", run_id)
+    rows = {r["service"]: r for r in again["services"]}
+    assert rows[victim]["status"] == "moved" and again["status"] == "done"
+    assert dig(f"{victim}.drlab.test") == HOSTS[rows[victim]["standby"]].address
+    journal = json.loads((state / "runs" / run_id / "tts.json").read_text())
+    assert [s["attempts"] for s in journal["steps"]] == [1] * len(journal["steps"])   # a moved one did not run again
+
+
+def test_services_outnumber_standbys_lowest_priority_left_and_reported(lab, fleet, state, tmp_path, fleet_back):
+    doc = yaml.safe_load(fleet["path"].read_text())
+    for h in doc["sites"]["dr-east"]["standby_pool"]["hosts"]:
+        h["gpus"] = 1                                                  # four slots for six services
+    path = tmp_path / "drtool-fleet-4.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    before = {s.name: dig(s.record) for s in FLEET_SERVICES}
+    proc = run_cli("--config", str(path), "--json", "failover", "--site", "dr-east", "--yes", "--all")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    err = json.loads(proc.stdout)
+    rows = {r["service"]: r for r in err["result"]["services"]}
+    assert {n for n, r in rows.items() if r["status"] == "left"} == {"llm-medium", "llm-large"}
+    assert all("no standby" in rows[n]["reason"] or "GPU" in rows[n]["reason"] for n in ("llm-medium", "llm-large"))
+    assert {n for n, r in rows.items() if r["status"] == "moved"} == {"asr", "tts", "emotion", "llm-small"}
+    for n in ("llm-medium", "llm-large"):
+        rec = next(s.record for s in FLEET_SERVICES if s.name == n)
+        assert dig(rec) == before[n]                                   # left: its record untouched
+    assert "llm-medium: left" in " ".join(err["details"])
