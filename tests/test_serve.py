@@ -167,3 +167,19 @@ def test_serve_refuses_to_start_without_token(tmp_path):
     proc = run_cli("--config", str(path), "serve", "--listen", "127.0.0.1:0")
     assert proc.returncode == 2
     assert "never accepts unauthenticated webhooks" in proc.stderr
+
+
+def test_a_region_outage_alerting_for_every_service_starts_one_site_failover(receiver):
+    """Issue #16: one Alertmanager group of a site outage carries an alert per service (each its own fingerprint
+    and `service` label), in one notification and then again: one site failover (which moves every service of
+    the site), never one per service."""
+    url, rec, _ = receiver(cooldown_s=3600)
+    doc = webhook()
+    doc["alerts"] = [{**doc["alerts"][0], "fingerprint": f"f{i:03d}",
+                      "labels": {"alertname": "PrimaryDown", "site": "prod-west", "service": svc}}
+                     for i, svc in enumerate(("asr", "tts", "emotion", "llm-small", "llm-medium", "llm-large"))]
+    first = post(url, doc).json()["decisions"]
+    again = post(url, doc).json()["decisions"]
+    assert [d["action"] for d in first].count("started") == 1
+    assert all(d.get("duplicate") or d["action"] != "started" for d in again)  # the same decision, reported again
+    assert len(rec.launched) == 1 and rec.launched[0][0] == "dr-east"
