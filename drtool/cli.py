@@ -597,6 +597,8 @@ def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, appro
                         or fleet.is_fleet_run(resume_run) or fleet.is_fleet_run(approve_run)):
         if model:
             raise UsageError("--model names one model; a fleet failover moves services (--service NAME)")
+        if approve_run and not fleet.is_fleet_run(approve_run):
+            reason = reason or fleet.approved_reason(app.config, approve_run)
         if not yes and not resume_run and not approve_run:
             from drtool.fleet.plan import fleet_plan
 

@@ -1,5 +1,5 @@
 """`drtool failover --service/--parallel` (issue #16) without the lab: option checks, unknown names and the
-refusal to move several services for real happen before anything is contacted; the fleet tables render."""
+ones that do not go together are refused before anything is contacted; the fleet tables render."""
 
 from __future__ import annotations
 
@@ -127,3 +127,14 @@ def test_run_dry_run_attaches_the_fleet_plan(fleet_config, monkeypatch):
     assert report["model"] == "asr"  # the most important named service's model is the one preflighted
     report = failover.run(cfg, Output(), "dr-east", None, True, False, None, None, None, None, plan=FakeMove)
     assert report["model"] == "llm" and calls[-1] == ("dr-east", None, None)
+
+
+def test_approving_a_fleet_failover_nobody_queued_is_refused(fleet_config, tmp_path):
+    import os
+
+    env = {**os.environ, "DRTOOL_STATE_DIR": str(tmp_path / "state")}
+    proc = run_cli("--config", str(fleet_config), "--json", "failover", "--site", "dr-east", "--approve",
+                   "fo-dr-east-nothing-queued", env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no failover awaiting approval with run id fo-dr-east-nothing-queued" in json.loads(proc.stdout)["message"]
+    assert not (tmp_path / "state" / "runs").exists()   # refused before anything ran

@@ -18,6 +18,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import requests
 
@@ -468,6 +469,17 @@ class FleetFailover:
         self.doc["services"] = rows
         write_json_atomic(self.path, self.doc)
         return {**self.doc, "journal": str(self.path)}
+
+
+def approved_reason(config: Config, run_id: str) -> str | None:
+    """The reason of a failover `drtool serve` queued for approval under `run_id`; UsageError when none is."""
+    from drtool.alerts.decisions import DecisionBook
+
+    base = Path(config.alerts.state_dir) if config.alerts.state_dir else state_dir()
+    rec = DecisionBook(config, base, lambda *a: None).approval(run_id)
+    if rec is None:
+        raise UsageError(f"no failover awaiting approval with run id {run_id}")
+    return rec.get("reason")
 
 
 def new_fleet_run_id(site: str) -> str:
