@@ -330,8 +330,11 @@ class Drill:
             text = requests.get(base_url(host.address, self.primary.serving_port) + "/metrics", timeout=3).text
         except requests.RequestException:
             return -1.0
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("drtool_model_server_requests_total{") and 'endpoint="/predict"' in line)
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                   if sample.name == "drtool_model_server_requests_total"
+                   and sample.labels.get("endpoint") == "/predict")
 
     def finish_load(self, sc: ScenarioRun, load: dict) -> None:
         try:

@@ -112,20 +112,7 @@ class Failover:
                                                                                           snapshot_id=chosen)
 
     def snapshot_candidates(self, registered: str) -> list[dict]:
-        """Snapshots of the production version in the DR store, in the order restore tries them: the newest first
-        (policy `newest`) or the registered one first (`registered`); older ones follow only when the policy lets a
-        failover fall back to them."""
-        refs = catalog.list_refs(self.dr_store, self.model.name)
-        found = []
-        for ref, manifest, _err in catalog.load_many(self.dr_store, refs):
-            if manifest is not None and (manifest.version == self.ctx["version"] or ref.id == registered):
-                found.append({"id": ref.id, "created": manifest.created})
-        if not any(c["id"] == registered for c in found):  # unreadable manifest: restore names the problem
-            found.append({"id": registered, "created": None})
-        found.sort(key=lambda c: c["created"] or "", reverse=True)
-        if self.config.failover.snapshot == "registered":
-            found.sort(key=lambda c: c["id"] != registered)  # stable: the registered one first, then newest first
-        return found if self.config.failover.fallback_to_older else found[:1]
+        return snapshot_candidates(self.config, self.dr_store, self.model.name, self.ctx["version"], registered)
 
     def host(self) -> Host:
         return next(h for h in self.site.hosts if h.name == self.ctx["host"])
@@ -507,6 +494,23 @@ def cool_standbys(config: Config, model: Model) -> dict:
             provider.power_off(host)
             cooled[host.name] = "container stopped, weights removed, powered off"
     return {"cooled": cooled}
+
+
+def snapshot_candidates(config: Config, store, model: str, version: str, registered: str) -> list[dict]:
+    """Snapshots of `version` of `model` in the DR `store`, in the order a restore tries them: the newest first
+    (failover.snapshot `newest`) or the registered one first (`registered`); older ones follow only when
+    failover.fallback_to_older lets a failover fall back to them. Each {"id", "created"}."""
+    refs = catalog.list_refs(store, model)
+    found = []
+    for ref, manifest, _err in catalog.load_many(store, refs):
+        if manifest is not None and (manifest.version == version or ref.id == registered):
+            found.append({"id": ref.id, "created": manifest.created})
+    if not any(c["id"] == registered for c in found):  # unreadable manifest: restore names the problem
+        found.append({"id": registered, "created": None})
+    found.sort(key=lambda c: c["created"] or "", reverse=True)
+    if config.failover.snapshot == "registered":
+        found.sort(key=lambda c: c["id"] != registered)  # stable: the registered one first, then newest first
+    return found if config.failover.fallback_to_older else found[:1]
 
 
 def is_verification(exc: DrtoolError) -> bool:

@@ -24,7 +24,7 @@ import requests
 
 from drtool.actions import deploy, dnsrecord
 from drtool.actions.deploy import store_vars
-from drtool.actions.failover import RUNS, is_verification
+from drtool.actions.failover import RUNS, is_verification, snapshot_candidates
 from drtool.actions.registry import site_registry
 from drtool.config import Config, Host, ServiceSpec, Site
 from drtool.errors import DrtoolError, OperationFailed, UsageError
@@ -38,7 +38,6 @@ from drtool.output import Output
 from drtool.paths import state_dir
 from drtool.providers import get_provider
 from drtool.runbook import DONE, FAILED, PENDING, Journal, StepRecord
-from drtool.snapshot import catalog
 from drtool.snapshot.lease import Lease
 from drtool.snapshot.stores import open_store
 
@@ -243,12 +242,8 @@ class FleetFailover:
                         entry = registry.production(m.spec.model)
                     except DrtoolError:
                         entry = None
-                    refs = catalog.list_refs(store, m.spec.model) if entry else []
-                    found = sorted(((man.created, ref.id) for ref, man, _ in catalog.load_many(store, refs)
-                                    if man is not None and entry and man.version == entry.version), reverse=True)
-                    ids = [i for _, i in found] or ([entry.snapshot_id] if entry else [])
-                    if not self.config.failover.fallback_to_older:
-                        ids = ids[:1]
+                    ids = [c["id"] for c in snapshot_candidates(self.config, store, m.spec.model, entry.version,
+                                                                entry.snapshot_id)] if entry else []
                     by_model[m.spec.model] = (entry, ids)
                 m.entry, m.candidates = by_model[m.spec.model]
                 if m.entry is None and m.journal.status != "done":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from drtool.config import Config, Site
 from drtool.errors import UsageError
+from drtool.fsutil import write_atomic
 from drtool.snapshot import catalog
 from drtool.snapshot.stores import blob_key, open_store
 
@@ -179,8 +180,5 @@ def gpu_degraded(config: Config, primary: Site) -> Fault:
                                   "the model server's GPU fault hook)")
     fault.info.update(instance=host.name, reading=reading)
     fault.undo_actions.append((f"clear {host.name}'s GPU fault", lambda: path.unlink(missing_ok=True)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{GPU_FAULT_FILE}.tmp")
-    tmp.write_text(json.dumps(reading))
-    os.replace(tmp, path)   # the server never reads half a file
+    write_atomic(path, json.dumps(reading), 0o644)   # the server never reads half a file
     return fault
