@@ -292,6 +292,53 @@ def test_a_bad_config_never_replaces_the_running_one(site):
     assert set(_answers(proxy.port, 5)) == {"a"}
 
 
+def test_reloads_under_keepalive_clients_fail_no_request(site):
+    """A drain is a reload. Clients that keep connections alive (as Locust and most HTTP libraries do) must not
+    see a single failed request while nginx reloads again and again under their load: with the role's default
+    (client keep-alive off) no idle connection exists for a reload to close under a client's next request.
+    Clients here never retry; any connection error or non-200 is counted."""
+    proxy, _, _ = site
+    wait_for(lambda: _request(proxy.port)[1] in ("a", "b"), what="the proxy to serve")
+    master = int((proxy.dir / "nginx.pid").read_text())
+    stop = threading.Event()
+    sent, failures = [0], []
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)  # HTTP/1.1: keep-alive when allowed
+        try:
+            while not stop.is_set():
+                try:
+                    conn.request("POST", "/predict", body=b'{"inputs": [1]}',
+                                 headers={"Content-Type": "application/json"})
+                    resp = conn.getresponse()
+                    resp.read()
+                    if resp.status != 200:
+                        failures.append(f"HTTP {resp.status}")
+                except (OSError, http.client.HTTPException) as exc:
+                    failures.append(repr(exc))
+                    conn.close()
+                sent[0] += 1
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    reloads = 0
+    try:
+        while reloads < 60:
+            time.sleep(0.05)
+            os.kill(master, signal.SIGHUP)
+            reloads += 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert 'keepalive_timeout 0;' in proxy.conf.read_text()
+    assert sent[0] > 200, sent  # the load really ran across the reloads
+    assert failures == [], f"{len(failures)} of {sent[0]} requests failed across {reloads} reloads: {failures[:5]}"
+
+
 def test_remove_stops_nginx_and_deletes_the_config(site):
     proxy, _, _ = site
     pid = int((proxy.dir / "nginx.pid").read_text())
