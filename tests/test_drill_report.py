@@ -305,3 +305,25 @@ def test_ladder_rungs_in_html_and_console():
         console.print(t)
     text = console.export_text()
     assert "ladder drain" in text and "pw-gpu1" in text
+
+
+def test_a_load_that_errored_still_gives_a_valid_failed_report(tmp_path):
+    """Locust missing, crashed or gone without its summary: the scenario fails with the reason, and the report is
+    still written (it once failed the schema: a load without `requests` sent the whole drill to
+    report.invalid.json)."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from drtool.actions.drill import Drill, ScenarioRun
+
+    future: Future = Future()
+    future.set_exception(OperationFailed("locust exited with code 0 during the capacity check without a summary"))
+    sc = ScenarioRun("gpu-degraded")
+    sc.doc.update(fault_at=T0 + 5, drained_at=T0 + 15)
+    Drill.finish_load(None, sc, {"future": future, "pool": ThreadPoolExecutor(1), "started": T0,
+                                 "flowing_at": T0 + 1, "requests": 1200, "concurrency": 4})
+    check = next(c for c in sc.doc["checks"] if c["name"] == "zero_errors_and_p95_within_slo_under_load")
+    assert check["passed"] is False and "without a summary" in check["message"]
+    assert sc.doc["load"]["passed"] is False and sc.doc["load"]["requests"] == 0
+    report = sample_report()
+    report["scenarios"][0]["load"] = sc.doc["load"]
+    drill_report.validate(report)

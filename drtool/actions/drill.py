@@ -339,13 +339,13 @@ class Drill:
     def finish_load(self, sc: ScenarioRun, load: dict) -> None:
         try:
             result = load["future"].result()
-        except DrtoolError as exc:
-            result = {"passed": False, "reasons": [exc.message]}
+        except DrtoolError as exc:   # no figures: the report still carries a (schema-valid) failed load
+            result = {"requests": 0, "concurrency": load["concurrency"], "passed": False, "reasons": [exc.message]}
         finally:
             load["pool"].shutdown(wait=True)
         ended = now()
         sc.doc["load"] = result
-        keys = ("requests", "rps", "p50_ms", "p95_ms", "p99_ms", "error_rate", "canary_mismatches")
+        keys = ("requests", "rps", "p50_ms", "p95_ms", "p99_ms", "error_rate", "canary_mismatches", "failures")
         sc.step("load", f"Load through the record during the switch: {load['requests']} requests, "
                 f"{load['concurrency']} concurrent (Locust)", load["started"], ended,
                 "done" if result.get("passed") else "failed", {k: result.get(k) for k in keys})
