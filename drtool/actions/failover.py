@@ -529,7 +529,7 @@ def confirm_plan(out: Output, fo: Failover, yes: bool) -> None:
     if yes:
         return
     if not sys.stdin.isatty():
-        raise UsageError("failover changes things and needs confirmation",
+        raise UsageError(f"{fo.kind} changes things and needs confirmation",
                          hint="re-run with --yes (non-interactive), or --dry-run to see the plan")
     if not click.confirm(f"{fo.kind.capitalize()} {fo.model.name} to {fo.site.name} and point "
                          f"{fo.site.dns.record} there?", err=True):
