@@ -653,6 +653,15 @@ def _fleet_table(result: dict):
                   for r in result["services"]])
 
 
+def _fleet_failback_table(result: dict):
+    title = (f"Fleet failback plan to {result['site']} (dry run: nothing changed)" if result.get("dry_run") else
+             f"Fleet failback {result['run_id']} to {result['site']}: {result['status']}")
+    return table(title, ["service", "priority", "record", "was", "home", "status", "seconds", "reason"],
+                 [[r["service"], r["priority"], r["record"], ", ".join(r.get("before") or []) or "(none)", r["home"],
+                   r["status"], f"{r['seconds']:.1f}" if r.get("seconds") is not None else "", r.get("reason") or ""]
+                  for r in result["services"]])
+
+
 def _render_move(result: dict):
     def render(console):
         console.print(table(f"{result['kind'].capitalize()} {result['run_id']} to {result['site']}: {result['status']}",
@@ -681,11 +690,42 @@ def _summary(evidence: dict) -> str:
 @click.option("--resume", "resume_run", metavar="RUN", help="Finish an interrupted failback run.")
 @click.option("--reason", help="Why (recorded in the journal and report).")
 @click.option("--model", help="The model (default: the only one configured).")
-def failback_cmd(app: App, site, dry_run, yes, resume_run, reason, model):
+@click.option("--service", "services", multiple=True, metavar="NAME",
+              help="Bring back only this service (repeatable; a configuration with several services).")
+def failback_cmd(app: App, site, dry_run, yes, resume_run, reason, model, services):
     """Bring the primary back to the registry's production version and current weights, verify it the same way,
-    flip DNS back, and return the standby to cold."""
+    flip DNS back, and return the standby to cold.
+
+    With several services configured (and no --model), every service of the site, or each --service, comes back
+    on its own: verified at home before its record moves; a standby is powered off only once no record points at
+    it. Run it again to retry what did not come back."""
     from drtool.actions import failover
 
+    if services or (not model and len(app.config.services) > 1):
+        if model or resume_run:
+            raise UsageError("a fleet failback takes --service NAME, not --model or --resume (run it again instead: "
+                             "what is home is kept)")
+        from drtool.actions import fleet_failback
+
+        def confirm(rows):
+            if yes:
+                return
+            app.out.err.print(_fleet_failback_table({"run_id": "plan", "site": site, "status": "plan",
+                                                     "services": rows}))
+            if not sys.stdin.isatty():
+                raise UsageError("failback changes things and needs confirmation",
+                                 hint="re-run with --yes (non-interactive), or --dry-run to see the plan")
+            click.confirm(f"Bring these services back to {site}? Records move only for verified services",
+                          abort=True, err=True)
+
+        try:
+            result = fleet_failback.run(app.config, app.out, site, list(services) or None, dry_run, confirm, reason)
+        except DrtoolError as err:
+            if getattr(err, "result", None) and not app.out.json_mode:
+                app.out.err.print(_fleet_failback_table(err.result))
+            raise
+        app.out.result(result, lambda c: c.print(_fleet_failback_table(result)))
+        return
     result = failover.run(app.config, app.out, site, model, dry_run, yes, resume_run, reason, None, None,
                           plan=failover.Failback)
     app.out.result(result, _render_move(result))

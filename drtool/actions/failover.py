@@ -481,7 +481,11 @@ def served_entry(site: Site, host: Host, entry):
 
 
 def cool_standbys(config: Config, model: Model) -> dict:
-    """Every DR standby that is on: its container stopped, its weights removed, powered off."""
+    """Every DR standby that is on: this model's container stopped and its weights removed; then powered off,
+    unless another service's record still points at it (a fleet: that service still serves from it)."""
+    from drtool.actions.fleet_failback import standbys_in_use
+
+    in_use = standbys_in_use(config, exclude={s.name for s in config.services.values() if s.model == model.name})
     cooled = {}
     for dr in (s for s in config.sites.values() if s.role == "dr" and s.is_standby):
         provider = get_provider(config, dr)
@@ -491,6 +495,10 @@ def cool_standbys(config: Config, model: Model) -> dict:
             if ssh_banner(host.address, host.port, timeout=3):
                 deploy.stop(config, host, model)
                 deploy.remove_weights(config, host, model.weights_path)
+            if host.address in in_use:
+                cooled[host.name] = (f"container stopped, weights removed; left on: {', '.join(in_use[host.address])} "
+                                     "still served from it")
+                continue
             provider.power_off(host)
             cooled[host.name] = "container stopped, weights removed, powered off"
     return {"cooled": cooled}

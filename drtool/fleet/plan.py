@@ -15,6 +15,13 @@ from drtool.errors import UsageError
 from drtool.fleet import planner
 
 
+def home_hosts(site: Site, spec: ServiceSpec) -> tuple:
+    """The hosts of its primary `site` that serve a service: every one for the service on the site's own record
+    (the one behind the site's Nginx), else the site's first host. Fleet failback brings a service back there, and
+    `drtool backup` snapshots its weights there."""
+    return tuple(site.hosts) if spec.record == site.dns.record else tuple(site.hosts[:1])
+
+
 def failing_sites(config: Config, dr: Site) -> list[Site]:
     """The serving sites (with fixed hosts) whose failover target is `dr`, in configuration order."""
     return [s for s in config.sites.values()
