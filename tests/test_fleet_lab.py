@@ -8,6 +8,7 @@ import dataclasses
 import json
 
 import pytest
+import requests
 import yaml
 
 from drtool.config import load_config
@@ -134,3 +135,73 @@ def test_services_outnumber_standbys_lowest_priority_left_and_reported(lab, flee
         rec = next(s.record for s in FLEET_SERVICES if s.name == n)
         assert dig(rec) == before[n]                                   # left: its record untouched
     assert "llm-medium: left" in " ".join(err["details"])
+
+
+def test_failback_one_service_then_the_whole_site(lab, fleet, state, fleet_back):
+    """After a region outage moved all six: the region is back; `failback --service tts` brings tts home alone
+    (verified on pw-gpu1 before its record moves; the standby it shared stays on for the service still on it);
+    then `failback` brings every other service home and powers off every standby."""
+    from .conftest import FRONT, PW_HOSTS
+
+    cfg = fleet["config"]
+    power_off_primary(lab)
+    moved = cli_json("--config", str(fleet["path"]), "failover", "--site", "dr-east", "--yes", "--all")
+    assert moved["status"] == "done"
+    at = {r["service"]: r["standby"] for r in moved["services"]}
+    for h in (*PW_HOSTS, "pw-lb"):
+        lab.power_on(h)                                                # the region is back
+
+    before = _world(lab, state)
+    plan = cli_json("--config", str(fleet["path"]), "failback", "--site", "prod-west", "--dry-run")
+    assert _world(lab, state) == before                                # a dry run changes nothing
+    assert {r["service"]: r["status"] for r in plan["services"]} == {s.name: "to bring back" for s in FLEET_SERVICES}
+
+    one = cli_json("--config", str(fleet["path"]), "failback", "--site", "prod-west", "--yes", "--service", "tts")
+    assert [(r["service"], r["status"]) for r in one["services"]] == [("tts", "back")]
+    assert dig("tts.drlab.test") == PW_GPU1
+    tts = cfg.services["tts"]
+    version = requests.get(f"http://{PW_GPU1}:{tts.port}/version", timeout=5).json()
+    assert version["model"] == tts.model and version["version"] == PROD_VERSION
+    sharing = [n for n, h in at.items() if h == at["tts"] and n != "tts"]
+    assert lab.is_powered(at["tts"]) == bool(sharing), (at, one["cooled"])   # off only when nobody else is on it
+    for name in sharing:
+        assert dig(cfg.services[name].record) == HOSTS[at["tts"]].address   # the other service still served there
+    if sharing:   # tts's container left that standby; the other service's stayed
+        import docker
+
+        eng = docker.DockerClient(base_url=lab.engine_url(at["tts"]))
+        try:
+            names = {c.name for c in eng.containers.list()}
+        finally:
+            eng.close()
+        assert f"drtool-{tts.model}" not in names
+        assert {f"drtool-{cfg.services[n].model}" for n in sharing} <= names
+
+    rest = cli_json("--config", str(fleet["path"]), "failback", "--site", "prod-west", "--yes")
+    rows = {r["service"]: r["status"] for r in rest["services"]}
+    assert rows.pop("tts") == "already home" and set(rows.values()) == {"back"}, rest["services"]
+    for svc in FLEET_SERVICES:
+        assert dig(svc.record) == (FRONT if svc.model == MODEL else PW_GPU1), svc.name
+    assert not any(lab.is_powered(h) for h in STANDBYS), rest["cooled"]
+
+
+def test_backup_snapshots_every_service_on_the_hosts_that_serve_it(lab, fleet, state):
+    """`drtool backup` with six services: each service's weights on each host that serves it (asr on both GPU
+    hosts behind the Nginx, the others on pw-gpu1), in one play over both hosts, each snapshot labelled with the
+    registry's production version and copied to dr-east."""
+    cfg = fleet["config"]
+    models = [s.model for s in FLEET_SERVICES]                        # priority order
+    plan = cli_json("--config", str(fleet["path"]), "backup", "--dry-run")
+    assert {h: [m["name"] for m in ms] for h, ms in plan["per_host"].items()} == \
+        {"pw-gpu1": models, "pw-gpu2": [MODEL]}
+    assert {m["name"]: m["port"] for m in plan["per_host"]["pw-gpu1"]} == {s.model: s.port for s in FLEET_SERVICES}
+    res = cli_json("--config", str(fleet["path"]), "backup")
+    assert sorted((s["host"], s["model"]) for s in res["snapshots"]) == \
+        sorted([("pw-gpu1", m) for m in models] + [("pw-gpu2", MODEL)])
+    assert all(s["version"] == PROD_VERSION for s in res["snapshots"])
+    dr_url = cfg.site("dr-east").object_stores[0].url
+    assert {c["snapshot"] for c in res["copies"] if c["to"] == dr_url} == {s["id"] for s in res["snapshots"]}
+    for svc in FLEET_SERVICES:
+        if svc.model != MODEL and svc.name in fleet["snapshots"]:   # same bytes as the set-up snapshot: deduplicated
+            snap = next(s for s in res["snapshots"] if s["model"] == svc.model)
+            assert snap["bytes_uploaded"] == 0, svc.name

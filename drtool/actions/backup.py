@@ -7,7 +7,6 @@ from drtool.actions.deploy import store_vars
 from drtool.config import Config, ObjectStore, Site
 from drtool.errors import DrtoolError, OperationFailed, VerificationError
 from drtool.execute.ansible import run_playbook
-from drtool.inventory import group_name
 from drtool.output import Output
 from drtool.snapshot.replicate import replicate_snapshot
 from drtool.snapshot.stores import open_store
@@ -20,6 +19,25 @@ def _models(config: Config, site: Site, model: str | None) -> list[dict]:
     chosen = [config.model(model)] if model else list(config.models.values())
     return [{"name": m.name, "weights_path": m.weights_path, "version_file": m.version_file,
              "port": site.serving_port} for m in chosen]
+
+
+def _per_host(config: Config, site: Site, model: str | None) -> dict[str, list[dict]]:
+    """{host: the models it serves}. With services configured for the site (a fleet), each service's model on
+    the hosts that serve it (drtool.fleet.plan.home_hosts), at the service's port; else every model on every host."""
+    from drtool.fleet.plan import home_hosts
+
+    specs = [s for s in config.services.values() if s.site == site.name and (model is None or s.model == model)]
+    if not specs or site.is_standby:
+        models = _models(config, site, model)
+        return {h.name: list(models) for h in site.hosts}
+    per: dict[str, list[dict]] = {h.name: [] for h in site.hosts}
+    for spec in sorted(specs, key=lambda s: (s.priority, s.name)):
+        m = config.model(spec.model)
+        for h in home_hosts(site, spec):
+            if all(x["name"] != m.name for x in per[h.name]):
+                per[h.name].append({"name": m.name, "weights_path": m.weights_path, "version_file": m.version_file,
+                                    "port": spec.port})
+    return {h: ms for h, ms in per.items() if ms}
 
 
 def _label_versions(config: Config, site: Site, models: list[dict]) -> list[dict]:
@@ -48,7 +66,9 @@ def _target_stores(config: Config, site: Site) -> list[ObjectStore]:
 
 def plan(config: Config, site_name: str | None, model: str | None) -> dict:
     site = config.site(site_name) if site_name else config.primary
-    return {"site": site.name, "hosts": [h.name for h in site.hosts], "models": _models(config, site, model),
+    per_host = _per_host(config, site, model)
+    models = list({m["name"]: m for ms in per_host.values() for m in ms}.values())
+    return {"site": site.name, "hosts": list(per_host), "models": models, "per_host": per_host,
             "store": site.object_stores[0].url, "replicate_to": [s.url for s in _target_stores(config, site)]}
 
 
@@ -62,10 +82,13 @@ def run(config: Config, out: Output, site_name: str | None, model: str | None, d
         raise OperationFailed(f"site {site.name} has only cold standbys: there is nothing serving to snapshot",
                               hint="back up the site that serves (the primary)")
     with out.working(f"snapshotting on {', '.join(p['hosts'])}"):
-        res = run_playbook(config, "backup.yml", progress=out.ansible_progress(), extravars={
-            "drtool_targets": group_name(site.name), "weights_backup_action": "snapshot",
-            "weights_backup_models": _label_versions(config, site, p["models"]),
-            **store_vars(site, "weights_backup")})
+        labelled = {m["name"]: m for m in _label_versions(config, site, p["models"])}
+        # Each host its own models (inventory variables), all hosts in one play: Ansible's forks run them at once.
+        res = run_playbook(config, "backup.yml", progress=out.ansible_progress(), forks=len(p["hosts"]), extravars={
+            "drtool_targets": ",".join(p["hosts"]), "weights_backup_action": "snapshot",
+            **store_vars(site, "weights_backup")},
+            host_vars={h: {"weights_backup_models": [labelled[m["name"]] | {"port": m["port"]} for m in ms]}
+                       for h, ms in p["per_host"].items()})
     snapshots = [dict(s, host=h, drtool=data.get("drtool")) for h, data in res.results.items()
                  for s in data.get("snapshots", [])]
     source = open_store(site.object_stores[0])
@@ -102,8 +125,9 @@ def schedule(config: Config, out: Output, site_name: str | None, model: str | No
     action = "unschedule" if remove else "schedule"
     replicate_to = [{"url": s.url, "endpoint": s.endpoint_url or "", "region": s.region or "",
                      "credentials_file": s.credentials_file or ""} for s in _target_stores(config, site)]
+    hosts = p["hosts"] if not remove else [h.name for h in site.hosts]   # remove: from every host of the site
     res = run_playbook(config, "backup.yml", progress=out.ansible_progress(), extravars={
-        "drtool_targets": group_name(site.name), "weights_backup_action": action,
-        "weights_backup_models": p["models"], "weights_backup_replicate_to": replicate_to,
-        **store_vars(site, "weights_backup")})
+        "drtool_targets": ",".join(hosts), "weights_backup_action": action,
+        "weights_backup_replicate_to": replicate_to, **store_vars(site, "weights_backup")},
+        host_vars={h: {"weights_backup_models": p["per_host"].get(h, [])} for h in hosts})
     return {**p, "schedule": "removed" if remove else "installed", "hosts": sorted(res.results or p["hosts"])}
