@@ -327,3 +327,31 @@ def test_a_load_that_errored_still_gives_a_valid_failed_report(tmp_path):
     report = sample_report()
     report["scenarios"][0]["load"] = sc.doc["load"]
     drill_report.validate(report)
+
+
+def test_region_down_services_in_console_html_and_schema(tmp_path):
+    """region-down reports one row per service: where it moved, RTO, RPO, capacity; a failed one in red with its
+    reason. The report stays schema-valid and the service names are escaped in HTML."""
+    report = sample_report()
+    sc = report["scenarios"][0]
+    sc["scenario"] = "region-down"
+    sc["services"] = {
+        "tts": {"status": "moved", "standby": "de-gpu2", "record": "drill.tts.drlab.test", "moved_s": 20.5,
+                "rto_s": 21.25, "rpo_s": 300.0, "snapshot": "ab" * 32, "error": None,
+                "capacity": {"requests": 200, "rps": 150.0, "p95_ms": 30, "error_rate": 0.0, "passed": True,
+                             "reasons": []}},
+        HOSTILE: {"status": "failed", "standby": None, "record": "drill.x.drlab.test", "moved_s": None,
+                  "rto_s": None, "rpo_s": None, "snapshot": None, "capacity": None,
+                  "error": "restore: no snapshot verifies"},
+    }
+    drill_report.validate(report)
+    console = Console(width=220, record=True)
+    for t in drill_report.summary_table(report):
+        console.print(t)
+    text = console.export_text()
+    assert "service tts" in text and "RTO 21.2 s, RPO 300.0 s" in text and "moved, served" in text
+    assert "restore: no snapshot verifies" in text
+    paths = drill_report.write_reports(report, tmp_path / "out")
+    html = Path(paths["html"]).read_text()
+    assert "<h3>Services</h3>" in html and "de-gpu2" in html and "21.2 s" in html
+    assert HOSTILE not in html and "&lt;script&gt;" in html

@@ -205,3 +205,39 @@ def test_backup_snapshots_every_service_on_the_hosts_that_serve_it(lab, fleet, s
         if svc.model != MODEL and svc.name in fleet["snapshots"]:   # same bytes as the set-up snapshot: deduplicated
             snap = next(s for s in res["snapshots"] if s["model"] == svc.model)
             assert snap["bytes_uploaded"] == 0, svc.name
+
+
+def test_region_down_drill_brings_every_service_back_and_reports_each(lab, fleet, state, tmp_path):
+    """The `region-down` drill: every prod-west host off; the fleet failover (on drill records) moves all six;
+    per service the record points at its verified standby, the canary is served through it (RTO), its snapshot's
+    age at the fault (RPO) and a Locust capacity check; the fleet RTO is the last service's. Cleanup: the fleet
+    failback; production records never moved; every standby off; the drill records gone."""
+    from .conftest import FRONT
+
+    before = {s.name: dig(s.record) for s in FLEET_SERVICES}
+    proc = run_cli("--config", str(fleet["path"]), "--json", "drill", "--site", "dr-east", "--scenario",
+                   "region-down", "--report", str(tmp_path / "report"))
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0, json.dumps(doc, indent=1)[:5000]
+    sc = doc["scenarios"][0]
+    assert sc["scenario"] == "region-down" and sc["passed"] and sc["not_cleaned"] == []
+    per = sc["services"]
+    assert set(per) == {s.name for s in FLEET_SERVICES}
+    standby_names = set(STANDBYS)
+    for name, p in per.items():
+        assert p["status"] == "moved" and p["standby"] in standby_names, (name, p)
+        assert p["record"] == ("drill.model.drlab.test" if name == "asr" else f"drill.{name}.drlab.test")
+        assert 0 < p["moved_s"] <= p["rto_s"] and p["rpo_s"] >= 0, (name, p)
+        assert p["capacity"]["passed"] and p["capacity"]["error_rate"] == 0, (name, p)
+    assert sc["rto_s"] == max(p["rto_s"] for p in per.values())
+    checks = {c["name"]: c["passed"] for c in sc["checks"]}
+    for name in ("every_service_moved", "canary_served_through_every_record", "fleet_rto_within_target",
+                 "rpo_within_target_for_every_service", "capacity_within_slo_for_every_service",
+                 "every_production_record_unchanged", "steady_state_after"):
+        assert checks[name], name
+    assert {s.name: dig(s.record) for s in FLEET_SERVICES} == before
+    assert before["asr"] == FRONT
+    assert not any(lab.is_powered(h) for h in STANDBYS)
+    assert all(dig(p["record"]) == "" for p in per.values())      # drill records removed
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "<h3>Services</h3>" in html and "llm-large" in html

@@ -19,7 +19,7 @@ import yaml
 from drtool.actions import deploy, failover, proxy
 from drtool.actions.registry import site_registry
 from drtool.config import Config, Model, load_config
-from drtool.drill import faults
+from drtool.drill import faults, region
 from drtool.drill import report as reports
 from drtool.drill.alertchain import AlertChain
 from drtool.errors import DrtoolError, OperationFailed, UsageError
@@ -32,7 +32,7 @@ from drtool.paths import state_dir
 from drtool.snapshot.stores import open_store
 
 SCENARIOS = ("primary-down", "region-partition", "corrupt-latest-snapshot", "standby-boot-failure",
-             "registry-mismatch", "process-crash", "gpu-degraded")
+             "registry-mismatch", "process-crash", "gpu-degraded", "region-down")
 DETECTED = ("primary-down", "region-partition")   # outages: detected through Prometheus -> Alertmanager -> serve
 IN_SITE = ("process-crash", "gpu-degraded")  # cured at the primary site by the escalation ladder: no failover
 LADDER_PROBE_S = 0.5
@@ -76,6 +76,11 @@ class Drill:
             raise UsageError(f"unknown scenario {', '.join(unknown)}", hint=f"scenarios: {', '.join(SCENARIOS)}")
         self.scenarios = scenarios or ("primary-down",)
         self.primary = config.primary
+        if model is None and len(config.models) > 1:   # several services: the one on the site's own record
+            model = next((s.model for s in config.services.values() if s.record == self.dr.dns.record), None)
+        if "region-down" in self.scenarios and len(region.services(config, self.primary)) < 2:
+            raise UsageError(f"scenario region-down needs several services of {self.primary.name} in the "
+                             "configuration (`services:`)", hint="on the lab: --config drtool-fleet.yaml")
         self.model: Model = failover.pick_model(config, model)
         self.drill_id = f"drill-{site}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
         self.dir = (Path(report_dir) if report_dir else state_dir() / DRILLS / self.drill_id).resolve()
@@ -116,6 +121,7 @@ class Drill:
         if not self.live:
             for s in doc["sites"].values():
                 s["dns"]["record"] = self.record
+            region.rewrite(doc, self.live, (self.dr.dns.record, self.record))
         doc.setdefault("failover", {})["fence"] = self.live or scenario == "region-partition"
         if chain is not None:
             doc["alerts"] = chain.drtool_alerts(self.dr.name)
@@ -167,6 +173,10 @@ class Drill:
             drill_cfg = load_config(cfg_path)
             if not self.live:
                 dns_for(self.dr.dns).replace_a([self.primary.front_address], self.dr.dns.ttl, record=self.record)
+                if name == region.SCENARIO:
+                    region.point_records(self.config, self.primary, (self.dr.dns.record, self.record))
+            if name == region.SCENARIO:
+                sc.doc["production_records_before"] = region.production_records(self.config, self.primary)
             if chain is not None:
                 chain.start(cfg_path)
                 chain.wait_scraped_up()
@@ -184,6 +194,8 @@ class Drill:
                     self.finish_load(sc, load)
             if name == "process-crash":
                 self.ladder(sc, drill_cfg, fault_at)
+            elif name == region.SCENARIO:
+                region.run(self, sc, drill_cfg, fault_at)
             elif name not in IN_SITE:
                 fo = self.failover(sc, name, chain, drill_cfg, fault_at)
                 self.expect(sc, name, fo, fault, drill_cfg, entry)
@@ -212,6 +224,8 @@ class Drill:
             return faults.process_crash(self.config, self.primary, f"drtool-{self.model.name}")
         if name == "gpu-degraded":
             return faults.gpu_degraded(self.config, self.primary)
+        if name == region.SCENARIO:
+            return region.region_down(self.config, self.primary)
         return faults.registry_mismatch(self.config, self.dr, entry.image.repository)
 
     def failover(self, sc: ScenarioRun, name: str, chain: AlertChain | None, cfg: Config, fault_at: float) -> dict:
@@ -506,12 +520,20 @@ class Drill:
             attempt("stop the alert chain", lambda: chain.stop() or "prometheus, alertmanager, serve stopped")
             for run_id in chain.launched_runs():  # a failover already started finishes before anything is undone
                 attempt(f"let failover {run_id} finish", lambda r=run_id: self.wait_report(r)["status"])
-        if cfg is not None:
+        fleet = sc.doc["scenario"] == region.SCENARIO
+        if cfg is not None and fleet:
+            attempt(f"fleet failback to {self.primary.name} (every service verified at home, records back)",
+                    lambda: region.cleanup(self, cfg))
+        elif cfg is not None:
             attempt(f"fail back to {self.primary.name} (primary verified, record back)", lambda: failover.run(
                 cfg, self.out, self.primary.name, self.model.name, False, True, None,
                 f"drill {self.drill_id} cleanup", None, None, plan=failover.Failback)["status"])
+        if cfg is not None:
             attempt("standbys cold", lambda: failover.cool_standbys(self.config, self.model))
-            if not self.live:
+            if not self.live and fleet:
+                attempt("remove the drill records",
+                        lambda: region.remove_records(self.config, self.primary, (self.dr.dns.record, self.record)))
+            elif not self.live:
                 attempt(f"remove the drill record {self.record}",
                         lambda: dns_for(self.dr.dns).delete_a(self.record))
         sc.doc["not_cleaned"] = [c["action"] + ": " + c["detail"] for c in log if not c["ok"]]
@@ -526,6 +548,10 @@ class Drill:
             same_dns = after["dns"] == before["dns"] or (
                 self.live and after["dns"]["addresses"] == before["dns"]["addresses"])
             sc.check("production_dns_unchanged", same_dns, {"before": before["dns"], "after": after["dns"]})
+            if fleet and "production_records_before" in sc.doc:
+                records = region.production_records(self.config, self.primary)
+                sc.check("every_production_record_unchanged", records == sc.doc["production_records_before"],
+                         {"before": sc.doc["production_records_before"], "after": records})
             changed = sorted(h for h, s in after["primary"].items()
                              if s.get("snapshot_id") != before["primary"].get(h, {}).get("snapshot_id"))
             same_primary = _without_snapshot(after["primary"]) == _without_snapshot(before["primary"])

@@ -264,6 +264,13 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _service_capacity_html(cap: dict | None) -> str:
+    if not cap:
+        return "—"
+    return (escape(f"{cap.get('rps')} rps, p95 {cap.get('p95_ms')} ms, errors {cap.get('error_rate')} ")
+            + _badge(bool(cap.get("passed")), "pass", "fail"))
+
+
 def _scenario_html(sc: dict, report: dict) -> str:
     name = escape(sc["scenario"])
     parts = [f'<h2 id="scenario-{name}">drill.{name} {_badge(sc["passed"])}</h2>',
@@ -291,6 +298,13 @@ def _scenario_html(sc: dict, report: dict) -> str:
             [[escape(str(load.get(k, "—"))) for k in ("requests", "concurrency", "rps", "p50_ms", "p95_ms",
                                                        "p99_ms", "error_rate", "canary_mismatches")]
              + [escape(", ".join(f"{k} {v}" for k, v in slo.items())), _badge(load["passed"], "pass", "fail")]]))
+    if sc.get("services"):   # region-down: one row per service of the failed site
+        parts.append("<h3>Services</h3>" + _table(
+            ["service", "status", "standby", "record", "record moved", "RTO", "RPO", "capacity", "error"],
+            [[escape(n), escape(str(p.get("status"))), escape(str(p.get("standby") or "—")), escape(p["record"]),
+              escape(_secs(p.get("moved_s"))), escape(_secs(p.get("rto_s"))), escape(_secs(p.get("rpo_s"))),
+              _service_capacity_html(p.get("capacity")), escape(p.get("error") or "")]
+             for n, p in sc["services"].items()]))
     rungs = ladder_rungs(sc)
     if rungs:
         parts.append("<h3>Escalation ladder</h3>" + _table(
@@ -477,6 +491,13 @@ def summary_table(report: dict) -> list[Table]:
         for r in ladder_rungs(sc):
             t.add_row(f"ladder {rich_escape(r['kind'])}", rich_escape(r["instance"]),
                       rich_escape(r["outcome"] or "decided"), rich_escape(f"{r['policy']}: {r['reason']}"))
+        for n, p in (sc.get("services") or {}).items():
+            cap = p.get("capacity") or {}
+            ok = p.get("status") == "moved" and p.get("rto_s") is not None and cap.get("passed")
+            t.add_row(f"service {rich_escape(n)}", f"RTO {_secs(p.get('rto_s'))}, RPO {_secs(p.get('rpo_s'))}",
+                      "[green]moved, served[/]" if ok else f"[red]{rich_escape(str(p.get('status')))}[/]",
+                      rich_escape(f"{p.get('standby') or '—'}; {cap.get('rps')} rps p95 {cap.get('p95_ms')} ms"
+                                  if cap else (p.get("error") or "")))
         if sc.get("load"):
             ld = sc["load"]
             t.add_row("load", f"{ld.get('rps')} rps, p95 {ld.get('p95_ms')} ms, errors {ld.get('error_rate')}",
