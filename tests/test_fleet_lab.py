@@ -55,6 +55,13 @@ def fleet_back(lab, fleet, back_to_production):
             dns_for(dataclasses.replace(dr.dns, record=svc.record)).replace_a([PW_GPU1], 60, record=svc.record)
 
 
+def _ready(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=3).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def _fleet(fleet, *args: str):
     return run_cli("--config", str(fleet["path"]), "--json", "failover", "--site", "dr-east", "--yes", *args)
 
@@ -107,6 +114,10 @@ def test_region_outage_one_of_six_fails_verification_the_others_move_then_resume
                 assert dig(svc.record) in standby_addresses, svc.name
         assert err["result"]["fleet_rto_s"] > 0 and "--resume" in err["hint"]
         run_id = err["result"]["run_id"]
+        flip = next(st for st in json.loads((state / "runs" / run_id / "tts.json").read_text())["steps"]
+                    if st["name"] == "flip_dns")
+        assert set(flip["evidence"]["fenced"]) == {"pw-gpu1"}                  # the region is down: not fenced
+        assert flip["evidence"]["fenced"]["pw-gpu1"].startswith("unreachable")
     finally:
         client.put_object(Bucket=loc.bucket, Key=key, Body=good)       # the fix
     again = cli_json("--config", str(fleet["path"]), "failover", "--site", "dr-east", "--yes", "--resume", run_id)
@@ -118,6 +129,9 @@ def test_region_outage_one_of_six_fails_verification_the_others_move_then_resume
 
 
 def test_services_outnumber_standbys_lowest_priority_left_and_reported(lab, fleet, state, tmp_path, fleet_back):
+    from drtool.lab import fleet as lab_fleet
+
+    lab_fleet.serve(fleet["config"], only={"tts", "llm-medium"})      # one to move (and fence), one to leave
     doc = yaml.safe_load(fleet["path"].read_text())
     for h in doc["sites"]["dr-east"]["standby_pool"]["hosts"]:
         h["gpus"] = 1                                                  # four slots for six services
@@ -135,6 +149,15 @@ def test_services_outnumber_standbys_lowest_priority_left_and_reported(lab, flee
         rec = next(s.record for s in FLEET_SERVICES if s.name == n)
         assert dig(rec) == before[n]                                   # left: its record untouched
     assert "llm-medium: left" in " ".join(err["details"])
+    # Fenced before their records moved (failover.fence, on by default): the primary answered, so each moved
+    # service's container there was stopped; the left ones still serve at home.
+    run_dir = state / "runs" / err["result"]["run_id"]
+    for n in ("tts", "emotion", "llm-small"):
+        flip = next(st for st in json.loads((run_dir / f"{n}.json").read_text())["steps"] if st["name"] == "flip_dns")
+        assert flip["evidence"]["fenced"] == {"pw-gpu1": "serving container stopped"}, n
+    port = {s.name: s.port for s in FLEET_SERVICES}
+    assert not _ready(f"http://{PW_GPU1}:{port['tts']}/readyz")          # served at home before: fenced
+    assert _ready(f"http://{PW_GPU1}:{port['llm-medium']}/readyz")       # left: its home instance untouched
 
 
 def test_failback_one_service_then_the_whole_site(lab, fleet, state, fleet_back):

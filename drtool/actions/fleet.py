@@ -4,8 +4,10 @@ The planner (drtool/fleet/planner.py) gives each service a standby host and a wa
 `--parallel` services per wave). A wave's host work is one Ansible play per step over all of its hosts, each host
 with its own variables (Ansible's fan-out: forks): power on, pull (each image once per host), restore (every byte
 verified; a snapshot that fails verification is replaced by the next older one of the same version), start. Then
-each service is checked over HTTP (readiness, /version against the registry, canary output) and only a verified
-service's record is pointed at its standby. A service that fails never flips its record and never stops the others.
+each service is checked over HTTP (readiness, /version against the registry, canary output); its home instances
+are fenced, best effort (failover.fence: the container stopped where the host still answers SSH), and only a
+verified service's record is pointed at its standby. A service that fails never flips its record and never stops
+the others.
 
 Each service has its own journal (runs/<fleet run>/<service>.json, the steps of `drtool failover`); the fleet run
 has its own (runs/<fleet run>.fleet.json). `--resume RUN` moves again only the services that did not move.
@@ -318,6 +320,7 @@ class FleetFailover:
         self.restore(moves, forks)
         self.start(moves, forks)
         self.verify(moves)
+        self.fence(moves, forks)
         self.flip(moves)
 
     def rounds(self, moves: list[Move]) -> list[list[Move]]:
@@ -418,6 +421,55 @@ class FleetFailover:
         with ThreadPoolExecutor(max_workers=max(1, self.parallel)) as pool:
             list(pool.map(check, todo))
 
+    def fence(self, moves: list[Move], forks: int) -> None:
+        """Best effort, before a verified service's record moves (failover.fence): its serving container stopped
+        on each home host that still answers SSH, so a returning primary does not serve beside the standby. In a
+        region outage the hosts are down: each is recorded unreachable and the record moves anyway (policy)."""
+        from drtool.fleet.plan import home_hosts
+        from drtool.providers.base import ssh_banner
+
+        todo = [m for m in self.live(moves, "flip_dns") if m.step("verify").status == DONE
+                and "fenced" not in m.ctx]
+        if not todo:
+            return
+        if not self.config.failover.fence:
+            for m in todo:
+                m.ctx["fenced"] = {"skipped": "failover.fence is off"}
+            return
+        homes = {m.spec.name: home_hosts(self.config.site(m.spec.site), m.spec) for m in todo}
+        hosts = {h.name: h for hs in homes.values() for h in hs}
+        with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+            up = dict(zip(hosts, pool.map(lambda h: bool(ssh_banner(h.address, h.port, timeout=3)), hosts.values()),
+                          strict=True))
+        for m in todo:
+            m.ctx["fenced"] = {h.name: "unreachable: not fenced (down or partitioned); DNS moves anyway"
+                               for h in homes[m.spec.name] if not up[h.name]}
+        pairs = [(m, h) for m in todo for h in homes[m.spec.name] if up[h.name]]
+        depth: dict[str, int] = {}
+        rounds: list[list[tuple[Move, Host]]] = []
+        for m, h in pairs:   # one play gives a host one set of variables: one container per host per round
+            k = depth[h.name] = depth.get(h.name, -1) + 1
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append((m, h))
+        def play(rnd: list[tuple[Move, Host]]) -> None:   # rounds at once: each its own ansible-playbook process
+            res = run_playbook(self.config, "model_server.yml", raise_on_failure=False, forks=forks,
+                               extravars={"drtool_targets": ",".join(h.name for _, h in rnd),
+                                          "model_server_action": "stop"},
+                               host_vars={h.name: {"model_server_model": m.spec.model,
+                                                   "model_server_container": f"drtool-{m.spec.model}"}
+                                          for m, h in rnd})
+            outcome = _ok_hosts(res, [h.name for _, h in rnd])
+            for m, h in rnd:
+                ok, data = outcome[h.name]
+                m.ctx["fenced"][h.name] = "serving container stopped" if ok else f"fencing failed: {data}"
+
+        if rounds:
+            with ThreadPoolExecutor(max_workers=len(rounds), thread_name_prefix="fleet-fence") as pool:
+                list(pool.map(play, rounds))
+        for m in todo:
+            m.journal.save()
+
     def flip(self, moves: list[Move]) -> None:
         store = open_store(self.site.object_stores[0])
         try:
@@ -436,7 +488,7 @@ class FleetFailover:
                     if got.addresses != [m.host.address]:
                         raise OperationFailed(f"{site.dns.server} answers {got.addresses} for {m.spec.record}")
                     m.done("flip_dns", {"record": m.spec.record, "before": before.addresses,
-                                        "after": got.addresses})
+                                        "after": got.addresses, "fenced": m.ctx.get("fenced", {})})
                     m.journal.status, m.journal.ended = "done", time.time()
                     m.journal.save()
                 except DrtoolError as exc:

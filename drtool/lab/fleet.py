@@ -61,8 +61,9 @@ def set_up(lab, image: str, size_mb: float = 8) -> dict:
     return snapshots
 
 
-def serve(cfg: Config) -> None:
-    """Each of the five on pw-gpu1 at its port, checked against the registry (a no-op for one already serving)."""
+def serve(cfg: Config, only: set[str] | None = None) -> None:
+    """Each of the five (or the `only` ones, by service name) on pw-gpu1 at its port, checked against the
+    registry (a no-op for one already serving)."""
     from drtool.actions import deploy
     from drtool.actions.registry import site_registry
 
@@ -71,7 +72,7 @@ def serve(cfg: Config) -> None:
     registry = site_registry(cfg, prod)
     try:
         for svc in FLEET_SERVICES:
-            if svc.model == MAIN_MODEL:
+            if svc.model == MAIN_MODEL or (only is not None and svc.name not in only):
                 continue
             entry = registry.require_version(svc.model, VERSION)
             view = dataclasses.replace(prod, serving_port=svc.port, proxy=None)
