@@ -655,6 +655,7 @@ def _fleet_table(result: dict):
 
 def _fleet_failback_table(result: dict):
     title = (f"Fleet failback plan to {result['site']} (dry run: nothing changed)" if result.get("dry_run") else
+             f"Fleet failback plan to {result['site']} (nothing changed yet)" if result.get("plan") else
              f"Fleet failback {result['run_id']} to {result['site']}: {result['status']}")
     return table(title, ["service", "priority", "record", "was", "home", "status", "seconds", "reason"],
                  [[r["service"], r["priority"], r["record"], ", ".join(r.get("before") or []) or "(none)", r["home"],
@@ -710,8 +711,7 @@ def failback_cmd(app: App, site, dry_run, yes, resume_run, reason, model, servic
         def confirm(rows):
             if yes:
                 return
-            app.out.err.print(_fleet_failback_table({"run_id": "plan", "site": site, "status": "plan",
-                                                     "services": rows}))
+            app.out.err.print(_fleet_failback_table({"plan": True, "site": site, "services": rows}))
             if not sys.stdin.isatty():
                 raise UsageError("failback changes things and needs confirmation",
                                  hint="re-run with --yes (non-interactive), or --dry-run to see the plan")

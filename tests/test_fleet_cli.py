@@ -138,3 +138,29 @@ def test_approving_a_fleet_failover_nobody_queued_is_refused(fleet_config, tmp_p
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "no failover awaiting approval with run id fo-dr-east-nothing-queued" in json.loads(proc.stdout)["message"]
     assert not (tmp_path / "state" / "runs").exists()   # refused before anything ran
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--service", "nope"), "'nope'"),
+    (("--service", "asr", "--model", "asr-model"), "--service NAME, not --model"),
+    (("--resume", "fleet-fb-x"), "not --model or --resume"),
+])
+def test_fleet_failback_bad_flags_exit_2_before_anything_runs(fleet_config, args, says):
+    proc = run_cli("--config", str(fleet_config), "--json", "failback", "--site", "prod-west", "--yes", *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["error"] == "UsageError" and says in out["message"], out
+
+
+def test_fleet_failback_without_yes_off_a_terminal_exits_2(fleet_config, monkeypatch):
+    """Not a tty and no --yes: the plan is shown, nothing changes, exit 2 (the plan reads DNS: stubbed)."""
+    from drtool.actions import fleet_failback
+
+    monkeypatch.setattr(fleet_failback.FleetFailback, "plan", lambda self, specs: [
+        {"service": s.name, "priority": s.priority, "record": s.record, "before": ["192.0.2.1"], "home": "h:1",
+         "target": "h", "status": "to bring back", "how": "fleet failback"} for s in specs])
+    res = CliRunner().invoke(cli.main_group, ["--config", str(fleet_config), "failback", "--site", "prod-west"],
+                             terminal_width=200)
+    assert res.exit_code == 2, res.output
+    assert "needs confirmation" in res.output and "Fleet failback plan to prod-west (nothing changed yet)" in res.output
+    assert "rerank" in res.output and "192.0.2" in res.output

@@ -28,7 +28,7 @@ from drtool.config import Config, Host, ServiceSpec, Site
 from drtool.errors import DrtoolError, OperationFailed, UsageError
 from drtool.execute.ansible import run_playbook
 from drtool.execute.dns import dns_for
-from drtool.fleet.plan import home_hosts
+from drtool.fleet.plan import home_hosts, pick_named
 from drtool.fsutil import write_json_atomic
 from drtool.output import Output
 from drtool.paths import state_dir
@@ -45,14 +45,8 @@ def home_services(config: Config, site: Site, names: list[str] | None) -> list[S
     unknown one and listing the site's services."""
     if site.role != "primary":
         raise UsageError(f"site {site.name} is not the primary", hint="fail back TO the primary site")
-    mine = {n: s for n, s in config.services.items() if s.site == site.name}
-    if names:
-        unknown = sorted({n for n in names if n not in mine})
-        if unknown:
-            raise UsageError(f"unknown service(s) {', '.join(map(repr, unknown))} of {site.name}",
-                             hint=f"services of {site.name}: {', '.join(sorted(mine)) or 'none'}")
-        mine = {n: mine[n] for n in names}
-    return sorted(mine.values(), key=lambda s: (s.priority, s.name))
+    return pick_named({n: s for n, s in config.services.items() if s.site == site.name}, names, f"of {site.name}",
+                      f"services of {site.name}")
 
 
 def standbys_in_use(config: Config, exclude: set[str] = frozenset()) -> dict[str, list[str]]:

@@ -36,12 +36,19 @@ def select_services(config: Config, dr_site_name: str, names: list[str] | None) 
         raise UsageError(f"site {dr.name} is not a DR site with a standby pool",
                          hint="plan TO the DR site, e.g. `drtool failover --site dr-east --dry-run`")
     sources = {s.name for s in failing_sites(config, dr)}
-    mine = {n: s for n, s in config.services.items() if s.site in sources}
+    return pick_named({n: s for n, s in config.services.items() if s.site in sources}, names,
+                      f"for a failover to {dr.name}", f"services that fail over to {dr.name}")
+
+
+def pick_named(mine: dict[str, ServiceSpec], names: list[str] | None, where: str,
+               listing: str) -> list[ServiceSpec]:
+    """`mine`, or only the named ones, in priority order; UsageError naming every unknown name (`where`) and
+    listing the known ones (`listing`)."""
     if names:
         unknown = sorted({n for n in names if n not in mine})
         if unknown:
-            raise UsageError(f"unknown service(s) {', '.join(map(repr, unknown))} for a failover to {dr.name}",
-                             hint=f"services that fail over to {dr.name}: {', '.join(sorted(mine)) or 'none'}")
+            raise UsageError(f"unknown service(s) {', '.join(map(repr, unknown))} {where}",
+                             hint=f"{listing}: {', '.join(sorted(mine)) or 'none'}")
         mine = {n: mine[n] for n in names}
     return sorted(mine.values(), key=lambda s: (s.priority, s.name))
 
