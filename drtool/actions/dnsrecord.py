@@ -90,7 +90,7 @@ def prepare(config: Config, out: Output, site_name: str, ttl: int | None, dry_ru
     return {**result, "changed": True}
 
 
-def _host_at(config: Config, address: str) -> tuple[Site, Host] | None:
+def host_at(config: Config, address: str) -> tuple[Site, Host] | None:
     """The serving host, or the site's Nginx (checked through it, as clients reach it), at `address`."""
     for s in config.sites.values():
         for h in s.hosts:
@@ -106,7 +106,7 @@ def serving_check(config: Config, addresses: list[str], model: str) -> dict:
     is never pointed where no site would be serving."""
     evidence = {}
     for addr in addresses:
-        found = _host_at(config, addr)
+        found = host_at(config, addr)
         if found is None:
             raise VerificationError(f"{addr} is not a host of any configured site",
                                     hint="refusing to point the record at an address drtool cannot verify")

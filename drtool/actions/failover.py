@@ -480,27 +480,31 @@ def served_entry(site: Site, host: Host, entry):
     return dataclasses.replace(entry, snapshot_id=served) if served else entry
 
 
-def cool_standbys(config: Config, model: Model) -> dict:
-    """Every DR standby that is on: this model's container stopped and its weights removed; then powered off,
-    unless another service's record still points at it (a fleet: that service still serves from it)."""
+def cool_standbys(config: Config, model: Model | None) -> dict:
+    """Every DR standby that is on: `model`'s container stopped and its weights removed (none: a fleet failback,
+    which removed each service's already); then powered off, unless some other service's record still points at
+    it (a fleet: that service still serves from it)."""
     from drtool.actions.fleet_failback import standbys_in_use
 
-    in_use = standbys_in_use(config, exclude={s.name for s in config.services.values() if s.model == model.name})
+    mine = {s.name for s in config.services.values() if model and s.model == model.name}
+    in_use = standbys_in_use(config, exclude=mine)
     cooled = {}
     for dr in (s for s in config.sites.values() if s.role == "dr" and s.is_standby):
         provider = get_provider(config, dr)
         for host in dr.hosts:
             if provider.state(host) != "on":
                 continue
-            if ssh_banner(host.address, host.port, timeout=3):
+            done = []
+            if model is not None and ssh_banner(host.address, host.port, timeout=3):
                 deploy.stop(config, host, model)
                 deploy.remove_weights(config, host, model.weights_path)
+                done.append("container stopped, weights removed")
             if host.address in in_use:
-                cooled[host.name] = (f"container stopped, weights removed; left on: {', '.join(in_use[host.address])} "
-                                     "still served from it")
+                cooled[host.name] = "; ".join([*done, f"left on: {', '.join(in_use[host.address])} still served "
+                                                      "from it"])
                 continue
             provider.power_off(host)
-            cooled[host.name] = "container stopped, weights removed, powered off"
+            cooled[host.name] = ", ".join([*done, "powered off"])
     return {"cooled": cooled}
 
 

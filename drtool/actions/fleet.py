@@ -323,18 +323,19 @@ class FleetFailover:
         self.fence(moves, forks)
         self.flip(moves)
 
-    def rounds(self, moves: list[Move]) -> list[list[Move]]:
-        """Moves in rounds of at most one per host: one play gives each host one set of role variables."""
-        per_host: dict[str, list[Move]] = {}
+    def rounds(self, moves: list, host=lambda m: m.host.name) -> list[list]:
+        """Moves (or any items, each on the host `host(item)` names) in rounds of at most one per host: one play
+        gives each host one set of role variables."""
+        per_host: dict[str, list] = {}
         for m in moves:
-            per_host.setdefault(m.host.name, []).append(m)
+            per_host.setdefault(host(m), []).append(m)
         depth = max((len(v) for v in per_host.values()), default=0)
         return [[v[k] for v in per_host.values() if len(v) > k] for k in range(depth)]
 
-    def in_rounds(self, moves: list[Move], play) -> None:
+    def in_rounds(self, moves: list, play, host=lambda m: m.host.name) -> None:
         """`play(round)` for every round at once: the rounds' hosts overlap only across rounds, and each round is
         its own ansible-playbook process, so a host holding two services does not double the step's time."""
-        rounds = self.rounds(moves)
+        rounds = self.rounds(moves, host)
         if rounds:
             with ThreadPoolExecutor(max_workers=len(rounds), thread_name_prefix="fleet-round") as pool:
                 list(pool.map(play, rounds))
@@ -445,14 +446,8 @@ class FleetFailover:
             m.ctx["fenced"] = {h.name: "unreachable: not fenced (down or partitioned); DNS moves anyway"
                                for h in homes[m.spec.name] if not up[h.name]}
         pairs = [(m, h) for m in todo for h in homes[m.spec.name] if up[h.name]]
-        depth: dict[str, int] = {}
-        rounds: list[list[tuple[Move, Host]]] = []
-        for m, h in pairs:   # one play gives a host one set of variables: one container per host per round
-            k = depth[h.name] = depth.get(h.name, -1) + 1
-            if k == len(rounds):
-                rounds.append([])
-            rounds[k].append((m, h))
-        def play(rnd: list[tuple[Move, Host]]) -> None:   # rounds at once: each its own ansible-playbook process
+
+        def play(rnd: list[tuple[Move, Host]]) -> None:
             res = run_playbook(self.config, "model_server.yml", raise_on_failure=False, forks=forks,
                                extravars={"drtool_targets": ",".join(h.name for _, h in rnd),
                                           "model_server_action": "stop"},
@@ -464,9 +459,7 @@ class FleetFailover:
                 ok, data = outcome[h.name]
                 m.ctx["fenced"][h.name] = "serving container stopped" if ok else f"fencing failed: {data}"
 
-        if rounds:
-            with ThreadPoolExecutor(max_workers=len(rounds), thread_name_prefix="fleet-fence") as pool:
-                list(pool.map(play, rounds))
+        self.in_rounds(pairs, play, host=lambda pair: pair[1].name)   # one container per host per play
         for m in todo:
             m.journal.save()
 

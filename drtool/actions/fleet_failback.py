@@ -22,6 +22,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from drtool.actions import deploy, failover
+from drtool.actions.dnsrecord import host_at
 from drtool.actions.failover import RUNS, served_entry
 from drtool.actions.registry import site_registry
 from drtool.config import Config, Host, ServiceSpec, Site
@@ -32,7 +33,6 @@ from drtool.fleet.plan import home_hosts, pick_named
 from drtool.fsutil import write_json_atomic
 from drtool.output import Output
 from drtool.paths import state_dir
-from drtool.providers import get_provider
 from drtool.providers.base import ssh_banner
 from drtool.snapshot.lease import Lease
 from drtool.snapshot.stores import open_store
@@ -57,21 +57,10 @@ def standbys_in_use(config: Config, exclude: set[str] = frozenset()) -> dict[str
     for spec in config.services.values():
         if spec.name in exclude:
             continue
-        dns = config.site(spec.site).dns
-        addresses = dns_for(dataclasses.replace(dns, record=spec.record)).read_a().addresses
-        for a in addresses:
+        for a in dns_for(config.site(spec.site).dns).read_a(spec.record).addresses:
             if a in standby:
                 used.setdefault(a, []).append(spec.name)
     return used
-
-
-def _dr_host(config: Config, address: str) -> tuple[Site, Host] | None:
-    for s in config.sites.values():
-        if s.role == "dr" and s.is_standby:
-            for h in s.hosts:
-                if h.address == address:
-                    return s, h
-    return None
 
 
 class FleetFailback:
@@ -117,11 +106,11 @@ class FleetFailback:
             self.doc["services"][spec.name].update(fields)
         self.save()
 
-    def run(self, specs: list[ServiceSpec]) -> dict:
+    def run(self, specs: list[ServiceSpec], rows: list[dict]) -> dict:
+        """`rows`: this run's plan (fb.plan(specs)), as shown before the first change."""
         self.doc = {"run_id": self.run_id, "kind": self.kind, "site": self.site.name, "reason": self.reason,
                     "started": time.time(), "ended": None, "status": "running",
-                    "services": {r["service"]: {**r, "after": None, "reason": None, "seconds": None}
-                                 for r in self.plan(specs)}}
+                    "services": {r["service"]: {**r, "after": None, "reason": None, "seconds": None} for r in rows}}
         self.save()
         main = [s for s in specs if self.delegated(s)]
         rest = [s for s in specs if not self.delegated(s)]
@@ -136,7 +125,7 @@ class FleetFailback:
             finally:
                 lease.release()
                 lease.store.close()
-        self.doc["cooled"] = self.cool()
+        self.doc["cooled"] = failover.cool_standbys(self.config, None)["cooled"]   # none a record points at
         self.doc["ended"] = time.time()
         rows = self.doc["services"].values()
         self.doc["status"] = "done" if all(r["status"] in (BACK, HOME) for r in rows) else "partial"
@@ -227,32 +216,16 @@ class FleetFailback:
 
     def leave_standby(self, spec: ServiceSpec, before: list[str]) -> str | None:
         """The service's container and weights off the DR standby its record pointed at (when it is up)."""
-        found = _dr_host(self.config, before[0]) if before else None
-        if found is None:
+        found = host_at(self.config, before[0]) if before else None
+        if found is None or found[0].role != "dr" or not found[0].is_standby:
             return None
-        _dr, host = found
+        host = found[1]
         if not ssh_banner(host.address, host.port, timeout=3):
             return f"{host.name} (not reachable: nothing to stop)"
         model = self.config.model(spec.model)
         deploy.stop(self.config, host, model)
         deploy.remove_weights(self.config, host, model.weights_path)
         return f"{host.name}: container stopped, weights removed"
-
-    def cool(self) -> dict:
-        """Power off every DR standby that is on and that no service's record points at."""
-        in_use = standbys_in_use(self.config)
-        cooled = {}
-        for dr in (s for s in self.config.sites.values() if s.role == "dr" and s.is_standby):
-            provider = get_provider(self.config, dr)
-            for host in dr.hosts:
-                if provider.state(host) != "on":
-                    continue
-                if host.address in in_use:
-                    cooled[host.name] = f"left on: {', '.join(in_use[host.address])} still served from it"
-                    continue
-                provider.power_off(host)
-                cooled[host.name] = "powered off"
-        return cooled
 
 
 def new_run_id(site: str) -> str:
@@ -271,7 +244,7 @@ def run(config: Config, out: Output, site_name: str, names: list[str] | None, dr
                 "services": rows}
     confirm(rows)
     out.info(f"fleet failback run [bold]{fb.run_id}[/] to {site.name}; record {fb.path}")
-    result = fb.run(specs)
+    result = fb.run(specs, rows)
     bad = [r for r in result["services"] if r["status"] == FAILED]
     if bad:
         raise OperationFailed(

@@ -14,8 +14,6 @@ and the drill records removed.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 
 from drtool.config import Config, ServiceSpec, Site
@@ -29,7 +27,9 @@ SCENARIO = "region-down"
 
 
 def services(config: Config, primary: Site) -> list[ServiceSpec]:
-    return sorted((s for s in config.services.values() if s.site == primary.name), key=lambda s: (s.priority, s.name))
+    from drtool.actions.fleet_failback import home_services
+
+    return home_services(config, primary, None)
 
 
 def drill_record(record: str, live: bool, main: tuple[str, str] | None = None) -> str:
@@ -52,16 +52,12 @@ def home_address(primary: Site, spec: ServiceSpec) -> str:
     return primary.front_address if spec.record == primary.dns.record else home_hosts(primary, spec)[0].address
 
 
-def _dns(site: Site, record: str):
-    return dns_for(dataclasses.replace(site.dns, record=record))
-
-
 def point_records(config: Config, primary: Site, main: tuple[str, str]) -> dict:
     """Outside a live drill: each service's drill record at its home, as its production record is."""
     done = {}
     for spec in services(config, primary):
         rec = drill_record(spec.record, False, main)
-        _dns(primary, rec).replace_a([home_address(primary, spec)], primary.dns.ttl, record=rec)
+        dns_for(primary.dns).replace_a([home_address(primary, spec)], primary.dns.ttl, record=rec)
         done[rec] = home_address(primary, spec)
     return done
 
@@ -74,7 +70,7 @@ def remove_records(config: Config, primary: Site, main: tuple[str, str]) -> str:
 
 
 def production_records(config: Config, primary: Site) -> dict:
-    return {s.record: _dns(primary, s.record).read_a().addresses for s in services(config, primary)}
+    return {s.record: dns_for(primary.dns).read_a(s.record).addresses for s in services(config, primary)}
 
 
 def region_down(config: Config, primary: Site):
@@ -138,7 +134,7 @@ def run(drill, sc, cfg: Config, fault_at: float) -> None:
                 out["moved_s"] = round(result["started"] + row["rto_s"] - fault_at, 3)   # fault -> record flipped
             try:
                 entry = entries[spec.name] = registry.production(spec.model)
-                now_at = _dns(dr, spec.record).read_a().addresses
+                now_at = dns_for(dr.dns).read_a(spec.record).addresses
                 standby = hosts[row["standby"]]
                 if now_at != [standby.address]:
                     raise OperationFailed(f"{spec.record} answers {now_at}, not its verified standby {standby.name}")
@@ -191,7 +187,7 @@ def run(drill, sc, cfg: Config, fault_at: float) -> None:
              {n: p["rpo_s"] for n, p in per.items()})
     sc.check("capacity_within_slo_for_every_service",
              len(moved) == len(specs) and all((p["capacity"] or {}).get("passed") for p in moved),
-             json.loads(json.dumps({n: p["capacity"] for n, p in per.items()})))
+             {n: p["capacity"] for n, p in per.items()})
 
 
 def cleanup(drill, cfg: Config) -> str:
