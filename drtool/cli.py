@@ -1,7 +1,5 @@
 """The command line: click commands that only copy parameters into an action call and print its result."""
 
-from __future__ import annotations
-
 import functools
 import sys
 import time
@@ -9,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from drtool import __version__
+import drtool
 from drtool.errors import EXIT_CODES, DrtoolError, UsageError, VerificationError
 from drtool.output import Output, table
 
@@ -80,7 +78,7 @@ def command(group: click.Group, *args, **kwargs):
               help="Configuration file (default: $DRTOOL_CONFIG, ./drtool.yaml, then the running lab's).")
 @click.option("--json", "json_mode", is_flag=True, help="Print results as JSON on stdout.")
 @click.option("-v", "--verbose", count=True, help="More detail: every Ansible task, timings.")
-@click.version_option(__version__, prog_name="drtool")
+@click.version_option(drtool.__version__, prog_name="drtool")
 @click.pass_context
 def main_group(ctx: click.Context, config_path: str | None, json_mode: bool, verbose: int):
     """drtool: get a model back, serving the right version, at another site, in minutes.

@@ -1,6 +1,6 @@
 """Load drtool.yaml, validate it against one schema, and report every problem at once."""
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for yaml.Node, imported lazily
 
 import json
 import os

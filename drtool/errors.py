@@ -1,7 +1,5 @@
 """One exception hierarchy; each class carries the exit code the CLI returns for it."""
 
-from __future__ import annotations
-
 # Exit codes are a public contract: they are listed in `drtool --help` and docs/exit-codes.md.
 EXIT_OK = 0
 EXIT_FAILED = 1

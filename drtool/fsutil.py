@@ -1,7 +1,5 @@
 """Files that are never seen half-written (temp file, fsync, rename) and cross-process locks."""
 
-from __future__ import annotations
-
 import contextlib
 import fcntl
 import json

@@ -1,7 +1,5 @@
 """Build the Ansible inventory from the configuration: the config is the one source of truth."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 

@@ -10,8 +10,6 @@ which parses it and reports errors as usual. tests/test_launch.py checks that th
 command's options and defaults, and that both paths print the same JSON and exit codes.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 

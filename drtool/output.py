@@ -1,6 +1,6 @@
 """Everything drtool prints: progress on stderr, results on stdout as rich tables or --json."""
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for TaskEvent, a type-checking import
 
 import sys
 from collections.abc import Callable

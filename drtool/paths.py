@@ -1,7 +1,5 @@
 """Where drtool finds its Ansible content (playbooks/, roles/) and writes its local state."""
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 

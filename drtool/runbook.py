@@ -4,7 +4,7 @@ Every step's outcome is written to the run's journal (atomically, locally, and m
 the next step starts, so a run killed at any step boundary can be resumed: finished steps are skipped,
 the interrupted one runs again. Steps therefore check before they act (idempotent)."""
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for Journal in its own class
 
 import json
 import os

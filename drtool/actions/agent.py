@@ -2,8 +2,6 @@
 restore and verify), in its own venv, from a wheelhouse the controller builds once per drtool source: the hosts
 need no package index. Standbys are powered on for the install and powered off again."""
 
-from __future__ import annotations
-
 import hashlib
 import shutil
 import subprocess

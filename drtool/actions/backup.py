@@ -1,8 +1,6 @@
 """drtool backup: snapshot every serving host's weights next to them, replicate to the site's other stores and
 to every DR site's store, then read back a sample at each; or install / remove the nightly job."""
 
-from __future__ import annotations
-
 from drtool.actions.deploy import store_vars
 from drtool.config import Config, ObjectStore, Site
 from drtool.errors import DrtoolError, OperationFailed, VerificationError

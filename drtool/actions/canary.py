@@ -1,7 +1,5 @@
 """Run a version's image with its snapshot's weights on a canary input, on a primary host, beside production."""
 
-from __future__ import annotations
-
 from drtool.actions import deploy
 from drtool.config import Config
 from drtool.errors import VerificationError

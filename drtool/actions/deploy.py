@@ -2,8 +2,6 @@
 container, wait for readiness, check /version against the registry and the canary output. Failover, failback
 and the lab's production set-up are made of these steps."""
 
-from __future__ import annotations
-
 from drtool.config import Config, Host, Model, Site
 from drtool.errors import VerificationError
 from drtool.execute.ansible import run_playbook

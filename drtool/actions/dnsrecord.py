@@ -1,8 +1,6 @@
 """The service record around a failover: lower its TTL ahead of time (`--prepare`), keep every record a flip
 replaced, and put a saved record back (`drtool dns restore`) only when the address it names serves correctly."""
 
-from __future__ import annotations
-
 import dataclasses
 import json
 import time

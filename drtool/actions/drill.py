@@ -6,8 +6,6 @@ By default the drill fails over a drill record (`drill.<record>`) and leaves the
 `--live` moves the production record and fails back. Reports (JSON, JUnit, HTML) go to the report directory
 and to the DR store, where `drtool drill history` finds them."""
 
-from __future__ import annotations
-
 import json
 import time
 import uuid

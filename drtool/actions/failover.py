@@ -5,8 +5,6 @@ preflight -> lease -> provision -> pull_image -> restore -> start -> wait_ready 
 -> flip_dns -> confirm_dns. A crash at any step boundary is finished by `--resume RUN`; every step checks
 before it acts, so nothing is done twice. DNS is never pointed at a target that has not passed `verify`."""
 
-from __future__ import annotations
-
 import contextlib
 import dataclasses
 import sys

@@ -13,8 +13,6 @@ Each service has its own journal (runs/<fleet run>/<service>.json, the steps of 
 has its own (runs/<fleet run>.fleet.json). `--resume RUN` moves again only the services that did not move.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import time
 import uuid

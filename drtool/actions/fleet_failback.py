@@ -13,8 +13,6 @@ command exits 1 with the table. It is idempotent: running it again brings back o
 The run's record: runs/<run>.fleet.json; the delegated failback keeps its own journal and report.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import threading
 import time

@@ -1,7 +1,5 @@
 """drtool image build: build the versioned model-serving image offline and push it to every site's registry."""
 
-from __future__ import annotations
-
 import subprocess
 
 from drtool.config import Config

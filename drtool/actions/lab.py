@@ -1,7 +1,5 @@
 """drtool lab up|status|down: the embedded two-site lab on this machine."""
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 

@@ -2,8 +2,6 @@
 site's serving hosts, drain one instance so the site's other GPU serves, undrain it. The site's first host is the
 primary upstream, the others are backups (docs/serving-proxy.md)."""
 
-from __future__ import annotations
-
 from drtool.config import Config, Host, Site
 from drtool.errors import UsageError
 from drtool.execute.ansible import run_playbook

@@ -1,7 +1,5 @@
 """drtool registry: register versions, promote with compare-and-swap, show, history, verify from one site."""
 
-from __future__ import annotations
-
 import getpass
 import json
 import socket

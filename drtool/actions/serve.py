@@ -1,8 +1,6 @@
 """drtool serve: receive Alertmanager webhooks and start (or queue for approval) failovers. Alerts about one serving
 instance of the primary climb its escalation ladder first (restart in place, drain; drtool/alerts/ladder.py)."""
 
-from __future__ import annotations
-
 import logging
 import os
 import subprocess

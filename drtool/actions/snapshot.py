@@ -1,6 +1,6 @@
 """drtool snapshot ...: open the store, run the engine with a progress bar, return a result dict for the CLI."""
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for ObjectStore, a type-checking import
 
 import contextlib
 from collections.abc import Iterator

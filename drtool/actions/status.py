@@ -1,7 +1,5 @@
 """drtool status: what each site is made of and whether its hosts answer."""
 
-from __future__ import annotations
-
 from drtool.config import Config
 from drtool.execute.ansible import run_playbook
 from drtool.output import Output

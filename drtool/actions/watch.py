@@ -6,8 +6,6 @@ GPU serves, and undrain it once it reports healthy again,
 (firing time, cooldown, policy, exactly once), so a watch and an Alertmanager never start two failovers for one
 outage. Every rung decided and its outcome go to the ladder's journal."""
 
-from __future__ import annotations
-
 import hashlib
 import time
 from pathlib import Path

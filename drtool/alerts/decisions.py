@@ -1,7 +1,5 @@
 """Persistent failover decisions: dedupe by alert fingerprint, firing time, per-site cooldown, exactly once."""
 
-from __future__ import annotations
-
 import time
 import uuid
 from collections.abc import Callable

@@ -18,8 +18,6 @@ healthy (so a drained one is undrained once its alert resolves). The decisions a
 as `drtool watch` (`<state>/ladder/<site>.jsonl`). The side effects are injected (`Remedies`), the state is in
 memory (one `LadderState` per process), one lock serialises batches from the receiver's threads."""
 
-from __future__ import annotations
-
 import hashlib
 import logging
 import threading

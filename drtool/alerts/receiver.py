@@ -1,6 +1,6 @@
 """The Alertmanager webhook receiver: authenticates, validates and hands alerts to the DecisionBook."""
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for AlertLadder, a type-checking import
 
 import hmac
 import json

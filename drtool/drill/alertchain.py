@@ -3,8 +3,6 @@ an alert rule fires, Alertmanager posts the webhook to `drtool serve`, which sta
 real processes (Debian's prometheus and prometheus-alertmanager, drtool itself) on 127.0.0.1, started for the
 drill and stopped by its cleanup. The rule is the ops kit's ModelPrimaryDown with the drill's shorter `for:`."""
 
-from __future__ import annotations
-
 import json
 import os
 import secrets

@@ -1,7 +1,5 @@
 """Capacity check: a bounded Locust load on a model server's /predict, canary-checked, judged against an SLO."""
 
-from __future__ import annotations
-
 import json
 import math
 import os

@@ -2,8 +2,6 @@
 engine that will not start, registry storage); store faults through the standard store API, so they work on any
 S3. Every inject records what it changed so that undo puts exactly that back."""
 
-from __future__ import annotations
-
 import json
 import os
 from dataclasses import dataclass, field

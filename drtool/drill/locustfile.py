@@ -6,8 +6,6 @@ argv; the run ends itself once `requests_total` answers are in (locust 2.47 has 
 and a `quitting` listener writes a summary JSON (locust's own final stats plus the canary counts) for the parent.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import time

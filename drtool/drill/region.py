@@ -12,8 +12,6 @@ the fleet failback (every service verified at home before its drill record moves
 and the drill records removed.
 """
 
-from __future__ import annotations
-
 import time
 
 from drtool.config import Config, ServiceSpec, Site

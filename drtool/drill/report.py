@@ -1,7 +1,5 @@
 """Drill reports: validate the runner's report dict and write report.json, junit.xml, report.html and metrics."""
 
-from __future__ import annotations
-
 import json
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime

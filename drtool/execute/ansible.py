@@ -1,7 +1,5 @@
 """Run a playbook through ansible-runner: fresh private data dir, streamed events, timings, clear failures."""
 
-from __future__ import annotations
-
 import os
 import shutil
 import sys

@@ -1,7 +1,5 @@
 """Container registries over the Distribution HTTP API: does a site's registry hold an image digest?"""
 
-from __future__ import annotations
-
 import requests
 
 from drtool.errors import OperationFailed

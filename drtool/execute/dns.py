@@ -1,7 +1,5 @@
 """DNS records through RFC 2136 dynamic updates signed with TSIG (BIND, PowerDNS, Knot)."""
 
-from __future__ import annotations
-
 import re
 from dataclasses import dataclass
 from pathlib import Path

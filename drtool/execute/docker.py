@@ -1,7 +1,5 @@
 """Docker engine calls through the Docker SDK: import, tag, push and inspect images on a given engine."""
 
-from __future__ import annotations
-
 import io
 from dataclasses import dataclass
 

@@ -1,7 +1,5 @@
 """S3 clients for object stores: only standard S3 calls, so AWS S3, MinIO, Ceph RGW and R2 all work."""
 
-from __future__ import annotations
-
 import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -59,13 +57,13 @@ def transfer_client(store: ObjectStore, max_pool: int, session: botocore.session
     A plain botocore client: the blob calls need none of boto3's additions, and not importing boto3 (and the
     s3transfer it loads) saves ~0.1 s of CPU per run.
     """
-    from drtool import __version__
+    import drtool
 
     cfg = BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=max_pool,
                      connect_timeout=5, read_timeout=60, tcp_keepalive=True,
                      request_checksum_calculation="when_required", response_checksum_validation="when_required",
                      s3={"payload_signing_enabled": False},
-                     user_agent=f"drtool/{__version__} botocore/{botocore.__version__}")
+                     user_agent=f"drtool/{drtool.__version__} botocore/{botocore.__version__}")
     return (session or transfer_session(store)).create_client("s3", region_name=store.region,
                                                                endpoint_url=store.endpoint_url, config=cfg)
 

@@ -1,7 +1,5 @@
 """HTTP calls to a model server: readiness, /version, /predict (used by canary, failover checks and drills)."""
 
-from __future__ import annotations
-
 import time
 
 import requests

@@ -6,8 +6,6 @@ The allocation itself is `drtool.fleet.planner.plan` (pure); this module only tu
 inputs and resolves each assigned service against the DR registry.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 
 from drtool.config import Config, ServiceSpec, Site

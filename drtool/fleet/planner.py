@@ -17,8 +17,6 @@ The same inputs always give the same plan, whatever their order. Hosts are bucke
 names per count), so each service costs O(max GPUs per host * log hosts).
 """
 
-from __future__ import annotations
-
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field

@@ -31,7 +31,7 @@ name within a site, the site's failover (if any) last.
 still counts as an attempt, but is not waited for: `apply(..., ok=False)`).
 """
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for LadderState in its own class
 
 import json
 import os

@@ -1,7 +1,5 @@
 """Runs one short command (an argv list, bounded in time) and turns its failure into a LabError."""
 
-from __future__ import annotations
-
 import os
 import shutil
 import subprocess

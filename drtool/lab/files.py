@@ -1,7 +1,5 @@
 """Lab files: written only when changed (atomically, via drtool.fsutil), log tails and rotation."""
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 

@@ -3,8 +3,6 @@ model under its own name and weights, snapshotted on pw-gpu1, replicated to dr-e
 image, promoted, and served on pw-gpu1 on its own port. Used by tests/test_fleet_lab.py and bench/fleet_rto_bench.py;
 `make drill` does not need it."""
 
-from __future__ import annotations
-
 import dataclasses
 import json
 import subprocess

@@ -1,7 +1,5 @@
 """Where each lab file lives under the state directory (one place, so every module agrees)."""
 
-from __future__ import annotations
-
 import os
 from dataclasses import dataclass
 from pathlib import Path

@@ -1,7 +1,5 @@
 """The Lab: brings the embedded two-site lab up, reports on it, powers hosts, cuts links, tears it down."""
 
-from __future__ import annotations
-
 import contextlib
 import fcntl
 import json

@@ -1,7 +1,5 @@
 """Builds, repairs, partitions and removes the lab network: one bridge, namespaces joined by veth pairs."""
 
-from __future__ import annotations
-
 import json
 import os
 import time

@@ -10,8 +10,6 @@ The parent prints the daemon's pid on stdout and exits 0 once the exec has succe
 it failed and exits 127.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import subprocess

@@ -1,7 +1,5 @@
 """Creates and keeps the lab's secrets: CA and server certs, SSH keys, TSIG key, S3 credentials."""
 
-from __future__ import annotations
-
 import configparser
 import datetime as dt
 import io

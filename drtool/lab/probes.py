@@ -1,7 +1,5 @@
 """Real, bounded checks that a lab part answers: SSH banner, Docker API, registry /v2/, S3, DNS SOA."""
 
-from __future__ import annotations
-
 import http.client
 import json
 import socket

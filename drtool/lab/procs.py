@@ -1,7 +1,5 @@
 """Launches lab daemons inside namespaces, finds them again (pidfile, tag, namespace) and stops them."""
 
-from __future__ import annotations
-
 import os
 import signal
 import subprocess

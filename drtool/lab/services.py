@@ -1,7 +1,5 @@
 """Configures, starts, repairs and stops the lab's daemons: BIND, registries, S3 servers, dockerd, sshd."""
 
-from __future__ import annotations
-
 import sys
 import time
 from collections.abc import Callable

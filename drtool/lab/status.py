@@ -1,7 +1,5 @@
 """Probes every lab part for real (in parallel, bounded) and reports each as a PartStatus."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass

@@ -1,7 +1,5 @@
 """The lab's fixed layout: bridge, namespaces, addresses, sites, hosts and the services they run."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 BRIDGE = "drlab0"

@@ -1,7 +1,5 @@
 """A deterministic stand-in speech model: network definition, seeded weight writer, loader and predict."""
 
-from __future__ import annotations
-
 import argparse
 import hashlib
 import json

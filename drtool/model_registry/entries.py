@@ -1,6 +1,6 @@
 """Registry records: a model version, the alias log entries, and the canary comparison."""
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for VersionEntry in its own class
 
 import json
 import math

@@ -7,8 +7,6 @@ Layout under the store's prefix:
 Moving an alias is a compare-and-swap built on the one coordination primitive every S3 offers, a
 conditional create: the next entry's key is seq+1, so of two concurrent promotes exactly one creates it."""
 
-from __future__ import annotations
-
 from drtool.errors import BusyError, UsageError
 from drtool.model_registry.entries import AliasEntry, VersionEntry
 from drtool.snapshot.stores import BlobStore

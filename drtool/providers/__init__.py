@@ -1,7 +1,5 @@
 """Standby providers: power a cold-standby host on, wait for it, power it off."""
 
-from __future__ import annotations
-
 from drtool.config import Config, Site
 from drtool.errors import UsageError
 from drtool.providers.base import StandbyProvider

@@ -1,8 +1,6 @@
 """The `aws` standby provider: start a stopped EC2 instance tagged as the site's standby, or launch one
 from a launch template; wait for status checks and SSH; stop it again to return it to cold."""
 
-from __future__ import annotations
-
 import time
 
 import boto3

@@ -1,7 +1,5 @@
 """The standby-provider interface and the SSH readiness wait every provider shares."""
 
-from __future__ import annotations
-
 import socket
 import time
 from abc import ABC, abstractmethod

@@ -1,7 +1,5 @@
 """The `lab` standby provider: power switches of the embedded lab's namespace hosts."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 from drtool.config import Config, Host

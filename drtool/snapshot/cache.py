@@ -4,7 +4,7 @@ re-check.
 An entry is kept as its canonical JSON text, the very bytes the manifest holds for that file: an unchanged file
 costs a stat and a list comparison, with nothing parsed or re-encoded (docs/benchmarks.md, unchanged re-run)."""
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for IncrementalCache in its own class
 
 import json
 import os

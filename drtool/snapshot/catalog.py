@@ -1,7 +1,5 @@
 """Finding snapshots in a store: list complete ones, resolve id prefixes, load manifests verified against their id."""
 
-from __future__ import annotations
-
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass

@@ -1,6 +1,6 @@
 """Fixed-size parts: how files are split, a bounded pool of reusable read buffers, and bounded ordered parallel work."""
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for type-checking imports
 
 import os
 import threading

@@ -5,7 +5,7 @@ its imports are kept to what that needs (thread pools, safetensors parsing and t
 be read), because its whole process must take at most 60 ms for a 2 GiB model, and its engine time at most 2% of
 the first run's (docs/benchmarks.md)."""
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for ProgressSink, a type-checking import
 
 import hashlib
 import json

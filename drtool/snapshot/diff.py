@@ -1,7 +1,5 @@
 """snapshot diff: which files, and inside safetensors files which tensors, differ between two snapshots."""
 
-from __future__ import annotations
-
 from drtool.snapshot.manifest import FileEntry, SnapshotManifest, TensorRef
 
 

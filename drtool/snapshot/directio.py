@@ -7,8 +7,6 @@ what a serving host does keep in memory. And on our VMs, memory the kernel takes
 from the host at ~3 s of system time per GB: measured, buffered write + fsync of 2 GiB took 6.7 s (6.1 s system),
 O_DIRECT 1.8 s (0.3 s system) (docs/benchmarks.md)."""
 
-from __future__ import annotations
-
 import errno
 import os
 

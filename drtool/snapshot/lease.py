@@ -1,6 +1,6 @@
 """Leases: one running writer per model, and prune excluded while any create runs, via conditional puts."""
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for LeaseHolder in its own class
 
 import json
 import os

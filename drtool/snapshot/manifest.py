@@ -1,6 +1,6 @@
 """The snapshot manifest: its JSON schema, canonical encoding (whose SHA-256 is the snapshot id) and safe parsing."""
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for TensorRef in its own class
 
 import functools
 import json

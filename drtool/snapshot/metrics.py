@@ -1,7 +1,5 @@
 """Backup metrics as a Prometheus textfile (node_exporter's textfile collector reads it), written atomically."""
 
-from __future__ import annotations
-
 import time
 from pathlib import Path
 

@@ -1,7 +1,5 @@
 """How the engine reports progress: a sink told the total bytes of a phase, then each chunk of bytes done."""
 
-from __future__ import annotations
-
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time, docs/benchmarks.md)
 if TYPE_CHECKING:  # a type only: typing.Protocol is not imported at run time (start-up cost, docs/benchmarks.md)
     from typing import Protocol

@@ -1,7 +1,5 @@
 """snapshot prune: choose snapshots by retention policy, delete their manifests first, then blobs no manifest uses."""
 
-from __future__ import annotations
-
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass

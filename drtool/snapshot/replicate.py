@@ -1,6 +1,6 @@
 """snapshot replicate: copy a snapshot's missing blobs to another store, each checked on the way, then its manifest."""
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for type-checking imports
 
 import hashlib
 import time

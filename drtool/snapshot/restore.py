@@ -1,6 +1,6 @@
 """snapshot restore: refuse unsafe manifests before writing; write files to temp names, rename each once it matches."""
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for type-checking imports
 
 import contextlib
 import errno

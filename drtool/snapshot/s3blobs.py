@@ -15,7 +15,7 @@ botocore, which retries, follows redirects and maps errors as everywhere else. E
 drtool's own SHA-256 (the blob's name), and uploads carry x-amz-checksum-sha256 for the server to check.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for BlobRequests in its own class
 
 import base64
 import hashlib

@@ -1,7 +1,5 @@
 """safetensors files: parse and validate the header, and hash each tensor's bytes while the file streams past."""
 
-from __future__ import annotations
-
 import hashlib
 import json
 import math

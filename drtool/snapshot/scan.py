@@ -3,8 +3,6 @@
 Lean on purpose (no dataclasses, pathlib or threads): an unchanged nightly re-run is this scan, a lookup per file
 and one manifest write, and its whole process must fit in 2% of the first run (docs/benchmarks.md)."""
 
-from __future__ import annotations
-
 import os
 import stat
 

@@ -1,6 +1,6 @@
 """Where snapshots live: one BlobStore interface over a local directory (file://) or an S3 bucket (s3://)."""
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for ObjectStore in its own class
 
 import contextlib
 import os

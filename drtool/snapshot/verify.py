@@ -1,6 +1,6 @@
 """snapshot verify: the manifest against its id, every blob present with its size, and with --read-data every byte."""
 
-from __future__ import annotations
+from __future__ import annotations  # PEP 563 (public), for type-checking imports
 
 import hashlib
 import random
