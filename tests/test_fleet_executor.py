@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from drtool.actions.fleet import FleetFailover, _ok_hosts
+from drtool.actions.fleet import FleetFailover
 from drtool.execute.ansible import PlaybookResult, TaskEvent
 
 
@@ -14,7 +14,7 @@ def test_a_host_counts_as_done_only_with_its_result_and_no_failure():
     res.results = {"h1": {"pulled": True}, "h2": {"pulled": True}}
     res.failed = [TaskEvent("p", "Pull the image by digest", "h2", "failed", 0.1, "manifest unknown\n(exit 1)")]
     res.unreachable = {"h3": "ssh: connect to host 10.0.0.3 port 22: No route to host"}
-    out = _ok_hosts(res, ["h1", "h2", "h3", "h4"])
+    out = res.per_host(["h1", "h2", "h3", "h4"])
     assert out["h1"] == (True, {"pulled": True})
     assert out["h2"] == (False, "Pull the image by digest: manifest unknown; (exit 1)")
     assert out["h3"][0] is False and out["h3"][1].startswith("unreachable: ssh: connect")

@@ -90,27 +90,6 @@ class Move:
         self.journal.save()
 
 
-def _ok_hosts(res, hosts: list[str]) -> dict[str, tuple[bool, object]]:
-    """Per host of one play: (True, its drtool_result) or (False, what failed). A host counts as done only when
-    its drtool_result arrived and no task failed on it (a play that never reached it is not a success)."""
-    out = {}
-    for h in hosts:
-        failed = next((e for e in res.failed if e.host == h), None)
-        if h in res.unreachable:
-            out[h] = (False, f"unreachable: {_oneline(res.unreachable[h])}")
-        elif failed is not None:
-            out[h] = (False, f"{failed.task}: {_oneline(failed.message)}")
-        elif h in res.results:
-            out[h] = (True, res.results[h])
-        else:
-            out[h] = (False, f"{res.playbook} did not reach {h} (rc {res.rc})")
-    return out
-
-
-def _oneline(text: str, limit: int = 600) -> str:
-    return "; ".join(line.strip() for line in (text or "").splitlines() if line.strip())[:limit]
-
-
 class FleetFailover:
     kind = "fleet-failover"
 
@@ -284,8 +263,8 @@ class FleetFailover:
             with ThreadPoolExecutor(max_workers=forks) as pool:
                 errors = dict(zip(hosts, pool.map(power, hosts), strict=True))
             up = [h for h in hosts if errors[h] is None]
-            seen = _ok_hosts(run_playbook(self.config, "status.yml", raise_on_failure=False, forks=forks,
-                                          extravars={"drtool_targets": ",".join(up)}), up) if up else {}
+            seen = run_playbook(self.config, "status.yml", raise_on_failure=False, forks=forks,
+                                extravars={"drtool_targets": ",".join(up)}).per_host(up) if up else {}
             for m in todo:
                 err = errors[m.host.name] or (None if seen[m.host.name][0] else seen[m.host.name][1])
                 if err:
@@ -307,7 +286,7 @@ class FleetFailover:
             res = run_playbook(self.config, "pull_image.yml", raise_on_failure=False, forks=forks,
                                extravars={"drtool_targets": ",".join(sorted(rnd))},
                                host_vars={h: {"serving_image_ref": r} for h, r in rnd.items()})
-            for h, outcome in _ok_hosts(res, sorted(rnd)).items():
+            for h, outcome in res.per_host(sorted(rnd)).items():
                 pulled[(h, rnd[h])] = outcome
         for m in todo:
             ok, data = pulled[(m.host.name, m.ctx["image"])]
@@ -355,7 +334,7 @@ class FleetFailover:
             res = run_playbook(self.config, "restore_weights.yml", raise_on_failure=False, forks=forks,
                                extravars={"drtool_targets": ",".join(hv), **store_vars(self.site, "model_weights")},
                                host_vars=hv)
-            outcome = _ok_hosts(res, list(hv))
+            outcome = res.per_host(list(hv))
             for m in rnd:
                 ok, data = outcome[m.host.name]
                 if ok:
@@ -394,7 +373,7 @@ class FleetFailover:
                                             "io.drtool.service": m.spec.name}}
             res = run_playbook(self.config, "model_server.yml", raise_on_failure=False, forks=forks,
                                extravars={"drtool_targets": ",".join(hv)}, host_vars=hv)
-            for h, (ok, data) in _ok_hosts(res, list(hv)).items():
+            for h, (ok, data) in res.per_host(list(hv)).items():
                 m = next(x for x in rnd if x.host.name == h)
                 m.done("start", data) if ok else m.fail("start", str(data))
 
@@ -452,7 +431,7 @@ class FleetFailover:
                                host_vars={h.name: {"model_server_model": m.spec.model,
                                                    "model_server_container": f"drtool-{m.spec.model}"}
                                           for m, h in rnd})
-            outcome = _ok_hosts(res, [h.name for _, h in rnd])
+            outcome = res.per_host([h.name for _, h in rnd])
             for m, h in rnd:
                 ok, data = outcome[h.name]
                 m.ctx["fenced"][h.name] = "serving container stopped" if ok else f"fencing failed: {data}"

@@ -47,6 +47,26 @@ class PlaybookResult:
     def timings(self) -> list[dict]:
         return [asdict(e) for e in self.events]
 
+    def per_host(self, hosts: list[str]) -> dict[str, tuple[bool, object]]:
+        """Per host of one play: (True, its drtool_result) or (False, what failed). A host counts as done only when
+        its drtool_result arrived and no task failed on it (a play that never reached it is not a success)."""
+        out = {}
+        for h in hosts:
+            failed = next((e for e in self.failed if e.host == h), None)
+            if h in self.unreachable:
+                out[h] = (False, f"unreachable: {_oneline(self.unreachable[h])}")
+            elif failed is not None:
+                out[h] = (False, f"{failed.task}: {_oneline(failed.message)}")
+            elif h in self.results:
+                out[h] = (True, self.results[h])
+            else:
+                out[h] = (False, f"{self.playbook} did not reach {h} (rc {self.rc})")
+        return out
+
+
+def _oneline(text: str, limit: int = 600) -> str:
+    return "; ".join(line.strip() for line in (text or "").splitlines() if line.strip())[:limit]
+
 
 ProgressFn = Callable[[str, TaskEvent | str], None]
 
