@@ -68,6 +68,7 @@ def serve(cfg: Config, only: set[str] | None = None) -> None:
     prod = cfg.site("prod-west")
     host = next(h for h in prod.hosts if h.name == "pw-gpu1")
     registry = site_registry(cfg, prod)
+    pulled = set()  # the services share one image: a second pull is a whole playbook for nothing
     try:
         for svc in FLEET_SERVICES:
             if svc.model == MAIN_MODEL or (only is not None and svc.name not in only):
@@ -75,7 +76,9 @@ def serve(cfg: Config, only: set[str] | None = None) -> None:
             entry = registry.require_version(svc.model, VERSION)
             view = dataclasses.replace(prod, serving_port=svc.port, proxy=None)
             model = cfg.model(svc.model)
-            deploy.pull(cfg, view, host, entry)
+            if entry.image not in pulled:
+                deploy.pull(cfg, view, host, entry)
+                pulled.add(entry.image)
             deploy.restore(cfg, view, host, model, entry)
             deploy.start(cfg, view, host, model, entry)
             deploy.wait(view, host)
