@@ -81,12 +81,12 @@ def install(config: Config, out: Output, site_name: str | None, dry_run: bool) -
     wh = wheelhouse(config, out)
     results: dict[str, dict] = {}
     powered: list[tuple] = []  # (provider, host) of the standbys powered on for this install, to power off after
+    from drtool.providers import get_provider
+
     try:
         for site, host in hosts:
             if not site.is_standby:
                 continue
-            from drtool.providers import get_provider
-
             provider = get_provider(config, site)
             try:
                 if provider.state(host) != "on":
