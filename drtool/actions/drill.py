@@ -481,17 +481,20 @@ class Drill:
                  f"created {created}), target {t.rpo_target_s:.0f}s")
         self.load(sc, url, entry)
 
-    def load(self, sc: ScenarioRun, url: str, entry) -> None:
+    def capacity(self, url: str, entry, workdir: Path) -> dict:
+        """The drill's Locust capacity check against `url`, with `entry`'s canary mixed in (drill.load settings)."""
         from drtool.drill.capacity import run_load
         from drtool.model.demo import demo_inputs
 
-        t0 = now()
         settings = self.config.drill.load
         inputs = [{"inputs": demo_inputs(frames=20, seed=s)} for s in range(1, 9)]
-        result = run_load(url, requests_total=settings.requests, concurrency=settings.concurrency, inputs=inputs,
-                          canary={"input": entry.canary.input, "expected": entry.canary.expected,
-                                  "tolerance": entry.canary.tolerance},
-                          slo=settings.slo, workdir=self.dir / "work" / sc.doc["scenario"] / "load")
+        return run_load(url, requests_total=settings.requests, concurrency=settings.concurrency, inputs=inputs,
+                        canary=entry.canary, slo=settings.slo, workdir=workdir)
+
+    def load(self, sc: ScenarioRun, url: str, entry) -> None:
+        t0 = now()
+        settings = self.config.drill.load
+        result = self.capacity(url, entry, self.dir / "work" / sc.doc["scenario"] / "load")
         sc.doc["load"] = result
         sc.step("load", f"Capacity: {settings.requests} requests, {settings.concurrency} concurrent (Locust)", t0,
                 now(), "done" if result["passed"] else "failed", {k: result.get(k) for k in

@@ -54,9 +54,9 @@ def point_records(config: Config, primary: Site, main: tuple[str, str]) -> dict:
     """Outside a live drill: each service's drill record at its home, as its production record is."""
     done = {}
     for spec in services(config, primary):
-        rec = drill_record(spec.record, False, main)
-        dns_for(primary.dns).replace_a([home_address(primary, spec)], primary.dns.ttl, record=rec)
-        done[rec] = home_address(primary, spec)
+        rec, home = drill_record(spec.record, False, main), home_address(primary, spec)
+        dns_for(primary.dns).replace_a([home], primary.dns.ttl, record=rec)
+        done[rec] = home
     return done
 
 
@@ -89,8 +89,6 @@ def run(drill, sc, cfg: Config, fault_at: float) -> None:
     from drtool.actions import fleet
     from drtool.actions.failover import snapshot_age
     from drtool.actions.registry import site_registry
-    from drtool.drill.capacity import run_load
-    from drtool.model.demo import demo_inputs
     from drtool.snapshot import catalog
     from drtool.snapshot.stores import open_store
 
@@ -117,8 +115,6 @@ def run(drill, sc, cfg: Config, fault_at: float) -> None:
 
     registry, store = site_registry(cfg, dr), open_store(dr.object_stores[0])
     hosts = {h.name: h for h in dr.hosts}
-    settings = drill.config.drill.load
-    inputs = [{"inputs": demo_inputs(frames=20, seed=s)} for s in range(1, 9)]
     per, served, entries = {}, [], {}
     try:
         for spec in specs:
@@ -154,12 +150,8 @@ def run(drill, sc, cfg: Config, fault_at: float) -> None:
             if out["rto_s"] is None:
                 continue
             try:
-                entry = entries[spec.name]
                 url = base_url(hosts[out["standby"]].address, spec.port)   # what its record answers (checked)
-                load = run_load(url, requests_total=settings.requests, concurrency=settings.concurrency,
-                                inputs=inputs, canary={"input": entry.canary.input, "expected": entry.canary.expected,
-                                                       "tolerance": entry.canary.tolerance},
-                                slo=settings.slo, workdir=drill.dir / "work" / SCENARIO / "load" / spec.name)
+                load = drill.capacity(url, entries[spec.name], drill.dir / "work" / SCENARIO / "load" / spec.name)
                 out["capacity"] = {k: load.get(k) for k in ("requests", "rps", "p95_ms", "error_rate", "passed",
                                                             "reasons")}
             except DrtoolError as exc:
@@ -176,7 +168,7 @@ def run(drill, sc, cfg: Config, fault_at: float) -> None:
     rpos = [p["rpo_s"] for p in moved if p["rpo_s"] is not None]
     sc.doc["rpo_s"] = max(rpos) if rpos else None
     sc.doc["split"].update(detection=0.0, decision=0.0,
-                           fleet_failover=round(result.get("fleet_rto_s") or 0.0, 3) if result else 0.0)
+                           fleet_failover=round(result.get("fleet_rto_s") or 0.0, 3))
     if sc.doc["rto_s"] is not None:
         sc.check("fleet_rto_within_target", sc.doc["rto_s"] <= t.rto_target_s,
                  f"fleet RTO {sc.doc['rto_s']:.1f}s (fault to the last service's canary through its record), "
