@@ -8,12 +8,13 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 
 from .conftest import wait_for
-from .snapshot_helpers import MiB, model_dir, settle, write_random
+from .snapshot_helpers import DRTOOL, MiB, model_dir, settle, write_random
 
-pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (moto_server is in conftest)
+pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (seaweed_s3 is in conftest)
 
 
 
@@ -146,3 +147,68 @@ def test_kill_9_during_prune_never_leaves_a_manifest_pointing_at_a_missing_blob(
     finished = snap_env.json("snapshot", "prune", "--store", store, "--keep-last", "1")
     assert finished["removed"] == [] and finished["blobs_deleted"] == left - _count(s3, bucket, "w/blobs/")
     assert _count(s3, bucket, "w/blobs/") == 3  # the kept snapshot: changing.bin, extra-0, extra-1
+
+
+def test_busy_message_names_the_lease_the_holder_holds(snap_env):
+    src = model_dir(snap_env.tmp / "src")
+    store_root = snap_env.tmp / "store"
+    store = f"file://{store_root}"
+    snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m")
+    leases = store_root / "leases"
+
+    (leases / "_prune.json").write_bytes(_lease("ops-box", expires_in=300, purpose="snapshot prune"))
+    err = json.loads(snap_env.run("snapshot", "create", str(src), "--store", store, "--model", "m", "--json").stdout)
+    assert err["exit_code"] == 4
+    assert "holds leases/_prune.json" in err["message"] and "leases/m.json" not in err["message"]
+    (leases / "_prune.json").unlink()
+
+    (leases / "other.json").write_bytes(_lease("gpu-7", expires_in=300, purpose="snapshot create other"))
+    err = json.loads(snap_env.run("snapshot", "prune", "--store", store, "--keep-last", "1", "--json").stdout)
+    assert err["exit_code"] == 4
+    assert "holds leases/other.json" in err["message"] and "_prune" not in err["message"]
+
+    # The run's own lease, held by a live create of the same model, is still the one named.
+    (leases / "other.json").unlink()
+    (leases / "m.json").write_bytes(_lease("gpu-8", expires_in=300))
+    err = json.loads(snap_env.run("snapshot", "create", str(src), "--store", store, "--model", "m", "--json").stdout)
+    assert err["exit_code"] == 4 and "holds leases/m.json" in err["message"]
+
+
+def _wait_exited_unreaped(pid: int) -> None:
+    """Block until the child `pid` has exited, leaving it a zombie (WNOWAIT: its parent has not reaped it)."""
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        assert f.read().rpartition(b")")[2].split()[0] == b"Z"
+
+
+def test_a_killed_create_its_parent_has_not_reaped_is_taken_over_at_once(snap_env, monkeypatch):
+    from drtool.snapshot.cache import IncrementalCache
+
+    src = model_dir(snap_env.tmp / "src")
+    store_root = snap_env.tmp / "store"
+    store = f"file://{store_root}"
+    # The first create takes its lease, then opens its incremental cache: a FIFO here, so it blocks there, holding
+    # the lease, until it is killed (no timing involved).
+    held_cache = snap_env.tmp / "held-cache"
+    monkeypatch.setenv("DRTOOL_CACHE_DIR", str(held_cache))
+    fifo = IncrementalCache(store, "m", os.path.realpath(src), 16 * MiB).path
+    os.makedirs(os.path.dirname(fifo))
+    os.mkfifo(fifo)
+    first = subprocess.Popen([DRTOOL, "snapshot", "create", str(src), "--store", store, "--model", "m", "--json"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**snap_env.vars, "DRTOOL_CACHE_DIR": str(held_cache)})
+    try:
+        lease = store_root / "leases" / "m.json"
+        wait_for(lambda: lease.exists() and json.loads(lease.read_bytes() or b"{}").get("pid") == first.pid,
+                 what="the first create to hold its lease")
+        os.kill(first.pid, signal.SIGKILL)
+        _wait_exited_unreaped(first.pid)
+
+        t0 = time.monotonic()
+        rerun = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m")  # --wait 0
+        assert rerun["files"] == 4
+        assert time.monotonic() - t0 < 60  # not the lease's expiry (120 s)
+        assert not lease.exists()
+    finally:
+        first.kill()
+        first.wait()

@@ -14,7 +14,7 @@ import pytest
 
 from .snapshot_helpers import DRTOOL, MiB, model_dir, settle, write_random
 
-pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (moto_server is in conftest)
+pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (seaweed_s3 is in conftest)
 
 TEMP_PREFIX = ".drtool-restore-"
 
@@ -135,3 +135,22 @@ def test_create_replaces_a_damaged_small_blob(snap_env, kind):
     again = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m", "--recheck-share", "0")
     assert again["blobs_repaired"] == 1
     assert snap_env.json("snapshot", "verify", first["id"], "--store", store, "--read-data")["ok"]
+
+
+def test_restore_removes_temps_of_a_killed_restore_its_parent_has_not_reaped(snap_env):
+    src = model_dir(snap_env.tmp / "src")
+    store = snap_env.store("file")
+    created = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m")
+    dest = snap_env.tmp / "dest"
+    dest.mkdir()
+    killed = subprocess.Popen(["sleep", "600"])
+    try:
+        killed.kill()
+        os.waitid(os.P_PID, killed.pid, os.WEXITED | os.WNOWAIT)  # exited, left a zombie: not reaped
+        zombie_temp = dest / f"{TEMP_PREFIX}{killed.pid}-0123456789abcdef"
+        zombie_temp.write_bytes(b"half a file")
+        result = snap_env.json("snapshot", "restore", created["id"], str(dest), "--store", store)
+        assert result["leftover_temps_removed"] == 1
+        assert not zombie_temp.exists()
+    finally:
+        killed.wait()

@@ -8,6 +8,7 @@ import threading
 import time
 
 from drtool.errors import BusyError, OperationFailed
+from drtool.pids import boot_id, process_alive
 from drtool.snapshot.stores import LEASES, BlobStore, lease_key
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time, docs/benchmarks.md)
@@ -23,25 +24,18 @@ PRUNE_LEASE = "_prune"  # model names start with a letter or digit, so this neve
 TAKEOVER_SETTLE = 0.5
 
 
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 def hostname() -> str:
     return os.uname().nodename  # what socket.gethostname() returns, without importing socket
 
 
 class LeaseHolder:
-    """Who holds a lease (the lease object's JSON fields)."""
+    """Who holds a lease (the lease object's JSON fields), and which lease: `key`, when read from the store."""
 
     FIELDS = ("purpose", "host", "pid", "boot_id", "started", "expires", "token")
-    __slots__ = FIELDS
+    __slots__ = (*FIELDS, "key")
 
-    def __init__(self, purpose: str, host: str, pid: int, boot_id: str, started: str, expires: float, token: str):
+    def __init__(self, purpose: str, host: str, pid: int, boot_id: str, started: str, expires: float, token: str,
+                 key: str | None = None):
         self.purpose = purpose
         self.host = host
         self.pid = pid
@@ -49,6 +43,7 @@ class LeaseHolder:
         self.started = started
         self.expires = expires  # epoch seconds
         self.token = token
+        self.key = key  # not part of the lease's JSON: where it was read from, for messages
 
     def to_json(self) -> dict:
         return {name: getattr(self, name) for name in self.FIELDS}
@@ -62,27 +57,21 @@ class LeaseHolder:
         return f"{self.purpose} on {self.host} (pid {self.pid}, started {self.started})"
 
     def is_stale(self, now: float) -> bool:
-        """Expired, or a process of this machine that no longer exists (or existed before its last boot)."""
+        """Expired, or a process of this machine that no longer runs: gone, a zombie (killed, not yet reaped), or
+        from before its last boot."""
         if now > self.expires:
             return True
         if self.host == hostname() and self.boot_id:
-            if self.boot_id != _boot_id():
-                return True
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                return False
+            return self.boot_id != boot_id() or not process_alive(self.pid)
         return False
 
     @classmethod
-    def parse(cls, data: bytes) -> LeaseHolder | None:
+    def parse(cls, data: bytes, key: str | None = None) -> LeaseHolder | None:
         try:
             doc = json.loads(data.decode())
             return cls(purpose=str(doc["purpose"]), host=str(doc["host"]), pid=int(doc["pid"]),
                        boot_id=str(doc.get("boot_id", "")), started=str(doc["started"]),
-                       expires=float(doc["expires"]), token=str(doc["token"]))
+                       expires=float(doc["expires"]), token=str(doc["token"]), key=key)
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -105,13 +94,13 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     def _body(self) -> bytes:
-        holder = LeaseHolder(self.purpose, hostname(), os.getpid(), _boot_id(), self._started,
+        holder = LeaseHolder(self.purpose, hostname(), os.getpid(), boot_id(), self._started,
                              time.time() + self.ttl, self._token)
         return json.dumps(holder.to_json(), sort_keys=True).encode()
 
     def holder(self) -> LeaseHolder | None:
         data = self.store.get(self.key)
-        return None if data is None else LeaseHolder.parse(data)
+        return None if data is None else LeaseHolder.parse(data, self.key)
 
     def try_acquire(self) -> LeaseHolder | None:
         """Take the lease if it is free or stale; None on success, else the live holder."""
@@ -123,7 +112,7 @@ class Lease:
             data = self.store.get(self.key)
             if data is None:
                 continue  # released between our put and our get: try again
-            current = LeaseHolder.parse(data)
+            current = LeaseHolder.parse(data, self.key)
             if current is not None and not current.is_stale(time.time()):
                 return current
             # Dead holder (or an unreadable lease): take it over. Delete + conditional put, then confirm we won.
@@ -156,7 +145,8 @@ class Lease:
                 self.store.delete(self.key)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise busy(self.key, holder)
+                # The holder found by `blocked_by` holds another lease (a create blocked by a prune): name that one.
+                raise busy(holder.key or self.key, holder)
             time.sleep(min(1.0, left))
 
     def _start_heartbeat(self) -> None:
@@ -214,7 +204,7 @@ def live_holders(store: BlobStore, exclude: str) -> list[LeaseHolder]:
         if obj.key == lease_key(exclude):
             continue
         data = store.get(obj.key)
-        holder = LeaseHolder.parse(data) if data is not None else None
+        holder = LeaseHolder.parse(data, obj.key) if data is not None else None
         if holder is not None and not holder.is_stale(now):
             found.append(holder)
     return found
@@ -222,8 +212,9 @@ def live_holders(store: BlobStore, exclude: str) -> list[LeaseHolder]:
 
 def live_prune(store: BlobStore) -> LeaseHolder | None:
     """The running prune's lease, if any: what a create must wait for."""
-    data = store.get(lease_key(PRUNE_LEASE))
-    holder = LeaseHolder.parse(data) if data is not None else None
+    key = lease_key(PRUNE_LEASE)
+    data = store.get(key)
+    holder = LeaseHolder.parse(data, key) if data is not None else None
     return holder if holder is not None and not holder.is_stale(time.time()) else None
 
 

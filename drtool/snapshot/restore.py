@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from drtool.errors import OperationFailed, UsageError, VerificationError
+from drtool.pids import process_alive
 from drtool.snapshot.catalog import load, resolve
 from drtool.snapshot.chunking import DEFAULT_WORKERS, BufferPool, ordered_map
 from drtool.snapshot.directio import ALIGN, MIN_DIRECT, direct_span, place, set_direct, write_at
@@ -123,13 +124,7 @@ def _writer_alive(name: str) -> bool:
     pid = name[len(TEMP_PREFIX):].partition("-")[0]
     if not pid.isdigit() or int(pid) == os.getpid():
         return False  # an older name without a pid, or ours from an earlier restore in this same process
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+    return process_alive(int(pid))  # a killed restore its parent has not reaped yet is dead: its temps go
 
 
 def _fetch(store: BlobStore, f: FileEntry, index: int, offset: int,
