@@ -248,13 +248,16 @@ def _bytes(n: int) -> str:
               help="After writing, read back and hash this percentage of the snapshot's blobs.")
 @click.option("--metrics-file", type=click.Path(dir_okay=False),
               help="Write Prometheus textfile metrics here (last success, duration, bytes, verify failures).")
+@click.option("--follow-outside-links", is_flag=True,
+              help="Read through symlinks whose target is outside SRC (refused by default, exit 2).")
 def snapshot_create(app: App, src, store, model, model_version, version_from, source_host, wait, recheck_share,
-                    part_size_mib, verify_sample, metrics_file):
+                    part_size_mib, verify_sample, metrics_file, follow_outside_links):
     """Snapshot SRC into STORE; the manifest is written last, so a snapshot is visible only when complete."""
     from drtool.actions import snapshot
 
     result = snapshot.create(app.out, app.config_path, src, store, model, model_version, source_host, wait,
-                             recheck_share, part_size_mib, verify_sample, metrics_file, version_from)
+                             recheck_share, part_size_mib, verify_sample, metrics_file, version_from,
+                             follow_outside_links)
     app.out.result(result, lambda c: c.print(
         f"snapshot [bold]{result['id']}[/] of {result['model']}: {result['files']} files, "
         f"{_bytes(result['bytes_total'])}; read {_bytes(result['bytes_read'])}, "

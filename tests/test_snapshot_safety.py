@@ -26,7 +26,7 @@ from drtool.snapshot.manifest import (
 
 from .snapshot_helpers import DRTOOL, MiB, model_dir, write_random
 
-pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (moto_server is in conftest)
+pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (seaweed_s3 is in conftest)
 
 PAYLOAD = b"pwned\n"
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -225,7 +225,7 @@ def test_source_and_store_errors(snap_env):
                           text=True, env=unreachable, timeout=120)
     err = _error(proc, 1)
     assert "cannot reach" in err["message"] and "127.0.0.1:9" in err["message"]
-    assert "testing" not in proc.stdout + proc.stderr  # the secret key never shows
+    assert snap_env.server.secret not in proc.stdout + proc.stderr  # the secret key never shows
 
 
 def test_restore_without_room_fails_cleanly(snap_env):
@@ -291,12 +291,13 @@ def test_what_create_reads_skips_and_refuses_in_the_source(snap_env):
     outside = write_random(snap_env.tmp / "elsewhere" / "shared.bin", 1000)
     (src / "deep" / "er").mkdir(parents=True)
     (src / "deep" / "er" / "leaf.txt").write_text("leaf\n")
-    (src / "linked.bin").symlink_to(outside)  # read through: the snapshot holds the content
+    (src / "linked.bin").symlink_to(outside)  # read through, as asked: the snapshot holds the content
     (src / "linked-dir").symlink_to(outside.parent, target_is_directory=True)
     os.mkfifo(src / "a-fifo")
     (src / ".drtool-restore-123-abcd").write_bytes(b"half a restored file")
     store = snap_env.store("file")
-    created = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m")
+    created = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m",
+                            "--follow-outside-links")
     assert sorted(created["skipped"]) == ["a-fifo: not a regular file", "linked-dir: symlink to a directory"]
     shown = snap_env.json("snapshot", "show", created["id"], "--store", store)
     paths = [f["path"] for f in shown["manifest"]["files"]]
@@ -309,11 +310,85 @@ def test_what_create_reads_skips_and_refuses_in_the_source(snap_env):
     (src / "bad\tname.bin").write_bytes(b"x")
     err = _error(snap_env.run("snapshot", "create", str(src), "--store", store, "--model", "m", "--json"), 2)
     assert "control character" in err["message"]
-    (src / "bad\tname.bin").unlink()
-    (src / "dangling").symlink_to(snap_env.tmp / "gone")
-    err = _error(snap_env.run("snapshot", "create", str(src), "--store", store, "--model", "m", "--json"), 1)
-    assert "dangling" in err["message"] and "broken symlink" in err["message"]
     assert [s["id"] for s in snap_env.json("snapshot", "list", "--store", store)["snapshots"]] == [created["id"]]
+
+
+def _store_files(store: str) -> list[Path]:
+    return sorted(p for p in Path(store.removeprefix("file://")).rglob("*") if p.is_file())
+
+
+def test_symlinks_leaving_the_source_are_refused_unless_asked(snap_env):
+    src = model_dir(snap_env.tmp / "src")
+    secret = write_random(snap_env.tmp / "elsewhere" / "id_rsa", 100)
+    (src / "extra").mkdir()
+    (src / "extra" / "key.bin").symlink_to(secret)  # absolute, to a file outside SRC
+    (src / "escape.json").symlink_to("../elsewhere/id_rsa")  # relative, leaving SRC with ..
+    (src / "inside.json").symlink_to("config.json")  # stays inside: fine
+    store = snap_env.store("file")
+    proc = snap_env.run("snapshot", "create", str(src), "--store", store, "--model", "m", "--json")
+    err = _error(proc, 2)
+    assert f"escape.json is a symlink to {secret}, outside the source {src}" in err["message"]
+    assert "--follow-outside-links" in err["hint"]
+    assert err["details"] == [f"escape.json -> {secret}", f"extra/key.bin -> {secret}"]
+    assert _store_files(store) == []  # nothing written: no blob, lease or manifest
+
+    created = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m",
+                            "--follow-outside-links")
+    shown = snap_env.json("snapshot", "show", created["id"], "--store", store)
+    files = {f["path"]: f for f in shown["manifest"]["files"]}
+    assert files["extra/key.bin"]["sha256"] == files["escape.json"]["sha256"] == hashlib.sha256(
+        secret.read_bytes()).hexdigest()
+    assert files["inside.json"]["sha256"] == files["config.json"]["sha256"]
+
+
+@pytest.mark.parametrize("level", ["hub", "model"])
+def test_hugging_face_cache_layout_restores_byte_identical(snap_env, level):
+    """The hub cache: snapshots/<rev>/<file> are relative links into ../../blobs/<sha>; inside SRC when SRC is the
+    hub directory or the model's directory, so they are read through without any option."""
+    hub = snap_env.tmp / "hub"
+    model = hub / "models--org--name"
+    (model / "refs").mkdir(parents=True)
+    (model / "refs" / "main").write_text("0123abcd" * 5)
+    rev = model / "snapshots" / ("0123abcd" * 5)
+    contents = {"config.json": b'{"hidden": 64}\n', "model-00001-of-00001.bin": os.urandom(3 * MiB + 5),
+                "tokenizer/vocab.txt": b"a\nb\n"}
+    for name, data in contents.items():
+        blob = model / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = rev / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    src = hub if level == "hub" else model
+    store = snap_env.store("file")
+    created = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m")
+    assert created["skipped"] == []
+    dest = snap_env.tmp / "dest"
+    snap_env.json("snapshot", "restore", created["id"], str(dest), "--store", store)
+    expected = {p.relative_to(src).as_posix(): p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    restored = {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    assert restored == expected
+    prefix = "" if level == "model" else "models--org--name/"
+    for name, data in contents.items():
+        assert restored[f"{prefix}snapshots/{'0123abcd' * 5}/{name}"] == data
+
+
+def test_dangling_symlinks_and_loops_are_skipped_and_listed(snap_env):
+    src = model_dir(snap_env.tmp / "src")
+    (src / "dangling").symlink_to(snap_env.tmp / "gone")
+    (src / "sub").mkdir()
+    (src / "sub" / "loop-a").symlink_to("loop-b")
+    (src / "sub" / "loop-b").symlink_to("loop-a")
+    (src / "self").symlink_to("self")
+    store = snap_env.store("file")
+    proc = snap_env.run("snapshot", "create", str(src), "--store", store, "--model", "m")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "skipped" in proc.stderr and "dangling" in proc.stderr
+    created = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m")
+    assert created["skipped"] == [f"dangling: dangling symlink (-> {snap_env.tmp / 'gone'})",
+                                  "self: symlink loop (-> self)", "sub/loop-a: symlink loop (-> loop-b)",
+                                  "sub/loop-b: symlink loop (-> loop-a)"]
+    assert created["files"] == 4
 
 
 @pytest.mark.parametrize("form", ["file://{}", "file://localhost{}", "file://{}?", "file://{}#"])

@@ -91,7 +91,7 @@ class RichProgress:
 def create(out: Output, config_path: str | None, src: str, store: str, model: str, version: str | None,
            source_host: str | None, wait: float, recheck_share: float, part_size_mib: int,
            verify_sample: float | None = None, metrics_file: str | None = None,
-           version_from: str | None = None) -> dict:
+           version_from: str | None = None, follow_outside_links: bool = False) -> dict:
     import time
 
     from drtool.errors import DrtoolError, VerificationError
@@ -100,7 +100,8 @@ def create(out: Output, config_path: str | None, src: str, store: str, model: st
     if metrics_file:
         from drtool.snapshot.metrics import write_backup_metrics  # prometheus_client: ~60 ms, only when asked
     opts = CreateOptions(source=src, model=model, version=version, source_host=source_host, wait=wait,
-                         recheck_share=recheck_share, part_size=part_size_mib * MiB, version_from=version_from)
+                         recheck_share=recheck_share, part_size=part_size_mib * MiB, version_from=version_from,
+                         follow_outside_links=follow_outside_links)
     t0 = time.monotonic()
     result = None
     try:

@@ -41,12 +41,13 @@ SAFETENSORS_SUFFIX = ".safetensors"
 
 
 class CreateOptions(namedtuple("CreateOptions", "source model version source_host wait recheck_share part_size workers "
-                                                "version_from",
+                                                "version_from follow_outside_links",
                                defaults=(None, None, 0.0, DEFAULT_RECHECK_SHARE, DEFAULT_PART_SIZE, DEFAULT_WORKERS,
-                                         None))):
+                                         None, False))):
     """What to snapshot and how: source (a directory), model, version, source_host, wait (seconds for a busy lease),
     recheck_share, part_size (bytes), workers, version_from (a JSON file of the weights, relative to the source, whose
-    "version" labels the snapshot)."""
+    "version" labels the snapshot), follow_outside_links (read through symlinks whose target is outside the source,
+    refused otherwise)."""
 
     __slots__ = ()
 
@@ -98,7 +99,7 @@ def create_snapshot(store: BlobStore, opts: CreateOptions, progress: ProgressSin
     t0 = time.monotonic()
     run_started = time.time()
     src = validate_options(opts)
-    files, skipped = scan_source(src)
+    files, skipped = scan_source(src, opts.follow_outside_links)
     if not files:
         raise UsageError(f"source {src} holds no files", hint="point SRC at the directory with the weights")
     lease = Lease(store, opts.model, f"snapshot create {opts.model}")

@@ -3,6 +3,7 @@
 Lean on purpose (no dataclasses, pathlib or threads): an unchanged nightly re-run is this scan, a lookup per file
 and one manifest write, and its whole process must fit in 2% of the first run (docs/benchmarks.md)."""
 
+import errno
 import os
 import stat
 
@@ -33,15 +34,23 @@ class SourceFile:
         return self.signature[0]
 
 
-def scan_source(src: str) -> tuple[list[SourceFile], list[str]]:
+def scan_source(src: str, follow_outside_links: bool = False) -> tuple[list[SourceFile], list[str]]:
     """Regular files under src (symlinks to files are read through), sorted by manifest path; and what was skipped,
     with why. A restore's leftover temp files (`.drtool-restore-*`) are neither snapshotted nor listed.
+
+    `src` is a resolved path (no symlink in it). A symlink whose target resolves outside src is refused (UsageError
+    naming every such link) unless `follow_outside_links`: reading through it would put data from elsewhere on the
+    host (another model, a secret) into the snapshot without anyone having asked for it. Links that stay inside src
+    (a Hugging Face cache's snapshots/<rev>/* -> ../../blobs/*) are read through. A dangling link or a loop is
+    skipped and listed, like the other entries a snapshot cannot hold.
 
     Only stats: whether a file can be read is checked by the caller for the files it will read (readable_or_fail),
     as a cached file whose signature (ctime included: chmod and ACL changes move it) is unchanged was read before."""
     files: list[SourceFile] = []
     skipped: list[str] = []
+    outside: list[str] = []
     pending = [(src, "")]  # (directory, its manifest path prefix)
+    inside = src.rstrip("/") + "/"  # a link's resolved target must start with this to stay inside src
     while pending:
         dirpath, prefix = pending.pop()
         try:
@@ -63,20 +72,43 @@ def scan_source(src: str) -> tuple[list[SourceFile], list[str]]:
                                  hint="rename it: manifest paths must print as one line for `sha256sum -c`")
             try:
                 st = entry.stat()  # follows a symlink: its target's content is what a snapshot holds
-            except FileNotFoundError:
-                raise OperationFailed(f"{entry.path}: broken symlink or vanished while scanning") from None
             except OSError as exc:
-                raise OperationFailed(f"cannot stat {entry.path}: {exc.strerror}") from None
+                if not entry.is_symlink():
+                    if isinstance(exc, FileNotFoundError):
+                        raise OperationFailed(f"{entry.path} vanished while scanning") from None
+                    raise OperationFailed(f"cannot stat {entry.path}: {exc.strerror}") from None
+                # Nothing to read behind it (ENOENT: dangling; ELOOP: a loop; EACCES: a directory on the way).
+                why = {errno.ENOENT: "dangling symlink", errno.ELOOP: "symlink loop"}.get(exc.errno, exc.strerror)
+                skipped.append(f"{rel}: {why} (-> {_link_text(entry.path)})")
+                continue
             if stat.S_ISDIR(st.st_mode):
                 skipped.append(f"{rel}: symlink to a directory")
                 continue
             if not stat.S_ISREG(st.st_mode):
                 skipped.append(f"{rel}: not a regular file")
                 continue
+            if entry.is_symlink() and not follow_outside_links:
+                target = os.path.realpath(entry.path)
+                if not target.startswith(inside):
+                    outside.append(f"{rel} -> {target}")
+                    continue
             files.append(SourceFile(rel, entry.path, signature(st), stat.S_IMODE(st.st_mode)))
+    if outside:
+        outside.sort()
+        raise UsageError(f"{outside[0].replace(' -> ', ' is a symlink to ', 1)}, outside the source {src}"
+                         + (f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""), details=outside,
+                         hint="pass --follow-outside-links to snapshot what such links point to, or snapshot the "
+                              "directory that holds their targets; nothing was written")
     files.sort(key=lambda f: f.path)
     skipped.sort()
     return files, skipped
+
+
+def _link_text(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
 
 
 def readable_or_fail(files: list[SourceFile]) -> None:
