@@ -332,12 +332,16 @@ def snapshot_diff(app: App, a, b, store):
 @store_option
 @click.option("--read-data", is_flag=True, help="Read and hash every stored byte.")
 @click.option("--sample", type=float, metavar="PCT", help="Read and hash this percentage of the blobs, at random.")
-def snapshot_verify(app: App, snapshot_id, store, read_data, sample):
-    """Check a snapshot's manifest and blobs (exit 3 on any mismatch)."""
+@click.option("--dest", type=click.Path(file_okay=False), metavar="DIR",
+              help="Instead, check that DIR holds exactly the snapshot: every file hashed, and no other entry.")
+def snapshot_verify(app: App, snapshot_id, store, read_data, sample, dest):
+    """Check a snapshot's manifest and blobs, or a restored directory (exit 3 on any mismatch or extra file)."""
     from drtool.actions import snapshot
 
-    result = snapshot.verify(app.out, app.config_path, store, snapshot_id, read_data, sample)
+    result = snapshot.verify(app.out, app.config_path, store, snapshot_id, read_data, sample, dest)
     app.out.result(result, lambda c: c.print(
+        f"{result['dest']} holds exactly snapshot {result['id']}: {result['files']} files, "
+        f"{_bytes(result['bytes_read'])} read, nothing else" if result["mode"] == "dest" else
         f"snapshot {result['id']} is intact ({result['mode']}): {result['files']} files, "
         f"{result['blobs_checked']} blobs, {_bytes(result['bytes_read'])} read"))
 
@@ -348,14 +352,18 @@ def snapshot_verify(app: App, snapshot_id, store, read_data, sample):
 @store_option
 @click.option("--manifest-out", type=click.Path(dir_okay=False),
               help="Also write the snapshot's manifest (its exact bytes) here, for the model server to check against.")
-def snapshot_restore(app: App, snapshot_id, dest, store, manifest_out):
+@click.option("--exact", is_flag=True,
+              help="Make DEST exactly the snapshot: entries it does not have are moved to DEST.drtool-strays/<time>/ "
+                   "(kept, outside DEST) before writing. Without it they are left and reported.")
+def snapshot_restore(app: App, snapshot_id, dest, store, manifest_out, exact):
     """Restore a snapshot into DEST; every file is hash-checked before it is renamed into place."""
     from drtool.actions import snapshot
 
-    result = snapshot.restore(app.out, app.config_path, store, snapshot_id, dest, manifest_out)
+    result = snapshot.restore(app.out, app.config_path, store, snapshot_id, dest, manifest_out, exact)
     app.out.result(result, lambda c: c.print(
         f"restored {result['id']} into {result['dest']}: {result['files']} files, {_bytes(result['bytes'])}, "
-        f"all verified, in {result['seconds']:.2f}s"))
+        f"all verified, in {result['seconds']:.2f}s"
+        + ("" if result["exact"] else f"; {len(result['strays'])} entries not in the snapshot left in DEST")))
 
 
 @command(snapshot_group, "sums")
@@ -878,6 +886,29 @@ def serve_cmd(app: App, listen):
     from drtool.actions import serve
 
     serve.run(app.config, app.out, listen)
+
+
+# -- DR readiness ---------------------------------------------------------------------------------
+@command(main_group, "readiness")
+@click.option("--site", required=True, help="The DR site whose readiness to check.")
+@click.option("--record", is_flag=True, help="Keep the result in the DR store's readiness history (the nightly job).")
+@click.option("--textfile", type=click.Path(dir_okay=False),
+              help="Write Prometheus metrics there, atomically (node_exporter textfile; default readiness.textfile).")
+def readiness_cmd(app: App, site, record, textfile):
+    """Check, read-only, that failover to SITE would work and how long it would take: per service, the image in the
+    DR registry, the snapshot in the DR store (and its age against the RPO target), the DR registry copy, standby
+    capacity, DNS TTL and credentials, the DR store's credentials, a recent passing drill, and the predicted RTO
+    against its target. Powers nothing on, changes nothing. Exit 0 ready, 3 not ready (each failing rule says what
+    to do), 2 configuration error."""
+    from drtool.actions import readiness
+
+    result = readiness.run(app.config, app.out, site, record, textfile)
+    app.out.result(result, readiness.render(result))
+    if not result["ready"]:
+        if app.out.json_mode:
+            click.get_current_context().exit(VerificationError.exit_code)  # the result is the one JSON document
+        raise VerificationError(f"{site} is not ready: {', '.join(result['summary']['failed'])}",
+                                hint="each failing rule's fix is in the table above")
 
 
 def main() -> None:

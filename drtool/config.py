@@ -177,6 +177,18 @@ class DrillSettings:
 
 
 @dataclass(frozen=True)
+class ReadinessSettings:
+    """`drtool readiness` (docs/readiness.md): targets default to the drill's, so one number is set once."""
+
+    rto_target_s: float | None = None     # None: drill.rto_target_s
+    rpo_target_s: float | None = None     # None: drill.rpo_target_s
+    drill_max_age_s: float = 35 * 86400.0  # the last passing drill of a service must be younger (DrtoolDrillOverdue's)
+    history_runs: int = 10                # the RTO predictor's window: the median of the last N measured runs
+    workers: int = 32                     # network checks at once (registry HEADs, store reads, DNS)
+    textfile: str | None = None           # Prometheus textfile (node_exporter textfile collector)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     sites: dict[str, Site]
@@ -189,6 +201,7 @@ class Config:
     watch: WatchSettings = field(default_factory=WatchSettings)
     ha: LadderSettings = field(default_factory=lambda: ha_settings({}))
     drill: DrillSettings = field(default_factory=DrillSettings)
+    readiness: ReadinessSettings = field(default_factory=ReadinessSettings)
     build_engine: str = "unix:///var/run/docker.sock"   # the engine images are built on, seen from here
     build_cache_dir: str = "/var/cache/drtool"
     agent_dir: str | None = None  # `drtool agent install` puts drtool here on the hosts (None: the interpreter's)
@@ -499,6 +512,7 @@ def _build(path: Path, doc: dict[str, Any]) -> Config:
         watch=WatchSettings(**doc.get("watch", {})),
         ha=ha_settings(doc.get("ha", {})),
         drill=_drill(doc.get("drill", {})),
+        readiness=ReadinessSettings(**doc.get("readiness", {})),
         build_engine=doc.get("build", {}).get("docker_host", "unix:///var/run/docker.sock"),
         build_cache_dir=doc.get("build", {}).get("cache_dir", "/var/cache/drtool"),
         agent_dir=doc.get("agent", {}).get("dir"),

@@ -80,3 +80,33 @@ def transfer_tls_verify(session: botocore.session.Session) -> str | bool:
     none): the session's ca_bundle (AWS_CA_BUNDLE or the profile's ca_bundle), else $REQUESTS_CA_BUNDLE, else True
     (verify against a default CA bundle: botocore's, or for s3blobs the system's)."""
     return session.get_config_variable("ca_bundle") or os.environ.get("REQUESTS_CA_BUNDLE") or True
+
+
+def check_credentials(store: ObjectStore) -> str:
+    """One read-only signed request with the credentials a failover restores with (the store's credentials_file or
+    profile, else the standard AWS chain, as the transfer client takes them): ListObjectsV2 of at most one key under
+    the store's prefix. Returns what was asked; raises UsageError (no usable credentials) or OperationFailed
+    (refused, unreachable) naming the store. It reads one listing page and changes nothing."""
+    import botocore.exceptions
+
+    from drtool.errors import OperationFailed
+
+    loc = parse_s3_url(store.url)
+    where = f"store {store.url}"
+    try:
+        cli = transfer_client(store, max_pool=1)
+        try:
+            cli.list_objects_v2(Bucket=loc.bucket, Prefix=(loc.prefix + "/") if loc.prefix else "", MaxKeys=1)
+        finally:
+            cli.close()
+    except (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError,
+            botocore.exceptions.ProfileNotFound) as exc:
+        raise UsageError(f"{where}: no usable S3 credentials ({exc})",
+                         hint="check the store's credentials_file and profile in drtool.yaml") from None
+    except botocore.exceptions.ClientError as exc:
+        err = exc.response.get("Error", {})
+        raise OperationFailed(f"{where}: {err.get('Code')}: {err.get('Message')}",
+                              hint="check the credentials and the bucket policy") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise OperationFailed(f"{where}: {exc}", hint="check the endpoint and the network") from None
+    return f"ListObjectsV2 s3://{loc.bucket}/{loc.prefix} (1 key)"

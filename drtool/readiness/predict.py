@@ -1,0 +1,239 @@
+"""The RTO predictor: measured step times of recent failovers and drills in, a predicted RTO per service and for the
+site's fleet out. Pure: no I/O, no clock.
+
+The statistic is the **median of the last N runs** (`readiness.history_runs`, default 10) of each phase: one slow
+run (a cold cache, a busy host) moves a mean but not a median, and N bounds how far back a changed site still
+counts. Phases (a failover's steps, grouped the same way for `drtool failover` and the fleet engine):
+
+| phase | single failover steps | fleet engine steps |
+|---|---|---|
+| provision | preflight, lease, provision | provision |
+| pull | pull_image | pull_image |
+| restore | restore | restore |
+| start | start | start |
+| verify | wait_ready, verify | verify |
+| dns | fence_primary, flip_dns, confirm_dns | flip_dns |
+
+plus `detect`: fault to failover started (detection and decision of drills that went through the alert chain; 0
+when none did). Adjusted per service:
+
+- **pull**: a standby that already holds the image (a past run pulled or found that exact reference there) costs
+  the median of the runs that found it present (~0: the play only checks); otherwise the median of the runs that
+  really pulled it;
+- **restore** scales with the snapshot's bytes: with runs of at least two sizes, a Theil-Sen line (the median of the
+  pairwise slopes, the median intercept: robust like the median); with one size, each run's time scaled by
+  bytes / its bytes, and the median of those;
+- **engine**: one service (`drtool failover`): detect + provision + max(pull, restore) (they run at the same time)
+  + start + verify + dns. Several services (the fleet engine, drtool/actions/fleet.py): waves one after the other;
+  within a wave every step is one play over all its hosts, so a wave takes the sum over phases of the slowest
+  service's phase (pull, then restore), plus each service's record flip in turn; a service's RTO is detect + every
+  wave up to its own; the fleet RTO is the last wave's end.
+"""
+
+from __future__ import annotations  # PEP 563 (public), for RunSample in its own class
+
+from dataclasses import dataclass, field
+from statistics import median
+
+SINGLE, FLEET = "single", "fleet"
+DEFAULT_RUNS = 10
+PHASES = ("provision", "pull", "restore", "start", "verify", "dns")
+SINGLE_STEPS = {"provision": ("preflight", "lease", "provision"), "pull": ("pull_image",), "restore": ("restore",),
+                "start": ("start",), "verify": ("wait_ready", "verify"),
+                "dns": ("fence_primary", "flip_dns", "confirm_dns")}
+FLEET_STEPS = {"provision": ("provision",), "pull": ("pull_image",), "restore": ("restore",), "start": ("start",),
+               "verify": ("verify",), "dns": ("flip_dns",)}
+
+
+@dataclass(frozen=True)
+class RunSample:
+    """One finished failover (or a drill's), its steps grouped into phases."""
+
+    run_id: str
+    ended: float
+    phases: dict
+    host: str | None = None
+    image: str | None = None
+    pulled: bool | None = None          # the pull step really pulled (False: the engine held the image already)
+    restore_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Need:
+    """What one service needs in a failover: its standby and wave (the planner's), its image and snapshot size."""
+
+    service: str
+    host: str | None
+    wave: int | None
+    image: str | None
+    snapshot_bytes: int | None
+
+
+@dataclass(frozen=True)
+class ServicePrediction:
+    rto_s: float | None
+    phases: dict
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    engine: str
+    statistic: str
+    samples: int
+    detection_s: float
+    phases: dict                        # the medians every service starts from
+    services: dict = field(default_factory=dict)   # service -> ServicePrediction
+    wave_seconds: list = field(default_factory=list)
+    fleet_rto_s: float | None = None
+    notes: tuple[str, ...] = ()
+
+
+# -- samples from documents ---------------------------------------------------------------------------------------
+def _truthy(value) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return None
+
+
+def sample_from_run(doc: dict) -> RunSample | None:
+    """A finished failover as one sample: a failover report (state dir `runs/<id>.report.json`), its journal (the
+    DR store's `runs/<id>.json`), or one service's journal of a fleet run (`runs/<fleet run>/<service>.json`).
+    None for anything else (failbacks, failed or unfinished runs, a run that found the site already serving)."""
+    if not isinstance(doc, dict) or doc.get("kind") != "failover" or doc.get("status") != "done":
+        return None
+    ctx = doc.get("context") if isinstance(doc.get("context"), dict) else {}
+    steps = {s.get("name"): s for s in doc.get("steps") or [] if isinstance(s, dict)}
+    mapping = FLEET_STEPS if "wave" in ctx else SINGLE_STEPS
+    phases = {}
+    for phase, names in mapping.items():
+        total = 0.0
+        for n in names:
+            s = steps.get(n)
+            if s is None or s.get("status", s.get("outcome")) != "done" or not isinstance(s.get("seconds"),
+                                                                                         int | float):
+                return None
+            total += s["seconds"]
+        phases[phase] = round(total, 3)
+    pull_ev = steps["pull_image"].get("evidence") or {}
+    restore_ev = steps["restore"].get("evidence") or {}
+    nbytes = (restore_ev.get("restore") or {}).get("bytes") if isinstance(restore_ev.get("restore"), dict) else None
+    ended = doc.get("ended") or max((s.get("end") or s.get("ended") or 0) for s in steps.values())
+    return RunSample(str(doc.get("run_id")), float(ended or 0), phases,
+                     host=doc.get("standby") or ctx.get("host"),
+                     image=(doc.get("production") or {}).get("image") or ctx.get("image") or pull_ev.get("image"),
+                     pulled=_truthy(pull_ev.get("pulled")),
+                     restore_bytes=nbytes if isinstance(nbytes, int) and nbytes > 0 else None)
+
+
+def samples_from_drill(report: dict) -> tuple[list[RunSample], list[tuple[float, float]]]:
+    """A drill report's failovers as samples (its scenarios' steps are the failover's), and the detection +
+    decision time of each scenario that went through the alert chain, as (ended, seconds)."""
+    samples, detections = [], []
+    ended = float(report.get("ended") or report.get("started") or 0)
+    for sc in report.get("scenarios") or []:
+        fo = sc.get("failover") if isinstance(sc.get("failover"), dict) else {}
+        if fo.get("run_id") and fo.get("status") == "done":
+            doc = {"run_id": fo["run_id"], "kind": "failover", "status": "done", "ended": ended,
+                   "standby": fo.get("standby"), "production": {},
+                   "steps": [{**s, "status": s.get("outcome")} for s in sc.get("steps") or []]}
+            s = sample_from_run(doc)
+            if s is not None:
+                samples.append(s)
+        split = sc.get("split") or {}
+        det = (split.get("detection") or 0) + (split.get("decision") or 0)
+        if sc.get("passed") and split.get("detection"):
+            detections.append((ended, float(det)))
+    return samples, detections
+
+
+def dedupe(samples: list[RunSample]) -> list[RunSample]:
+    """One sample per run id (a drill's failover is in its report and in its journal), the most complete kept."""
+    best: dict[str, RunSample] = {}
+    for s in samples:
+        have = best.get(s.run_id)
+        if have is None or (have.image is None and s.image is not None) or (
+                have.restore_bytes is None and s.restore_bytes is not None):
+            best[s.run_id] = s
+    return list(best.values())
+
+
+# -- the predictor ------------------------------------------------------------------------------------------------
+def _med(values: list[float]) -> float | None:
+    return round(median(values), 3) if values else None
+
+
+def restore_seconds(samples: list[RunSample], nbytes: int | None) -> tuple[float | None, str | None]:
+    """Restore time for a snapshot of `nbytes` (see the module docstring); a note when it is not a scaled value."""
+    times = [s.phases["restore"] for s in samples]
+    sized = [(s.restore_bytes, s.phases["restore"]) for s in samples if s.restore_bytes]
+    if not times:
+        return None, None
+    if not nbytes or not sized:
+        return _med(times), "restore: the median, unscaled (snapshot size or run sizes unknown)"
+    if len({b for b, _ in sized}) >= 2:
+        slopes = [(t2 - t1) / (b2 - b1) for i, (b1, t1) in enumerate(sized) for b2, t2 in sized[i + 1:] if b2 != b1]
+        slope = max(0.0, median(slopes))
+        intercept = max(0.0, median(t - slope * b for b, t in sized))
+        return round(intercept + slope * nbytes, 3), None
+    return _med([t * nbytes / b for b, t in sized]), None
+
+
+def predict(needs: list[Need], samples: list[RunSample], detections: list[tuple[float, float]], engine: str,
+            runs: int = DEFAULT_RUNS) -> Prediction:
+    """Predicted RTO of each placed service and of the fleet (see the module docstring). With no sample, every
+    RTO is None."""
+    every = sorted(dedupe(samples), key=lambda s: s.ended, reverse=True)
+    recent = every[:runs]
+    statistic = f"median of the last {runs} runs"
+    detection = _med([d for _, d in sorted(detections, reverse=True)[:runs]]) or 0.0
+    base = {p: _med([s.phases[p] for s in recent]) for p in PHASES}
+    notes = [] if detections else ["detect: no drill went through the alert chain; counted as 0"]
+    if not recent:
+        return Prediction(engine, statistic, 0, detection, base, {n.service: ServicePrediction(None, {}) for n in
+                                                                  needs if n.wave is not None}, [], None,
+                          ("no finished failover or drill in the history",))
+    really = [s.phases["pull"] for s in recent if s.pulled] or [s.phases["pull"] for s in every if s.pulled]
+    present = [s.phases["pull"] for s in recent if s.pulled is False]
+    pull_absent = _med(really) if really else base["pull"]
+    if not really:
+        notes.append("pull: no measured pull of an absent image; the median pull step is used")
+    pull_present = _med(present) if present else 0.0
+    held = {(s.host, s.image) for s in every if s.host and s.image}
+
+    per: dict[str, ServicePrediction] = {}
+    for n in needs:
+        if n.wave is None:
+            continue
+        own = []
+        cached = (n.host, n.image) in held
+        restore, note = restore_seconds(recent, n.snapshot_bytes)
+        if note:
+            own.append(note)
+        phases = {"detect": detection, **base, "pull": pull_present if cached else pull_absent, "restore": restore}
+        own.append(f"pull: {n.image} {'already on' if cached else 'not known on'} {n.host}")
+        per[n.service] = ServicePrediction(None, phases, tuple(own))
+
+    placed = [n for n in needs if n.wave is not None]
+    if engine == SINGLE:
+        for n in placed:
+            p = per[n.service].phases
+            rto = p["detect"] + p["provision"] + max(p["pull"], p["restore"]) + p["start"] + p["verify"] + p["dns"]
+            per[n.service] = ServicePrediction(round(rto, 3), p, per[n.service].notes)
+        waves = [round(max((per[n.service].rto_s - detection for n in placed), default=0.0), 3)] if placed else []
+        fleet = max((per[n.service].rto_s for n in placed), default=None)
+        return Prediction(engine, statistic, len(recent), detection, base, per, waves, fleet, tuple(notes))
+
+    waves: list[float] = []
+    clock = detection
+    for w in sorted({n.wave for n in placed}):
+        members = [per[n.service].phases for n in placed if n.wave == w]
+        took = sum(max(m[p] for m in members) for p in PHASES if p != "dns") + sum(m["dns"] for m in members)
+        waves.append(round(took, 3))
+        clock += took
+        for n in placed:
+            if n.wave == w:
+                per[n.service] = ServicePrediction(round(clock, 3), per[n.service].phases, per[n.service].notes)
+    return Prediction(engine, statistic, len(recent), detection, base, per, waves, round(clock, 3), tuple(notes))
