@@ -226,6 +226,11 @@ def _read_body(response: http.client.HTTPResponse, into: bytearray | None = None
     length = response.length
     if length is None:
         return bytearray(response.read())
+    if length == 0:
+        # read() even so: only that marks the response done, and a keep-alive connection takes no next request
+        # until it is (http.client's ResponseNotReady). A PUT's 200 and every HEAD have no body.
+        response.read()
+        return bytearray()
     if into is not None and length <= len(into):
         buf, view = None, memoryview(into)[:length]
     else:
