@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,42 @@ def moto_server():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A real S3 server for the tests (SeaweedFS): its endpoint and one identity allowed everything."""
+
+    endpoint: str
+    key_id: str
+    secret: str
+    region: str = "us-east-1"
+
+    def client(self, *, key_id: str | None = None, secret: str | None = None, **config):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
+                            aws_access_key_id=key_id or self.key_id, aws_secret_access_key=secret or self.secret,
+                            config=Config(**config) if config else None)
+
+
+@pytest.fixture(scope="session")
+def seaweed_s3(tmp_path_factory):
+    """SeaweedFS (`weed mini`) on 127.0.0.1, free ports, for the whole session; the S3 server of the snapshot tests.
+    Unlike moto it checks signatures and checksums and keeps connections alive. Killed at the end (its data is
+    throwaway; a graceful stop takes ~10 s)."""
+    import secrets
+
+    from drtool.lab import seaweed
+
+    tmp = tmp_path_factory.mktemp("seaweed")
+    key_id, secret = "drtool-tests", secrets.token_urlsafe(24)
+    identities = seaweed.write_identities(tmp / "s3.json", {
+        "tests": (key_id, secret, ["Admin", "Read", "List", "Tagging", "Write"])})
+    server = seaweed.start(tmp / "server", identities)
+    yield S3Server(server.endpoint, key_id, secret)
+    server.stop(graceful=False)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""pytest plugin for the snapshot tests (pytest_plugins): a moto S3 server over real HTTP, and an isolated
-environment per test that runs the CLI as a subprocess. Helpers that tests import live in snapshot_helpers."""
+"""pytest plugin for the snapshot tests (pytest_plugins): an isolated environment per test that runs the CLI as a
+subprocess against the session's SeaweedFS S3 server (conftest.seaweed_s3: a real server, which checks signatures and
+checksums). Helpers that tests import live in snapshot_helpers."""
 
 from __future__ import annotations
 
@@ -10,19 +11,23 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import pytest
 
+from .conftest import S3Server
 from .snapshot_helpers import DRTOOL
 
 
 @dataclass
 class SnapshotEnv:
-    """One test's world: its own cache dir, AWS variables pointing at moto, no drtool config."""
+    """One test's world: its own cache dir, AWS variables pointing at the S3 server, no drtool config."""
 
     vars: dict
     tmp: Path
-    endpoint: str
+    server: S3Server
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoint
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([DRTOOL, *args], capture_output=True, text=True, env=self.vars, timeout=timeout)
@@ -38,8 +43,7 @@ class SnapshotEnv:
                                 text=True, env=self.vars)
 
     def s3(self):
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return self.server.client()
 
     def bucket(self) -> str:
         name = f"snap-{secrets.token_hex(6)}"
@@ -53,9 +57,11 @@ class SnapshotEnv:
 
 
 @pytest.fixture
-def snap_env(tmp_path, moto_server) -> SnapshotEnv:
+def snap_env(tmp_path, seaweed_s3) -> SnapshotEnv:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DRTOOL_"))}
-    env.update(AWS_ENDPOINT_URL=moto_server, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-               AWS_DEFAULT_REGION="us-east-1", DRTOOL_CACHE_DIR=str(tmp_path / "cache"),
-               DRTOOL_LAB_DIR=str(tmp_path / "no-lab"))
-    return SnapshotEnv(env, tmp_path, moto_server)
+    env.update(AWS_ENDPOINT_URL=seaweed_s3.endpoint, AWS_ACCESS_KEY_ID=seaweed_s3.key_id,
+               AWS_SECRET_ACCESS_KEY=seaweed_s3.secret, AWS_DEFAULT_REGION=seaweed_s3.region,
+               AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
+               DRTOOL_CACHE_DIR=str(tmp_path / "cache"), DRTOOL_LAB_DIR=str(tmp_path / "no-lab"))
+    return SnapshotEnv(env, tmp_path, seaweed_s3)

@@ -9,7 +9,7 @@ from drtool.snapshot.prune import RetentionPolicy, keep_reasons
 
 from .snapshot_helpers import settle, write_random
 
-pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (moto_server is in conftest)
+pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (seaweed_s3 is in conftest)
 
 
 def _snap(created: str) -> SnapshotManifest:

@@ -1,4 +1,4 @@
-"""Snapshots end to end through the CLI, on a directory store and on S3 (moto over HTTP): create, list, show,
+"""Snapshots end to end through the CLI, on a directory store and on S3 (SeaweedFS over HTTP): create, list, show,
 restore byte-exact, sums for sha256sum -c, dedupe, incremental re-runs, safetensors diff, replicate."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from .snapshot_helpers import MiB, model_dir, settle, write_random
 
-pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (moto_server is in conftest)
+pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (seaweed_s3 is in conftest)
 
 
 def _same_tree(a, b) -> None:

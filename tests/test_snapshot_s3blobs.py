@@ -1,4 +1,4 @@
-"""The lean S3 blob path signs exactly as botocore does, and is really used against S3 (moto over HTTP)."""
+"""The lean S3 blob path signs exactly as botocore does, and is really used against S3 (SeaweedFS over HTTP)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from drtool.snapshot import s3blobs
 from drtool.snapshot.s3blobs import BlobRequests
 from drtool.snapshot.stores import MissingBlob, open_store
 
-pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (moto_server is in conftest)
+pytest_plugins = ["tests.snapshot_fixtures"]  # the snap_env fixture (seaweed_s3 is in conftest)
 
 
 @pytest.mark.parametrize("token", [None, "session-token"])
