@@ -43,13 +43,16 @@ ALERTS = {"ModelPrimaryDown", "ModelServerNotReady", "DrtoolBackupTooOld", "Drto
           "DrtoolDrillOverdue", "DrtoolDrillFailed",
           # in-site alerts of one model server (issue #17)
           "ModelInstanceDown", "ModelGpuMemoryHigh", "ModelGpuTemperatureHigh", "ModelLatencyP95High",
-          "ModelErrorRateHigh"}
+          "ModelErrorRateHigh",
+          # DR readiness (drtool readiness, nightly)
+          "DrtoolDrNotReady", "DrtoolPredictedRtoOverTarget"}
 
 
 def emitted_metrics() -> set[str]:
     """Every metric name the code base writes: the backup textfile, the model server, and the drill list."""
     names = set(DRILL_METRICS)
-    for path in (REPO / "drtool" / "snapshot" / "metrics.py", REPO / "images" / "model-server" / "server.py"):
+    for path in (REPO / "drtool" / "snapshot" / "metrics.py", REPO / "images" / "model-server" / "server.py",
+                 REPO / "drtool" / "readiness" / "metrics.py"):
         found = set(re.findall(r"""["'](drtool_[a-z0-9_]+)["']""", path.read_text()))
         assert found, f"no metric names found in {path}: did the code move?"
         names |= found
@@ -115,7 +118,8 @@ def test_rules_are_the_expected_alerts_with_labels_and_runbooks():
     assert {r["alert"] for r in rules} == ALERTS
     runbooks = {"ModelPrimaryDown": "docs/failover.md", "DrtoolBackupTooOld": "docs/snapshots.md",
                 "DrtoolBackupVerifyFailures": "docs/snapshots.md", "DrtoolDrillOverdue": "docs/drills.md",
-                "DrtoolDrillFailed": "docs/drills.md",
+                "DrtoolDrillFailed": "docs/drills.md", "DrtoolDrNotReady": "docs/readiness.md",
+                "DrtoolPredictedRtoOverTarget": "docs/readiness.md",
                 **{a: "docs/model-server.md" for a in ("ModelInstanceDown", "ModelGpuMemoryHigh",
                                                       "ModelGpuTemperatureHigh", "ModelLatencyP95High",
                                                       "ModelErrorRateHigh")}}
@@ -222,7 +226,8 @@ def test_grafana_dashboard():
                    "drtool_drill_passed", "drtool_standby_last_verified_timestamp_seconds",
                    "drtool_model_server_ready", "drtool_model_server_gpu_memory_used_bytes",
                    "drtool_model_server_gpu_memory_total_bytes", "drtool_model_server_gpu_temperature_celsius",
-                   "drtool_model_server_gpu_utilization_ratio"):
+                   "drtool_model_server_gpu_utilization_ratio", "drtool_readiness_ready",
+                   "drtool_readiness_fleet_predicted_rto_seconds", "drtool_readiness_rto_target_seconds"):
         assert wanted in used, f"no panel shows {wanted}"
     (rto,) = [p for p in panels if "drtool_drill_rto_seconds" in p["targets"][0]["expr"]]
     assert rto["type"] == "timeseries"
@@ -290,7 +295,7 @@ def cron_entries(path: Path) -> list[tuple[list[str], str, str]]:
     return entries
 
 
-@pytest.mark.parametrize("name", ["drtool-backup", "drtool-drill"])
+@pytest.mark.parametrize("name", ["drtool-backup", "drtool-drill", "drtool-readiness"])
 def test_cron_files(name):
     path = OPS / "cron" / name
     assert path.read_text().endswith("\n"), "cron ignores a last line without a newline"
@@ -309,6 +314,9 @@ def test_cron_files(name):
         assert ">>/var/log/drtool/" in shell
         if name == "drtool-backup":
             assert "flock -n" in shell and "shuf" in shell  # one run at a time, random delay
+        elif name == "drtool-readiness":   # nightly: keeps its result in the DR store, metrics to the textfile
+            assert argv[4:6] == ["--site", "dr-east"] and "--record" in argv and "--textfile" in argv
+            assert "flock -n" in shell
         else:
             assert argv[4:6] == ["--site", "dr-east"] and "--report" in argv
 
@@ -330,7 +338,7 @@ def unit(path: Path) -> configparser.ConfigParser:
     return cp
 
 
-@pytest.mark.parametrize("name", ["drtool-backup", "drtool-drill"])
+@pytest.mark.parametrize("name", ["drtool-backup", "drtool-drill", "drtool-readiness"])
 def test_systemd_units_structure(name):
     service, timer = unit(OPS / "systemd" / f"{name}.service"), unit(OPS / "systemd" / f"{name}.timer")
     assert service["Service"]["Type"] == "oneshot"
@@ -354,7 +362,8 @@ def test_systemd_analyze_verify(tmp_path):
     for src in (OPS / "systemd").iterdir():
         (tmp_path / src.name).write_text(src.read_text().replace(DRTOOL, str(venv_drtool)))
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["drtool-backup.service", "drtool-backup.timer", "drtool-drill.service", "drtool-drill.timer"]
+    assert names == ["drtool-backup.service", "drtool-backup.timer", "drtool-drill.service", "drtool-drill.timer",
+                     "drtool-readiness.service", "drtool-readiness.timer"]
     proc = run(analyze, "verify", *[f"./{n}" for n in names], cwd=tmp_path)
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stdout + proc.stderr
     for name in names:
