@@ -1,5 +1,5 @@
 """Allow `python -m drtool` (the same program as the `drtool` command)."""
 
-from drtool.launch import main
+from drtool.cli import main
 
 main()

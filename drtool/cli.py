@@ -173,7 +173,7 @@ def lab_power(app: App, host: str, state: str, state_dir: str | None):
     app.out.result(result, lambda c: c.print(f"{host} is {'on' if result['powered'] else 'off'}"))
 
 
-# -- backup and snapshots (issue 3) -----------------------------------------------------------------
+# -- backup and snapshots -----------------------------------------------------------------
 @command(main_group, "backup")
 @click.option("--site", help="Site whose serving hosts are snapshotted (default: the primary).")
 @click.option("--model", help="Only this model (default: all).")
@@ -428,7 +428,7 @@ def snapshot_replicate(app: App, snapshot_id, source, target, to_endpoint, to_re
         + (f"; {result['verify']['blobs_checked']} blobs read back" if result.get("verify") else "")))
 
 
-# -- images and the model registry (issue 4) ------------------------------------------------------
+# -- images and the model registry ------------------------------------------------------
 @main_group.group("image", cls=DrtoolGroup)
 def image_group():
     """Versioned model-serving images, pushed to every site's registry and recorded by digest."""
@@ -544,7 +544,7 @@ def registry_verify(app: App, site, model, read_data):
         [[m, k, v] for m, checks in result["models"].items() for k, v in checks.items()])))
 
 
-# -- failover, failback, drills, alerts (issues 5 and 6) -------------------------------------------
+# -- failover, failback, drills, alerts -------------------------------------------
 @command(main_group, "failover")
 @click.option("--site", required=True, help="The DR site to fail over to.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and run read-only preflight only.")

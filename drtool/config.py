@@ -31,7 +31,7 @@ class Host:
     port: int = 22
     standby: bool = False
     instance_id: str | None = None
-    gpus: int = 1                # GPU slots (a standby pool's host: how many services it can take, issue #16)
+    gpus: int = 1                # GPU slots (a standby pool's host: how many services it can take)
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class Model:
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """One served model at a site (`services:`, issue #16): lower `priority` = more important."""
+    """One served model at a site (`services:`): lower `priority` = more important."""
 
     name: str
     model: str
@@ -145,7 +145,7 @@ class FailoverSettings:
     fallback_to_older: bool = True    # a snapshot that fails verification: try the next older one of that version
     fence: bool = True                # stop the primary's serving container when it is reachable
     primary_ready_wait_s: float = 90  # failback: how long a primary whose container is running may take to be ready
-    parallel: int = 4                 # a region outage: services brought up at once per wave (issue #16)
+    parallel: int = 4                 # a region outage: services brought up at once per wave
 
 
 @dataclass(frozen=True)
@@ -360,7 +360,7 @@ def _semantic_problems(doc: dict) -> list[tuple[tuple, str]]:
 
 def _service_problems(doc: dict, sites: dict) -> list[tuple[tuple, str]]:
     """`services:`: known model, a serving site, one record per service, one port per site, and a standby of the
-    site's failover target big enough for it (issue #16)."""
+    site's failover target big enough for it."""
     from drtool.fleet import planner
 
     services = doc.get("services")

@@ -1,5 +1,5 @@
-"""The --json contract's encoding, shared by the click CLI (drtool.output) and the start-up fast path
-(drtool.launch): a result, or an error with its exit code, as indented JSON on stdout."""
+"""The --json contract's encoding (drtool.output): a result, or an error with its exit code, as indented JSON on
+stdout."""
 
 from __future__ import annotations  # PEP 563 (public), for DrtoolError, a type-checking import
 

@@ -1,4 +1,4 @@
-"""Alerts about one serving instance climb the escalation ladder in `drtool serve` (issue #17), as `drtool watch`
+"""Alerts about one serving instance climb the escalation ladder in `drtool serve`, as `drtool watch`
 does for its probes: (1) restart the instance's container in place, (2) drain it from the site's Nginx, (3) only
 when the site has no healthy undrained instance left, hand ONE alert for the site to the DecisionBook (firing time,
 cooldown, policy, exactly once), the path every site-level alert takes.

@@ -1,4 +1,4 @@
-"""The `region-down` drill scenario (issue #16): every host of the primary site goes down at once, and every service
+"""The `region-down` drill scenario: every host of the primary site goes down at once, and every service
 of the site must come back at the DR site through the fleet failover.
 
 Used by drtool/actions/drill.py with a configuration that lists several services (`services:`, e.g. the lab's

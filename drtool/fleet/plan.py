@@ -1,4 +1,4 @@
-"""The fleet plan of a region outage (issue #16), read-only: which standby of a DR site takes which service, in
+"""The fleet plan of a region outage, read-only: which standby of a DR site takes which service, in
 which wave, and what each would restore (the production version in the DR site's own registry, its image digest
 and its registered snapshot). Nothing is changed; `drtool failover --dry-run` prints it.
 

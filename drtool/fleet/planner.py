@@ -1,4 +1,4 @@
-"""The standby allocation plan for a region outage (issue #16): pure, deterministic, no I/O.
+"""The standby allocation plan for a region outage: pure, deterministic, no I/O.
 
 A site serves many services; each DR site has a pool of standby hosts. When a site fails, its services go to the
 standbys of one target site:

@@ -1,4 +1,4 @@
-"""High availability inside a site (issue #17): the escalation ladder's decision core (restart, drain, failover)."""
+"""High availability inside a site: the escalation ladder's decision core (restart, drain, failover)."""
 
 from drtool.ha.ladder import (
     Action,

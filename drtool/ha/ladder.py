@@ -1,4 +1,4 @@
-"""The escalation ladder's decision core (issue #17): pure, deterministic, no I/O except `LadderJournal`.
+"""The escalation ladder's decision core: pure, deterministic, no I/O except `LadderJournal`.
 
 For a failed or degraded serving instance the ladder climbs three rungs, cheapest first:
 

@@ -1,4 +1,4 @@
-"""The lab's fleet in production (issue #16): the five services of drtool-fleet.yaml besides asr, each the demo
+"""The lab's fleet in production: the five services of drtool-fleet.yaml besides asr, each the demo
 model under its own name and weights, snapshotted on pw-gpu1, replicated to dr-east, registered with the serving
 image, promoted, and served on pw-gpu1 on its own port. Used by tests/test_fleet_lab.py and bench/fleet_rto_bench.py;
 `make drill` does not need it."""

@@ -30,7 +30,7 @@ class Layout:
 
     @property
     def fleet_config(self) -> Path:
-        """The lab's configuration with six services and GPU slots on the standbys (issue #16)."""
+        """The lab's configuration with six services and GPU slots on the standbys."""
         return self.root / "drtool-fleet.yaml"
 
     def log(self, part: str) -> Path:

@@ -114,7 +114,7 @@ MODEL_INITIAL_ADDRESS = PROXIES["prod-west"].address
 
 @dataclass(frozen=True)
 class FleetService:
-    """A service of the lab's fleet configuration (drtool-fleet.yaml, issue #16): the demo model under another
+    """A service of the lab's fleet configuration (drtool-fleet.yaml): the demo model under another
     name, served on pw-gpu1 on its own port behind its own record (asr-demo is the lab's production service)."""
 
     name: str
