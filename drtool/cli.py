@@ -332,12 +332,16 @@ def snapshot_diff(app: App, a, b, store):
 @store_option
 @click.option("--read-data", is_flag=True, help="Read and hash every stored byte.")
 @click.option("--sample", type=float, metavar="PCT", help="Read and hash this percentage of the blobs, at random.")
-def snapshot_verify(app: App, snapshot_id, store, read_data, sample):
-    """Check a snapshot's manifest and blobs (exit 3 on any mismatch)."""
+@click.option("--dest", type=click.Path(file_okay=False), metavar="DIR",
+              help="Instead, check that DIR holds exactly the snapshot: every file hashed, and no other entry.")
+def snapshot_verify(app: App, snapshot_id, store, read_data, sample, dest):
+    """Check a snapshot's manifest and blobs, or a restored directory (exit 3 on any mismatch or extra file)."""
     from drtool.actions import snapshot
 
-    result = snapshot.verify(app.out, app.config_path, store, snapshot_id, read_data, sample)
+    result = snapshot.verify(app.out, app.config_path, store, snapshot_id, read_data, sample, dest)
     app.out.result(result, lambda c: c.print(
+        f"{result['dest']} holds exactly snapshot {result['id']}: {result['files']} files, "
+        f"{_bytes(result['bytes_read'])} read, nothing else" if result["mode"] == "dest" else
         f"snapshot {result['id']} is intact ({result['mode']}): {result['files']} files, "
         f"{result['blobs_checked']} blobs, {_bytes(result['bytes_read'])} read"))
 
@@ -348,14 +352,18 @@ def snapshot_verify(app: App, snapshot_id, store, read_data, sample):
 @store_option
 @click.option("--manifest-out", type=click.Path(dir_okay=False),
               help="Also write the snapshot's manifest (its exact bytes) here, for the model server to check against.")
-def snapshot_restore(app: App, snapshot_id, dest, store, manifest_out):
+@click.option("--exact", is_flag=True,
+              help="Make DEST exactly the snapshot: entries it does not have are moved to DEST.drtool-strays/<time>/ "
+                   "(kept, outside DEST) before writing. Without it they are left and reported.")
+def snapshot_restore(app: App, snapshot_id, dest, store, manifest_out, exact):
     """Restore a snapshot into DEST; every file is hash-checked before it is renamed into place."""
     from drtool.actions import snapshot
 
-    result = snapshot.restore(app.out, app.config_path, store, snapshot_id, dest, manifest_out)
+    result = snapshot.restore(app.out, app.config_path, store, snapshot_id, dest, manifest_out, exact)
     app.out.result(result, lambda c: c.print(
         f"restored {result['id']} into {result['dest']}: {result['files']} files, {_bytes(result['bytes'])}, "
-        f"all verified, in {result['seconds']:.2f}s"))
+        f"all verified, in {result['seconds']:.2f}s"
+        + ("" if result["exact"] else f"; {len(result['strays'])} entries not in the snapshot left in DEST")))
 
 
 @command(snapshot_group, "sums")

@@ -247,6 +247,41 @@ def test_restore_without_room_fails_cleanly(snap_env):
         subprocess.run(["umount", str(small)], check=True)
 
 
+def test_re_restore_into_a_nearly_full_file_system_needs_only_room_for_its_largest_file(snap_env):
+    """Each file is written to a temp file and renamed over its old copy: re-restoring the same snapshot needs about
+    its largest file free (plus a margin), not the whole snapshot again."""
+    small = snap_env.tmp / "small-fs"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(small)], capture_output=True)
+    assert mounted.returncode == 0, f"cannot mount a 24 MiB tmpfs (the suite runs as root): {mounted.stderr!r}"
+    try:
+        src = snap_env.tmp / "src"
+        for i in range(5):
+            write_random(src / f"shard-{i}.bin", 3 * MiB)
+        store = snap_env.store("file")
+        created = snap_env.json("snapshot", "create", str(src), "--store", store, "--model", "m")
+        dest = small / "dest"
+        snap_env.json("snapshot", "restore", created["id"], str(dest), "--store", store)
+        # Fill the file system until 5.5 MiB are free: less than the snapshot (15 MiB), more than one file + margin.
+        st = os.statvfs(small)
+        (small / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 11 * MiB // 2))
+        again = snap_env.json("snapshot", "restore", created["id"], str(dest), "--store", store)
+        assert again["files"] == 5
+        assert sorted(os.listdir(dest)) == [f"shard-{i}.bin" for i in range(5)]
+        for i in range(5):
+            assert (dest / f"shard-{i}.bin").read_bytes() == (src / f"shard-{i}.bin").read_bytes()
+        # A new file of the snapshot that is not in DEST yet still needs its whole size.
+        (dest / "shard-4.bin").unlink()
+        (small / "filler").unlink()
+        st = os.statvfs(small)
+        (small / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 7 * MiB // 2))
+        err = _error(snap_env.run("snapshot", "restore", created["id"], str(dest), "--store", store, "--json"), 1)
+        assert "space" in err["message"]
+        assert sorted(os.listdir(dest)) == [f"shard-{i}.bin" for i in range(4)]
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
 def _without_root_file_access(argv: list[str]) -> list[str]:
     """argv run as root without the capabilities that let root read any file (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
     a mode-000 file is then unreadable, as it is to any other user, while drtool and its venv stay readable."""

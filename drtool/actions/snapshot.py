@@ -157,20 +157,27 @@ def diff(out: Output, config_path: str | None, store: str, a: str, b: str) -> di
 
 
 def verify(out: Output, config_path: str | None, store: str, snapshot_id: str, read_data: bool,
-           sample: float | None) -> dict:
-    from drtool.snapshot.verify import verify_snapshot
+           sample: float | None, dest: str | None = None) -> dict:
+    """The snapshot's blobs in the store; or, with `dest`, a directory against the snapshot (extra entries too)."""
+    from drtool.snapshot.verify import verify_directory, verify_snapshot
 
     if read_data and sample is not None:
         raise UsageError("give --read-data or --sample, not both")
+    if dest is not None and (read_data or sample is not None):
+        raise UsageError("--dest checks a directory, --read-data and --sample the store: give one of them")
     if sample is not None and not 0 < sample <= 100:
         raise UsageError(f"--sample {sample} is not a percentage in (0, 100]")
     with opened(store, config_path) as blob_store, RichProgress(out) as progress:
+        if dest is not None:
+            from pathlib import Path
+
+            return verify_directory(blob_store, snapshot_id, Path(dest), progress=progress)
         return verify_snapshot(blob_store, snapshot_id, read_data=read_data, sample_percent=sample,
                                progress=progress)
 
 
 def restore(out: Output, config_path: str | None, store: str, snapshot_id: str, dest: str,
-            manifest_out: str | None = None) -> dict:
+            manifest_out: str | None = None, exact: bool = False) -> dict:
     from pathlib import Path
 
     from drtool.fsutil import write_atomic
@@ -178,12 +185,20 @@ def restore(out: Output, config_path: str | None, store: str, snapshot_id: str, 
     from drtool.snapshot.restore import restore_snapshot
 
     with opened(store, config_path) as blob_store, RichProgress(out) as progress:
-        result = restore_snapshot(blob_store, snapshot_id, Path(dest), progress)
+        result = restore_snapshot(blob_store, snapshot_id, Path(dest), progress, exact=exact)
         if manifest_out:
             # The exact stored bytes: a model server checks the weights against them, and their SHA-256 is the id.
             _, data = load(blob_store, resolve(blob_store, result["id"]))
             write_atomic(Path(manifest_out), data, 0o644)
             result["manifest"] = manifest_out
+    strays = result["strays"]
+    shown = ", ".join(strays[:10]) + (f" and {len(strays) - 10} more" if len(strays) > 10 else "")
+    if result["strays_moved_to"]:
+        out.info(f"moved {len(strays)} entries not in the snapshot out of DEST to {result['strays_moved_to']}: "
+                 f"{shown}")
+    elif strays:
+        out.info(f"[yellow]warning:[/] {len(strays)} entries in {result['dest']} are not in the snapshot and were left "
+                 f"there: {shown} (--exact moves them aside)")
     return result
 
 

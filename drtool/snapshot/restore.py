@@ -10,15 +10,17 @@ import secrets
 import stat
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from drtool.errors import OperationFailed, UsageError, VerificationError
+from drtool.errors import DrtoolError, OperationFailed, UsageError, VerificationError
 from drtool.pids import process_alive
 from drtool.snapshot.catalog import load, resolve
 from drtool.snapshot.chunking import DEFAULT_WORKERS, BufferPool, ordered_map
 from drtool.snapshot.directio import ALIGN, MIN_DIRECT, direct_span, place, set_direct, write_at
+from drtool.snapshot.layout import check_movable, find_strays, move_strays, under_stray
 from drtool.snapshot.manifest import EMPTY_SHA256, FileEntry, SnapshotManifest
 from drtool.snapshot.progress import NO_PROGRESS
 from drtool.snapshot.scan import RESTORE_TEMP_PREFIX
@@ -31,16 +33,22 @@ TEMP_PREFIX = RESTORE_TEMP_PREFIX  # then the writer's pid, '-', a random token:
 MAX_OPEN_FILES = 64  # files written but not yet fsynced and renamed
 
 
-def preflight(dest: Path, manifest: SnapshotManifest) -> Path:
-    """Check every target path before anything is written: no existing symlink anywhere on the way (it could lead
-    outside DEST), no file where a directory must go and no directory where a file must go. The absolute
-    destination, with DEST's own symlinks (the user's choice) resolved."""
+def destination(dest: Path) -> Path:
+    """The absolute destination, with DEST's own symlinks (the user's choice) resolved."""
     dest = Path(os.path.abspath(dest))
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"destination {dest} exists and is not a directory")
-    root = dest.resolve()
+    return dest.resolve()
+
+
+def preflight(root: Path, manifest: SnapshotManifest, strays: frozenset[str] = frozenset()) -> None:
+    """Check every target path before anything is written: no existing symlink anywhere on the way (it could lead
+    outside DEST), no file where a directory must go and no directory where a file must go. Paths under `strays`
+    (which --exact moves out of DEST before writing) are not looked at: they will not be there."""
     checked: set[Path] = set()
     for f in manifest.files:
+        if strays and under_stray(f.path, strays):
+            continue
         cur = root
         components = f.path.split("/")
         for i, name in enumerate(components):
@@ -61,40 +69,101 @@ def preflight(dest: Path, manifest: SnapshotManifest) -> Path:
             if last and stat.S_ISDIR(st.st_mode):
                 raise UsageError(f"cannot restore {f.path}: {cur} is a directory")
             checked.add(cur)
-    return root
 
 
-def _check_space(root: Path, needed: int) -> None:
+# Beyond the files' own blocks: directories created, file system metadata, a journal's slack.
+SPACE_MARGIN = 1 << 20
+
+
+def _blocks(n: int, block: int) -> int:
+    return -(-n // block) * block
+
+
+def space_plan(new_sizes: dict[str, int], old_bytes: dict[str, int], block: int) -> tuple[int, int]:
+    """(bytes a restore needs free, the replacement budget), from each file's new size and what its existing copy
+    in DEST occupies (only files whose blocks a rename over them frees: regular, one link).
+
+    Every file is written to a temp file and renamed over its old copy, which frees the old copy's blocks. So the
+    restore ends up using sum(new - old) more than now, counted per file as max(0, new - old): a file that shrinks
+    frees space only once it is renamed, which is no help earlier. While a file replacing an old copy is being
+    written both exist: the writer keeps those temps within a budget of the largest such file (it waits for earlier
+    ones to be renamed first; restore._restore_files), so at most that much more is held at once. A file with no old
+    copy is already counted whole. Need = growth + budget + SPACE_MARGIN: a re-restore of the same snapshot needs
+    about its largest file, a restore into an empty DEST about the snapshot's size."""
+    growth = budget = 0
+    for path, size in new_sizes.items():
+        new = _blocks(size, block)
+        old = old_bytes.get(path, 0)
+        growth += max(0, new - old)
+        if old:
+            budget = max(budget, new)
+    return growth + budget + SPACE_MARGIN, budget
+
+
+def existing_copies(root: Path, manifest: SnapshotManifest, strays: frozenset[str]) -> dict[str, int]:
+    """Bytes each file's current copy in DEST occupies, where renaming the new one over it frees them: a regular
+    file with no other hard link (one kept open by a running process frees its blocks only when closed; stop the
+    model server before restoring under it). Files under `strays` are moved away first: they free nothing here."""
+    old: dict[str, int] = {}
+    for f in manifest.files:
+        if strays and under_stray(f.path, strays):
+            continue
+        try:
+            st = os.lstat(root / f.path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            old[f.path] = st.st_blocks * 512
+    return old
+
+
+def _check_space(root: Path, manifest: SnapshotManifest, old: dict[str, int]) -> int:
+    """Raise before anything is written when DEST's file system cannot take the restore; the replacement budget."""
     probe = root
     while not probe.exists():
         probe = probe.parent
     st = os.statvfs(probe)
     free = st.f_bavail * st.f_frsize
+    needed, budget = space_plan({f.path: f.size for f in manifest.files}, old, st.f_frsize or 4096)
     if free < needed:
-        raise OperationFailed(f"not enough space under {probe}: the snapshot needs {needed} bytes, {free} are free",
+        raise OperationFailed(f"not enough space under {probe}: the restore needs {needed} bytes, {free} are free",
                               hint="free space or restore elsewhere; nothing was written")
+    return budget
 
 
 def restore_snapshot(store: BlobStore, snapshot_id: str, dest: Path, progress: ProgressSink = NO_PROGRESS,
-                     workers: int = DEFAULT_WORKERS) -> dict:
+                     workers: int = DEFAULT_WORKERS, exact: bool = False) -> dict:
+    """Restore into `dest`. Entries of DEST that are not in the snapshot (strays) are reported; with `exact` they
+    are moved to DEST.drtool-strays/<UTC time>/ (kept, outside DEST) before anything is written, so that DEST ends
+    up holding exactly the snapshot."""
     t0 = time.monotonic()
     ref = resolve(store, snapshot_id)
     manifest, _ = load(store, ref)
-    root = preflight(dest, manifest)
-    _check_space(root, manifest.bytes_total)
+    root = destination(dest)
+    strays = find_strays(root, manifest)
+    moving = frozenset(strays) if exact else frozenset()
+    preflight(root, manifest, moving)
+    if exact:
+        check_movable(root, strays)
+    old = existing_copies(root, manifest, moving)
+    budget = _check_space(root, manifest, old)
+    moved_to = move_strays(root, strays) if exact and strays else None
     root.mkdir(parents=True, exist_ok=True)
     removed = remove_leftover_temps(root, manifest)
     writer = _Writer(root)
     progress.start(f"restore {ref.id[:12]}", manifest.bytes_total)
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="restore") as executor:
-            _restore_files(store, manifest, writer, executor, workers, progress)
-    except BaseException:
+            _restore_files(store, manifest, writer, executor, workers, progress, budget, set(old))
+    except BaseException as exc:
         writer.discard()
+        if moved_to and isinstance(exc, DrtoolError):
+            exc.details.append(f"the {len(strays)} entries not in the snapshot were moved to {moved_to} first")
         raise
     writer.sync_dirs()
     return {"id": ref.id, "model": manifest.model, "version": manifest.version, "dest": str(root),
             "files": len(manifest.files), "bytes": manifest.bytes_total, "leftover_temps_removed": removed,
+            "strays": strays, "strays_moved_to": str(moved_to) if moved_to else None, "exact": exact or not strays,
             "seconds": round(time.monotonic() - t0, 3)}
 
 
@@ -157,7 +226,7 @@ def _hash(whole, data: memoryview, buf, buffers: BufferPool) -> None:
 
 
 def _restore_files(store: BlobStore, manifest: SnapshotManifest, writer: _Writer, executor: ThreadPoolExecutor,
-                   workers: int, progress: ProgressSink) -> None:
+                   workers: int, progress: ProgressSink, budget: int, replacing_paths: set[str]) -> None:
     items = [(f, i, offset) for f in manifest.files for i, offset in enumerate(_part_offsets(f))]
     window = workers + 2
     # Part-sized buffers, reused: at most `window` parts are fetched ahead, one is being written, and a few wait for
@@ -167,9 +236,18 @@ def _restore_files(store: BlobStore, manifest: SnapshotManifest, writer: _Writer
     buffers = BufferPool(window + 3, largest + ALIGN)  # + ALIGN: room to move a part (directio.place)
     fetched = ordered_map(executor, lambda item: _fetch(store, *item, buffers), items, window=window)
     finals: list[Future] = []
+    # Temps of files that replace an existing copy, not yet renamed over it: both copies take space meanwhile, so
+    # their sizes are kept within `budget`, which the space check counted (space_plan).
+    replacing: deque[tuple[Future, int]] = deque()
+    held = 0
     # A multi-part file's digest is computed in part order on its own thread while this one writes the parts.
     with ThreadPoolExecutor(1, thread_name_prefix="restore-hash") as hasher:
         for f in manifest.files:
+            replaces = f.path in replacing_paths
+            while replacing and replaces and held + f.size > budget:
+                done, size = replacing.popleft()
+                done.result()
+                held -= size
             tmp = writer.open(f)
             whole = hashlib.sha256() if len(f.parts) > 1 else None
             actual = EMPTY_SHA256
@@ -194,6 +272,9 @@ def _restore_files(store: BlobStore, manifest: SnapshotManifest, writer: _Writer
             if actual != f.sha256:
                 raise _mismatch(f, actual, writer.bad_parts(tmp, f))
             finals.append(executor.submit(writer.commit, tmp, f))
+            if replaces:
+                replacing.append((finals[-1], f.size))
+                held += f.size
     for fut in finals:
         fut.result()
 

@@ -3,14 +3,18 @@
 from __future__ import annotations  # PEP 563 (public), for type-checking imports
 
 import hashlib
+import os
 import random
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from drtool.errors import VerificationError
 from drtool.snapshot.catalog import load, resolve
-from drtool.snapshot.chunking import DEFAULT_WORKERS, ordered_map
+from drtool.snapshot.chunking import DEFAULT_WORKERS, MiB, ordered_map
+from drtool.snapshot.layout import find_strays
 from drtool.snapshot.manifest import FileEntry, SnapshotManifest
 from drtool.snapshot.progress import NO_PROGRESS
 from drtool.snapshot.stores import BlobStore, MissingBlob
@@ -130,3 +134,64 @@ def _file_problem(f: FileEntry, index: int, expected: str, actual: str) -> str:
     if actual == "missing":
         return f"{where}: blob {expected} is missing"
     return f"{where}: sha256 mismatch: expected {expected}, actual {actual}"
+
+
+def verify_directory(store: BlobStore, snapshot_id: str, dest: Path, progress: ProgressSink = NO_PROGRESS,
+                     workers: int = DEFAULT_WORKERS) -> dict:
+    """Check that directory `dest` holds exactly the snapshot: each file present, regular, with its size, mode and
+    SHA-256 (every byte read), and nothing else (strays, a restore's leftover temp files included). Raise
+    VerificationError listing every problem (its `result` has them sorted into missing, changed and extra)."""
+    t0 = time.monotonic()
+    ref = resolve(store, snapshot_id)
+    manifest, _ = load(store, ref)
+    root = Path(os.path.abspath(dest))
+    if not root.is_dir():
+        raise VerificationError(f"{root} is not a directory", hint="give the directory the snapshot was restored into")
+    extra = find_strays(root, manifest, temps=True)
+    progress.start(f"verify {root}", manifest.bytes_total)
+    with ThreadPoolExecutor(workers, thread_name_prefix="verify") as executor:
+        found = list(executor.map(lambda f: _check_file(root, f, progress), manifest.files))
+    missing = [f.path for f, (problem, _) in zip(manifest.files, found, strict=True) if problem == "missing"]
+    changed = [f"{f.path}: {problem}" for f, (problem, _) in zip(manifest.files, found, strict=True)
+               if problem not in (None, "missing")]
+    nbytes = sum(n for _, n in found)
+    problems = ([f"{p}: missing" for p in missing] + changed
+                + [f"{p}: not in the snapshot" for p in extra])
+    result = {"id": ref.id, "model": manifest.model, "version": manifest.version, "mode": "dest", "dest": str(root),
+              "ok": not problems, "files": len(manifest.files), "blobs_checked": 0, "bytes_read": nbytes,
+              "missing": missing, "changed": changed, "extra": extra, "seconds": round(time.monotonic() - t0, 3)}
+    if problems:
+        raise VerificationError(f"{root} is not snapshot {ref.id[:12]}: {problems[0]}"
+                                + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                                details=problems[:MAX_REPORTED] + ([f"... and {len(problems) - MAX_REPORTED} more"]
+                                                                   if len(problems) > MAX_REPORTED else []),
+                                hint="restore the snapshot again with --exact (entries not in it are moved aside, "
+                                     "kept)", result=result)
+    return result
+
+
+def _check_file(root: Path, f: FileEntry, progress: ProgressSink) -> tuple[str | None, int]:
+    """(what is wrong with DEST's copy of `f`, or None; bytes read)."""
+    path = root / f.path
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing", 0
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file", 0
+    if st.st_size != f.size:
+        return f"{st.st_size} bytes, expected {f.size}", 0
+    digest, nbytes = hashlib.sha256(), 0
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            while chunk := fh.read(16 * MiB):
+                digest.update(chunk)
+                nbytes += len(chunk)
+                progress.advance(len(chunk))
+    except OSError as exc:
+        return f"cannot read: {exc.strerror}", nbytes
+    if digest.hexdigest() != f.sha256:
+        return f"sha256 mismatch: expected {f.sha256}, actual {digest.hexdigest()}", nbytes
+    if stat.S_IMODE(st.st_mode) != f.mode:
+        return f"mode {stat.S_IMODE(st.st_mode):o}, expected {f.mode:o}", nbytes
+    return None, nbytes
