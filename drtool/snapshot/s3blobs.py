@@ -144,17 +144,26 @@ class BlobRequests:
     def size(self, key: str) -> int | None | bool:
         """The object's size (HEAD); False when there is none (404); None: ask botocore instead. A HEAD answers a
         missing bucket with a bare 404 as well, to botocore too: the PUT that follows is what reports it."""
-        response = self._send("HEAD", key, {}, None)
+        answer = self.head(key)
+        return answer if answer is None or answer is False else answer[0]
+
+    def head(self, key: str) -> tuple[int, str | None] | None | bool:
+        """(size, the SHA-256 checksum the server keeps for the object, base64, or None), from one HEAD that asks for
+        checksums (x-amz-checksum-mode: ENABLED); False when there is no object (404); None: ask botocore instead."""
+        response = self._send("HEAD", key, {"x-amz-checksum-mode": "ENABLED"}, None)
         if response is None:
             return None
-        status, _, length = response
+        status, _, headers = response
         if status == 404:
             return False
-        return length if status == 200 and length is not None else None
+        length = headers.get("Content-Length") if status == 200 else None  # a HEAD's has no body
+        if length is None or not length.isdigit():
+            return None
+        return int(length), headers.get("x-amz-checksum-sha256")
 
     def _send(self, method: str, key: str, extra: dict, body,
-              into: bytearray | None = None) -> tuple[int, bytearray | memoryview, int | None] | None:
-        """(status, body, a HEAD's Content-Length as an int or None), or None when the request failed."""
+              into: bytearray | None = None) -> tuple[int, bytearray | memoryview, http.client.HTTPMessage] | None:
+        """(status, body, response headers), or None when the request failed."""
         path = self.base_path + quote(key, safe="/~")
         headers = self._sign(method, path, extra)
         conn = self._connection()
@@ -169,8 +178,7 @@ class BlobRequests:
             data = _read_body(response, into if response.status == 200 else None)
             if response.will_close:
                 conn.close()
-            length = response.getheader("Content-Length") if method == "HEAD" else None  # HEAD's has no body
-            return response.status, data, int(length) if length and length.isdigit() else None
+            return response.status, data, response.headers
         except (OSError, http.client.HTTPException):
             conn.close()
             return None

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections import namedtuple
 from collections.abc import Iterator
 
-from drtool.errors import OperationFailed, UsageError
+from drtool.errors import OperationFailed, UsageError, VerificationError
 from drtool.snapshot.directio import read_file_into, write_new_file
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time, docs/benchmarks.md)
@@ -25,6 +25,8 @@ SMALL_BLOB = 1 << 20  # S3: blobs up to this size are stored with one conditiona
 # A conditional PUT refused: 412, the key exists; 409, another conditional write to it is in flight (AWS): it wins.
 _KEY_EXISTS = ("PreconditionFailed", "ConditionalRequestConflict")
 UPLOADED, PRESENT, REPAIRED = "uploaded", "present", "repaired"  # what store_blob did
+MISSING, INTACT, DAMAGED = "missing", "intact", "damaged"  # what check_blob found
+BY_SIZE, BY_CHECKSUM, BY_READING = "size", "checksum", "read"  # how check_blob knew
 
 
 def blob_key(digest: str) -> str:
@@ -91,6 +93,18 @@ class BlobStore(ABC):
             return PRESENT
         self.put_blob(digest, data)
         return UPLOADED if size is None else REPAIRED
+
+    def check_blob(self, digest: str, size: int) -> tuple[str, str]:
+        """Whether the store holds the blob intact: (MISSING, INTACT or DAMAGED, how it was told: BY_SIZE,
+        BY_CHECKSUM or BY_READING). Soundly and as cheaply as the store allows: absent or of the wrong size needs one
+        HEAD or stat; the content then needs a SHA-256 the server computed and keeps (S3Store), else reading the
+        blob back and hashing it (here: a directory store keeps no checksum a later write could not leave behind)."""
+        stored = self.blob_size(digest)
+        if stored is None:
+            return MISSING, BY_SIZE
+        if stored != size:
+            return DAMAGED, BY_SIZE
+        return (INTACT if self.stored_blob_matches(digest) else DAMAGED), BY_READING
 
     def stored_blob_matches(self, digest: str) -> bool:
         import hashlib  # not at start-up: see manifest.sha256
@@ -296,21 +310,21 @@ class S3Store(BlobStore):
         return self._fast
 
     def get(self, key):
-        with s3_errors(self):
+        with s3_errors(self, self._key(key)):
             try:
                 return self.client.get_object(Bucket=self.location.bucket, Key=self._key(key))["Body"].read()
             except self.client.exceptions.NoSuchKey:
                 return None
 
     def put(self, key, data):
-        with s3_errors(self):
+        with s3_errors(self, self._key(key)):
             self.client.put_object(Bucket=self.location.bucket, Key=self._key(key), Body=data,
                                    ChecksumSHA256=_b64_sha256(data))
 
     def put_if_absent(self, key, data):
         from botocore.exceptions import ClientError
 
-        with s3_errors(self):
+        with s3_errors(self, self._key(key)):
             try:
                 self.client.put_object(Bucket=self.location.bucket, Key=self._key(key), Body=data, IfNoneMatch="*",
                                        ChecksumSHA256=_b64_sha256(data))
@@ -321,13 +335,13 @@ class S3Store(BlobStore):
             return True
 
     def delete(self, key):
-        with s3_errors(self):
+        with s3_errors(self, self._key(key)):
             self.client.delete_object(Bucket=self.location.bucket, Key=self._key(key))
 
     def list(self, prefix):
         base = self._key("")
         strip = len(base) + 1 if base else 0
-        with s3_errors(self):
+        with s3_errors(self, self._key(prefix) + "/"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.location.bucket, Prefix=self._key(prefix) + "/")
             for page in pages:
@@ -335,22 +349,47 @@ class S3Store(BlobStore):
                     yield StoredObject(obj["Key"][strip:], obj["Size"], obj["LastModified"].timestamp())
 
     def size(self, key):
+        head = self._head(self._key(key))
+        return None if head is None else head[0]
+
+    def _head(self, full_key: str) -> tuple[int, str | None] | None:
+        """(size, the SHA-256 checksum the server keeps, base64, or None) of an object, or None when it is absent."""
         from botocore.exceptions import ClientError
 
-        with s3_errors(self):
+        with s3_errors(self, full_key):
             try:
-                return self.client.head_object(Bucket=self.location.bucket, Key=self._key(key))["ContentLength"]
+                reply = self.client.head_object(Bucket=self.location.bucket, Key=full_key, ChecksumMode="ENABLED")
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                     return None
                 raise
+        return reply["ContentLength"], reply.get("ChecksumSHA256")
+
+    def _blob_head(self, digest: str) -> tuple[int, str | None] | None:
+        fast = self._blob_requests()
+        answer = fast.head(self._key(blob_key(digest))) if fast is not None else None
+        if answer is None:
+            return self._head(self._key(blob_key(digest)))
+        return None if answer is False else answer
 
     def blob_size(self, digest):
-        fast = self._blob_requests()
-        answer = fast.size(self._key(blob_key(digest))) if fast is not None else None
-        if answer is None:
-            return self.size(blob_key(digest))
-        return None if answer is False else answer
+        head = self._blob_head(digest)
+        return None if head is None else head[0]
+
+    def check_blob(self, digest, size):
+        """One HEAD that asks for the object's checksum: every blob drtool uploads carries x-amz-checksum-sha256, which
+        a server that supports checksums (AWS S3, SeaweedFS, MinIO, ...) checks on arrival and keeps, and a blob's name
+        is its SHA-256, so comparing the two reads no data. An object without a SHA-256 checksum (written by another
+        client, or a server that keeps none) is read back and hashed: sound, not cheap."""
+        head = self._blob_head(digest)
+        if head is None:
+            return MISSING, BY_SIZE
+        stored_size, checksum = head
+        if stored_size != size:
+            return DAMAGED, BY_SIZE
+        if _full_object_sha256(checksum):
+            return (INTACT if checksum == _b64(bytes.fromhex(digest)).decode() else DAMAGED), BY_CHECKSUM
+        return (INTACT if self.stored_blob_matches(digest) else DAMAGED), BY_READING
 
     def put_blob(self, digest, data):
         fast = self._blob_requests()
@@ -359,14 +398,14 @@ class S3Store(BlobStore):
         # botocore takes bytes or a bytearray, not a memoryview; a view of a whole pooled bytearray is sent as is
         # (measured: the cheapest body botocore sends), a partial one is copied once.
         body = data.obj if isinstance(data.obj, bytearray) and data.nbytes == len(data.obj) else bytes(data)
-        with s3_errors(self):
+        with s3_errors(self, self._key(blob_key(digest))):
             self.client.put_object(Bucket=self.location.bucket, Key=self._key(blob_key(digest)), Body=body,
                                    ContentLength=len(data),
                                    ChecksumSHA256=_b64(bytes.fromhex(digest)).decode())
 
     def store_blob(self, digest, data, scrub=False):
         if len(data) > SMALL_BLOB:
-            return super().store_blob(digest, data, scrub)  # a HEAD is cheap next to re-sending a big part
+            return self._store_if_damaged(digest, data, scrub)  # a HEAD is cheap next to re-sending a big part
         # Small: one conditional PUT instead of HEAD + PUT (botocore spends ~3 ms of CPU per request, which
         # dominates for small files). A store that ignores If-None-Match rewrites identical bytes: harmless.
         fast = self._blob_requests()
@@ -377,13 +416,29 @@ class S3Store(BlobStore):
             outcome = self._put_small_through_botocore(digest, data)
             if outcome == "created":
                 return UPLOADED
-        # It was there already: a damaged copy (wrong size; with scrub, wrong content) must not stay forever.
+        # It was there already: a damaged copy (wrong size or checksum; with scrub, wrong content) must not stay.
         # This HEAD is paid only for blobs that exist and were read again (changed files, dedupe, the re-check).
-        return super().store_blob(digest, data, scrub)
+        return self._store_if_damaged(digest, data, scrub)
+
+    def _store_if_damaged(self, digest, data, scrub: bool) -> str:
+        """BlobStore.store_blob, with the stored SHA-256 checksum (when the server keeps one) compared as well: a
+        present blob whose content differs is replaced by every create that reads its file, not only in the
+        re-check share. The same one HEAD, asking for the checksum too."""
+        head = self._blob_head(digest)
+        if head is not None and head[0] == len(data):
+            checksum = head[1]
+            known = _full_object_sha256(checksum)
+            if known and checksum != _b64(bytes.fromhex(digest)).decode():
+                self.put_blob(digest, data)
+                return REPAIRED
+            if not scrub or self.stored_blob_matches(digest):  # the re-check reads back even so: rot at rest
+                return PRESENT
+        self.put_blob(digest, data)
+        return UPLOADED if head is None else REPAIRED
 
     def _put_small_through_botocore(self, digest, data) -> str:
         body = bytes(data)
-        with s3_errors(self):
+        with s3_errors(self, self._key(blob_key(digest))):
             try:
                 self.client.put_object(Bucket=self.location.bucket, Key=self._key(blob_key(digest)), Body=body,
                                        IfNoneMatch="*", ChecksumSHA256=_b64(bytes.fromhex(digest)).decode())
@@ -399,7 +454,7 @@ class S3Store(BlobStore):
             data = fast.get(self._key(blob_key(digest)), into)
             if data is not None:
                 return data
-        with s3_errors(self):
+        with s3_errors(self, self._key(blob_key(digest))):
             try:
                 return self.client.get_object(Bucket=self.location.bucket,
                                               Key=self._key(blob_key(digest)))["Body"].read()
@@ -421,15 +476,25 @@ def _b64(raw: bytes) -> bytes:
     return base64.b64encode(raw)
 
 
+def _full_object_sha256(checksum: str | None) -> bool:
+    """Whether a stored ChecksumSHA256 is the SHA-256 of the whole object (a multipart upload's is a checksum of its
+    parts' checksums, written with a -N suffix; drtool never uploads blobs in parts, but another client might)."""
+    return bool(checksum) and "-" not in checksum
+
+
 def _b64_sha256(data: bytes) -> str:
     import hashlib  # not at start-up: see manifest.sha256
 
     return _b64(hashlib.sha256(data).digest()).decode()
 
 
+# The server refused a body that did not match the checksum or content hash sent with it.
+_BAD_DIGEST = ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch")
+
+
 @contextlib.contextmanager
-def s3_errors(store: S3Store):
-    """Turn botocore's exceptions into drtool errors that say which store and what to check."""
+def s3_errors(store: S3Store, key: str | None = None):
+    """Turn botocore's exceptions into drtool errors that say which store, bucket and key, and what to check."""
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
@@ -439,6 +504,7 @@ def s3_errors(store: S3Store):
     )
 
     where = f"store {store.url} ({store.endpoint})"
+    what = f" on s3://{store.location.bucket}/{key}" if key is not None else ""
     try:
         yield
     except (NoCredentialsError, PartialCredentialsError):
@@ -455,11 +521,17 @@ def s3_errors(store: S3Store):
             raise UsageError(f"{where}: bucket {store.location.bucket!r} does not exist",
                              hint="create the bucket, or fix --store") from None
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
-            raise OperationFailed(f"{where}: access refused ({code})",
+            raise OperationFailed(f"{where}: access refused ({code}){what}",
                                   hint="check the credentials and the bucket policy") from None
-        raise OperationFailed(f"{where}: S3 error {code}: {message}") from None
+        if code in _BAD_DIGEST:
+            raise VerificationError(f"{where}: the server refused the upload{what}: the bytes it received do not "
+                                    f"match the SHA-256 sent with them ({code})",
+                                    hint="the data changed between drtool hashing it and the server receiving it "
+                                         "(memory, disk, a proxy or the network); nothing was stored under that key. "
+                                         "Run the command again; if it recurs, check that host") from None
+        raise OperationFailed(f"{where}: S3 error {code}{what}: {message}") from None
     except BotoCoreError as exc:
-        raise OperationFailed(f"{where}: {exc}") from None
+        raise OperationFailed(f"{where}{what}: {exc}") from None
 
 
 def open_store(settings: ObjectStore | str, *, create: bool = False, workers: int = 8) -> BlobStore:
