@@ -571,16 +571,25 @@ def registry_verify(app: App, site, model, read_data):
 @click.option("--all", "all_services", is_flag=True, help="Move every service, also those whose primary still serves.")
 @click.option("--parallel", type=click.IntRange(min=1),
               help="Services brought up at once per wave (default failover.parallel).")
+@click.option("--planned", is_flag=True,
+              help="A planned move of a primary that still serves: flip and confirm first, then wait out the old "
+                   "record's TTL and stop the old primary. Without it, a failover refuses while the primary serves.")
 def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, approve_run, model, prepare, ttl,
-                 services, all_services, parallel):
+                 services, all_services, parallel, planned):
     """Provision a standby at SITE, restore and verify the production model, then flip DNS to it.
 
     Steps: preflight, lease, provision, pull_image, restore, start, wait_ready, verify, fence_primary,
     flip_dns, confirm_dns; each is journaled, so `--resume RUN` finishes an interrupted run without doing
-    anything twice. DNS never points at a standby that has not passed verify. The record a flip replaces is
-    saved (`drtool dns show`, `drtool dns restore`).
+    anything twice; a resumed run takes the site's failover lease again before any step. DNS never points at a
+    standby that has not passed verify. The record a flip replaces is saved (`drtool dns show`, `drtool dns
+    restore`).
 
-    With --dry-run it also prints the fleet plan of a region outage (issue #16): which standby takes which
+    A failover is for a primary that does not serve: when the record's target still answers ready, it refuses
+    (exit 2) and names what answered. A planned move of a healthy site takes --planned: it flips and confirms
+    first, then waits out the old record's TTL (lower it ahead with --prepare) and only then stops the old
+    primary, so no client is cut off.
+
+    With --dry-run it also prints the fleet plan of a region outage: which standby takes which
     service, in which wave, and what it would restore; services that fit nowhere are listed as left. With
     several services configured (or --service/--all), the failover moves them all, most important first, at
     most --parallel at once, each with its own journal; one that fails never flips its record and never stops
@@ -606,8 +615,14 @@ def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, appro
                         or fleet.is_fleet_run(resume_run) or fleet.is_fleet_run(approve_run)):
         if model:
             raise UsageError("--model names one model; a fleet failover moves services (--service NAME)")
+        if planned:
+            raise UsageError("--planned moves the one service of a single-model configuration",
+                             hint="a fleet failover moves only services whose primary does not answer; name a "
+                                  "serving one with --service or --all to move it anyway (it is fenced first)")
         if approve_run and not fleet.is_fleet_run(approve_run):
-            reason = reason or fleet.approved_reason(app.config, approve_run)
+            from drtool.alerts.decisions import approved_reason
+
+            reason = reason or approved_reason(app.config, approve_run)
         if not yes and not resume_run and not approve_run:
             from drtool.fleet.plan import fleet_plan
 
@@ -627,7 +642,7 @@ def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, appro
     if all_services:
         raise UsageError("--all moves services: it goes without --dry-run")
     result = failover.run(app.config, app.out, site, model, dry_run, yes, resume_run, reason, run_id, approve_run,
-                          services=list(services) or None, parallel=parallel)
+                          services=list(services) or None, parallel=parallel, planned=planned)
     render_move, plan = _render_move(result), result.get("fleet_plan")
 
     def render(console):
@@ -658,7 +673,8 @@ def _fleet_table(result: dict):
                  + (f", fleet RTO {rto:.1f}s" if rto is not None else ""),
                  ["service", "priority", "standby", "status", "record", "RTO", "reason"],
                  [[r["service"], r["priority"], r.get("standby") or "", r["status"], r["record"],
-                   f"{r['rto_s']:.1f}s" if r.get("rto_s") is not None else "", r.get("reason") or ""]
+                   f"{r['rto_s']:.1f}s" if r.get("rto_s") is not None else "",
+                   "; ".join(filter(None, [r.get("reason"), r.get("fallback")]))]
                   for r in result["services"]])
 
 

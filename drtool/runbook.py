@@ -102,6 +102,13 @@ class Journal:
 ProgressFn = Callable[[str, StepRecord], None]
 
 
+def crash_point(step_name: str) -> None:
+    """Fault injection for drills and tests: die like a crashed host right after `step_name` finished (journaled),
+    when $DRTOOL_FAULT_KILL_AFTER_STEP names it. Every recovery run calls it at each step boundary."""
+    if os.environ.get(KILL_AFTER_ENV) == step_name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def run_steps(journal: Journal, steps: list[Step], ctx: dict, progress: ProgressFn | None = None,
               dry_run: bool = False) -> Journal:
     """Run the steps not yet done, in order, journaling each outcome. Raises the first step's error.
@@ -174,9 +181,7 @@ def run_steps(journal: Journal, steps: list[Step], ctx: dict, progress: Progress
             journal.save()
             raise first
         for step in todo:
-            if os.environ.get(KILL_AFTER_ENV) == step.name:
-                # Fault injection for drills and tests: die like a crashed host right after a step boundary.
-                os.kill(os.getpid(), signal.SIGKILL)
+            crash_point(step.name)
     if not dry_run:
         journal.status, journal.ended = DONE, time.time()
     journal.save()

@@ -12,7 +12,7 @@ import yaml
 from drtool.execute.serving import base_url, predict
 from drtool.model_registry.entries import compare_output
 
-from .conftest import FRONT, MODEL, cli_json, dig, run_cli
+from .conftest import FRONT, MODEL, cli_json, dig, power_off_primary, run_cli
 
 pytestmark = pytest.mark.lab
 PRIMARY, STANDBY1, STANDBY2 = FRONT, "10.77.0.21", "10.77.0.22"  # PRIMARY: prod-west's Nginx
@@ -25,7 +25,7 @@ def serves_canary(address: str, entry) -> bool:
 
 def test_primary_down_failover_then_failback(lab, production, state, back_to_production):
     entry = production["entry"]
-    lab.power_off("pw-gpu1")
+    power_off_primary(lab)  # both GPU hosts: with one left, its Nginx keeps the site serving
     report = cli_json("failover", "--site", "dr-east", "--yes", "--reason", "test: prod-west down")
     assert dig() == STANDBY1
     assert serves_canary(STANDBY1, entry)
@@ -57,7 +57,8 @@ def test_primary_down_failover_then_failback(lab, production, state, back_to_pro
     assert [s["status"] for s in again["steps"][1:]] == ["skipped"] * (len(again["steps"]) - 1)
 
     # Failback: the primary serves again, DNS returns, the standby is cold.
-    lab.power_on("pw-gpu1")
+    for h in ("pw-gpu1", "pw-gpu2"):
+        lab.power_on(h)
     back = cli_json("failback", "--site", "prod-west", "--yes")
     assert back["status"] == "done" and dig() == PRIMARY
     assert serves_canary(PRIMARY, entry)
@@ -65,8 +66,10 @@ def test_primary_down_failover_then_failback(lab, production, state, back_to_pro
 
 
 @pytest.mark.parametrize("crash_after", ["provision", "start", "flip_dns"])
-def test_crash_after_a_step_and_resume(lab, production, state, back_to_production, crash_after):
-    lab.power_off("pw-gpu1")
+def test_crash_after_a_step_and_resume(lab, lab_config, production, state, back_to_production, crash_after):
+    from drtool.snapshot.stores import lease_key, open_store
+
+    power_off_primary(lab)  # both GPU hosts: with one left, its Nginx keeps the site serving
     proc = run_cli("failover", "--site", "dr-east", "--yes", env={"DRTOOL_FAULT_KILL_AFTER_STEP": crash_after})
     assert proc.returncode == -9, proc.stderr  # SIGKILL, like a crashed controller
     journal_path = next((state / "runs").glob("fo-*.json"))
@@ -78,14 +81,22 @@ def test_crash_after_a_step_and_resume(lab, production, state, back_to_productio
     assert report["status"] == "done" and dig() == STANDBY1
     by_name = {s["name"]: s for s in report["steps"]}
     assert by_name["flip_dns"]["attempts"] == 1  # no second DNS change
-    assert all(by_name[n]["attempts"] == 1 for n in done)  # nothing before the crash was redone
+    # The resumed run took the site's lease again (over the killed holder) before any further step ...
+    assert by_name["lease"]["attempts"] == 2 and by_name["lease"]["status"] == "done"
+    assert all(by_name[n]["attempts"] == 1 for n in done if n != "lease")  # nothing before the crash was redone
+    # ... and released it at the end: no stale lease naming the killed process is left behind.
+    store = open_store(lab_config.site("dr-east").object_stores[0])
+    try:
+        assert store.get(lease_key("failover-dr-east")) is None
+    finally:
+        store.close()
     eng = docker.DockerClient(base_url=lab.engine_url("de-gpu1"))
     assert len(eng.containers.list(all=True, filters={"name": f"drtool-{MODEL}"})) == 1
 
 
 def test_first_standby_broken_second_serves(lab, production, state, back_to_production):
     lab.break_engine("de-gpu1")
-    lab.power_off("pw-gpu1")
+    power_off_primary(lab)  # both GPU hosts: with one left, its Nginx keeps the site serving
     report = cli_json("failover", "--site", "dr-east", "--yes")
     assert report["standby"] == "de-gpu2" and dig() == STANDBY2
     tried = report["standbys_tried"]
@@ -109,7 +120,7 @@ def test_corrupt_blob_in_dr_store_no_flip_exit_3(lab, lab_config, production, st
     bad[len(bad) // 2] ^= 0x01
     client.put_object(Bucket=loc.bucket, Key=key, Body=bytes(bad))
     try:
-        proc = run_cli("--json", "failover", "--site", "dr-east", "--yes")
+        proc = run_cli("--json", "failover", "--site", "dr-east", "--yes", "--planned")  # the primary serves
         assert proc.returncode == 3, proc.stdout + proc.stderr
         err = json.loads(proc.stdout)
         assert "stopped at step restore" in err["message"] and "NOT changed" in err["hint"]
@@ -134,7 +145,7 @@ def test_canary_mismatch_no_flip_exit_3(lab, lab_config, production, state, back
     doc["canary"]["expected"] = [[[0.0] * 32] * 20]  # a registry that expects other outputs
     reg.store.put(key, json.dumps(doc).encode())
     try:
-        proc = run_cli("failover", "--site", "dr-east", "--yes")
+        proc = run_cli("failover", "--site", "dr-east", "--yes", "--planned")  # the primary serves
         assert proc.returncode == 3, proc.stderr
         assert "stopped at step verify" in proc.stderr and "canary output" in proc.stderr
         assert dig() == PRIMARY
@@ -172,3 +183,67 @@ def test_without_yes_non_interactive_exits_2(lab, production, state):
     proc = run_cli("failover", "--site", "dr-east")
     assert proc.returncode == 2 and "--yes" in proc.stderr
     assert dig() == PRIMARY
+
+
+def test_unplanned_failover_refused_while_the_primary_serves(lab, lab_config, production, state,
+                                                             back_to_production):
+    """A failover is for a primary that does not serve: with prod-west healthy it refuses before any change and
+    names what answered; no standby is powered on, the record stays, and no lease is left behind."""
+    from drtool.snapshot.stores import lease_key, open_store
+
+    proc = run_cli("--json", "failover", "--site", "dr-east", "--yes")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = json.loads(proc.stdout)
+    assert f"{PRIMARY}:8080 answers /readyz 200" in err["message"] and "nothing changed" in err["message"]
+    assert "--planned" in err["hint"]
+    assert dig() == PRIMARY and not lab.is_powered("de-gpu1") and not lab.is_powered("de-gpu2")
+    assert serves_canary(PRIMARY, production["entry"])
+    store = open_store(lab_config.site("dr-east").object_stores[0])
+    try:
+        assert store.get(lease_key("failover-dr-east")) is None
+    finally:
+        store.close()
+
+
+def test_planned_failover_of_a_serving_primary_fails_no_request_under_load(lab, lab_config, production, state,
+                                                                           tmp_path, back_to_production):
+    """A planned move of a healthy site: Locust loads the record (each request where the record answers, re-read
+    after its TTL) for the whole move. The record flips and is confirmed first; the old primary keeps serving
+    until the old record's TTL has passed, and only then is it stopped. Not one request fails."""
+    import threading
+
+    from drtool.drill.capacity import run_load
+    from drtool.model.demo import demo_inputs
+
+    cli_json("failover", "--site", "dr-east", "--prepare", "--ttl", "3")   # the operator's step before a move
+    entry = production["entry"]
+    dns = lab_config.site("dr-east").dns
+    load: dict = {}
+
+    def loader():
+        try:
+            load["result"] = run_load(base_url(PRIMARY, 8080), requests_total=1_000_000, concurrency=2,
+                                      inputs=[{"inputs": demo_inputs(frames=20, seed=s)} for s in range(1, 9)],
+                                      canary=entry.canary, slo={}, timeout_s=80,
+                                      workdir=tmp_path / "load",
+                                      resolve={"record": dns.record, "server": dns.server, "port": dns.port})
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            load["error"] = exc
+
+    thread = threading.Thread(target=loader)
+    thread.start()
+    try:
+        report = cli_json("failover", "--site", "dr-east", "--yes", "--planned", "--reason", "test: planned move")
+    finally:
+        thread.join(timeout=200)
+    assert "error" not in load, load.get("error")
+    result = load["result"]
+    assert result["requests"] > 0 and result["error_rate"] == 0, result
+    assert result["canary_checked"] > 0 and result["canary_mismatches"] == 0, result
+    assert report["status"] == "done" and dig() == STANDBY1
+    names = [s["name"] for s in report["steps"]]
+    assert names.index("confirm_dns") < names.index("fence_primary")        # flip and confirm first, then fence
+    fence = next(s for s in report["steps"] if s["name"] == "fence_primary")
+    flip = next(s for s in report["steps"] if s["name"] == "flip_dns")
+    assert fence["start"] >= flip["end"] and fence["evidence"]["drained_s"] >= 0
+    assert set(fence["evidence"]["fenced"].values()) == {"serving container stopped"}, fence["evidence"]

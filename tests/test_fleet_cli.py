@@ -65,7 +65,8 @@ FAKE_PLAN = {
 
 
 def fake_run(seen):
-    def run(config, out, site, model, dry_run, yes, resume, reason, run_id, approve, services=None, parallel=None):
+    def run(config, out, site, model, dry_run, yes, resume, reason, run_id, approve, services=None, parallel=None,
+            planned=False):
         seen.update(site=site, model=model, dry_run=dry_run, services=services, parallel=parallel)
         return {"kind": "failover", "run_id": "fo-x", "site": site, "status": "done", "steps": [],
                 "already_serving": None, "dns": {"record": "model.example.com", "before": None, "after": None},
@@ -102,7 +103,7 @@ class FakeMove:
 
     kind = "failover"
 
-    def __init__(self, config, out, site, model, run_id, reason):
+    def __init__(self, config, out, site, model, run_id, reason, planned=False):
         self.model = model
         self.journal = type("J", (), {"path": Path("/nonexistent/journal.json")})()
 

@@ -34,22 +34,35 @@ def restore(config: Config, site: Site, host: Host, model: Model, entry: Version
             "restore": data.get("restore", {}), "seconds": res.seconds}
 
 
-def start(config: Config, site: Site, host: Host, model: Model, entry: VersionEntry, progress=None, *,
-          weights: str | None = None, port: int | None = None, container: str | None = None) -> dict:
-    """The serving container; a canary run passes its own weights copy, port and container name."""
-    gpu = site.gpu and container is None
-    serving = site.raw.get("serving", {}) if container is None else {}  # a canary gets no limits and no hook
-    res = run_playbook(config, "model_server.yml", progress=progress, extravars={
+def server_vars(site: Site, model: Model, image_ref: str, version: str, snapshot_id: str, *,
+                weights: str | None = None, port: int | None = None, container: str | None = None,
+                service: str | None = None) -> dict:
+    """The model_server role's variables for one serving container: the same for a single failover, each service
+    of a fleet and a failback. A canary run (its own container name) gets no GPU, limits or hook."""
+    canary = container is not None and service is None
+    gpu = site.gpu and not canary
+    serving = site.raw.get("serving", {}) if not canary else {}
+    labels = {"io.drtool.version": version, "io.drtool.snapshot": snapshot_id}
+    if service:
+        labels["io.drtool.service"] = service
+    return {
         "model_server_gpu_memory_limit_pct": serving.get("gpu_memory_limit_pct", 0),
         "model_server_gpu_temperature_limit_c": serving.get("gpu_temperature_limit_c", 0),
         "model_server_gpu_fault_dir": serving.get("gpu_fault_dir", ""),
-        "drtool_targets": host.name, "model_server_action": "deploy", "model_server_model": model.name,
+        "model_server_action": "deploy", "model_server_model": model.name,
         "model_server_container": container or f"drtool-{model.name}",
-        "model_server_image_ref": entry.image.at(site.registry_url),
+        "model_server_image_ref": image_ref,
         "model_server_weights": weights or model.weights_path, "model_server_port": port or site.serving_port,
-        "model_server_gpu": gpu,
-        "model_server_labels": {"io.drtool.version": entry.version, "io.drtool.snapshot": entry.snapshot_id}})
-    return {**res.results.get(host.name, {}), "gpu_requested": gpu, "seconds": res.seconds}
+        "model_server_gpu": gpu, "model_server_labels": labels}
+
+
+def start(config: Config, site: Site, host: Host, model: Model, entry: VersionEntry, progress=None, *,
+          weights: str | None = None, port: int | None = None, container: str | None = None) -> dict:
+    """The serving container; a canary run passes its own weights copy, port and container name."""
+    hv = server_vars(site, model, entry.image.at(site.registry_url), entry.version, entry.snapshot_id,
+                     weights=weights, port=port, container=container)
+    res = run_playbook(config, "model_server.yml", progress=progress, extravars={"drtool_targets": host.name, **hv})
+    return {**res.results.get(host.name, {}), "gpu_requested": hv["model_server_gpu"], "seconds": res.seconds}
 
 
 def _container_action(config: Config, host: Host, model: Model, action: str, progress=None,

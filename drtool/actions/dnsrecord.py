@@ -153,3 +153,17 @@ def restore(config: Config, out: Output, site_name: str, model: str, index: int,
     after = dns.read_a()
     out.info(f"{site.dns.record}: {current.addresses} TTL {current.ttl} -> {after.addresses} TTL {after.ttl}")
     return {**result, "changed": True, "after": {"addresses": after.addresses, "ttl": after.ttl}}
+
+
+def standbys_in_use(config: Config, exclude: set[str] = frozenset()) -> dict[str, list[str]]:
+    """{DR standby address: [services whose record points at it]}, over every configured service not in
+    `exclude`: the standbys that must stay on."""
+    standby = {h.address for s in config.sites.values() if s.role == "dr" and s.is_standby for h in s.hosts}
+    used: dict[str, list[str]] = {}
+    for spec in config.services.values():
+        if spec.name in exclude:
+            continue
+        for a in dns_for(config.site(spec.site).dns).read_a(spec.record).addresses:
+            if a in standby:
+                used.setdefault(a, []).append(spec.name)
+    return used

@@ -245,8 +245,10 @@ class Drill:
             sc.doc["split"].update(detection=0.0, decision=0.0)
             error = None
             try:
+                # No outage here (a bad standby, snapshot or registry at DR): the primary serves, so the drill's
+                # move is a planned one; a failover that refused a serving primary would test nothing.
                 failover.run(cfg, self.out, self.dr.name, self.model.name, False, True, None,
-                             f"drill {self.drill_id}: {name}", run_id, None)
+                             f"drill {self.drill_id}: {name}", run_id, None, planned=True)
             except DrtoolError as exc:
                 error = exc
             fo = json.loads((state_dir() / failover.RUNS / f"{run_id}.report.json").read_text())

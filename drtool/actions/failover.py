@@ -11,7 +11,6 @@ import sys
 import time
 import uuid
 from datetime import datetime
-from pathlib import Path
 
 import click
 
@@ -22,11 +21,12 @@ from drtool.config import Config, Host, Model, Site
 from drtool.errors import DrtoolError, OperationFailed, UsageError, VerificationError
 from drtool.execute.ansible import run_playbook
 from drtool.execute.dns import dns_for
+from drtool.execute.serving import answers_ready
 from drtool.output import Output, table
 from drtool.paths import state_dir
 from drtool.providers import get_provider
 from drtool.providers.base import ssh_banner
-from drtool.runbook import DONE, Journal, Step, run_steps
+from drtool.runbook import DONE, PENDING, Journal, Step, run_steps
 from drtool.snapshot import catalog
 from drtool.snapshot.lease import Lease
 from drtool.snapshot.stores import open_store
@@ -36,6 +36,10 @@ RUNS = "runs"
 
 class AlreadyServing(Exception):
     """The site already serves the production version behind the record: nothing to change."""
+
+
+class PrimaryServing(UsageError):
+    """An unplanned failover found the record's current target answering ready: it refuses, changing nothing."""
 
 
 def new_run_id(site: str) -> str:
@@ -54,8 +58,10 @@ class Failover:
     """One failover run: the plan, its journal, and the step functions."""
 
     kind = "failover"
+    dry_run = False
 
-    def __init__(self, config: Config, out: Output, site: Site, model: Model, run_id: str, reason: str | None):
+    def __init__(self, config: Config, out: Output, site: Site, model: Model, run_id: str, reason: str | None,
+                 planned: bool = False):
         self.check_site(site)
         self.config, self.out, self.site, self.model = config, out, site, model
         self.primary = config.primary
@@ -67,7 +73,7 @@ class Failover:
             self.journal = Journal.load(path)
         else:
             self.journal = Journal(run_id, self.kind, site.name, time.time(), reason=reason, path=path,
-                                   context={"model": model.name, "tried": []})
+                                   context={"model": model.name, "tried": [], "planned": planned})
         self.journal.mirror = lambda data: self.dr_store.put(f"{RUNS}/{run_id}.json", data)
 
     @staticmethod
@@ -76,8 +82,19 @@ class Failover:
             raise UsageError(f"site {site.name} is not a DR site with a standby pool",
                              hint="fail over TO the DR site, e.g. `drtool failover --site dr-east`")
 
+    @property
+    def planned(self) -> bool:
+        """A planned move of a serving primary (kept by a resume): flip and confirm first, then fence."""
+        return bool(self.journal.context.get("planned"))
+
     # -- the plan -------------------------------------------------------------------------------------
     def steps(self) -> list[Step]:
+        fence = Step("fence_primary", "Fence the primary (best effort)", self.fence_primary)
+        flip = [Step("flip_dns", "Point the service record at the verified standby", self.flip_dns),
+                Step("confirm_dns", "Confirm the authoritative server answers the new address", self.confirm_dns)]
+        if self.planned:  # the old primary serves until resolvers have followed the record, then stops
+            fence = Step("fence_primary", "Drain the old primary: wait out the old record's TTL, then stop it",
+                         self.fence_primary)
         return [
             Step("preflight", "Preflight: DR registry, store and DNS reachable; registry verified", self.preflight,
                  changes_things=False),
@@ -91,9 +108,7 @@ class Failover:
             Step("start", "Start the serving container", self.start),
             Step("wait_ready", "Wait for /readyz", self.wait_ready),
             Step("verify", "Verify /version against the registry and the canary output", self.verify),
-            Step("fence_primary", "Fence the primary (best effort)", self.fence_primary),
-            Step("flip_dns", "Point the service record at the verified standby", self.flip_dns),
-            Step("confirm_dns", "Confirm the authoritative server answers the new address", self.confirm_dns),
+            *([*flip, fence] if self.planned else [fence, *flip]),
         ]
 
     @property
@@ -142,6 +157,15 @@ class Failover:
             self.ctx["snapshot_id"] = self.ctx["snapshot_candidates"][0]["id"]
         pool = {h.address: h for h in self.site.hosts}
         serving = [pool[a] for a in record.addresses if a in pool]
+        primary_up = None
+        if self.kind == "failover" and record.addresses and not serving and not self.ctx.get("host"):
+            primary_up = answers_ready(record.addresses[0], self.primary.serving_port)
+            if primary_up and not self.planned and not self.dry_run:
+                raise PrimaryServing(
+                    f"refusing an unplanned failover: {self.site.dns.record} points at {record.addresses[0]} and "
+                    f"{primary_up}; the primary serves", hint=f"if this is a planned move of a healthy site, run "
+                    f"`drtool failover --site {self.site.name} --planned` (it flips first, then drains and stops "
+                    "the old primary); a failing instance behind a serving site is cured in the site (drtool watch)")
         if serving and not self.ctx.get("host") and self.already_serving_check():
             try:
                 deploy.check(self.site, serving[0], self.entry())  # with the snapshot chosen above
@@ -151,7 +175,9 @@ class Failover:
                 raise AlreadyServing(f"{self.site.dns.record} already points at {serving[0].name}, which serves "
                                      f"{self.model.name} {entry.version} correctly")
         return {"dns_before": record.addresses, "production": info, "standby_pool": list(pool),
-                "snapshot_candidates": self.ctx["snapshot_candidates"]}
+                "snapshot_candidates": self.ctx["snapshot_candidates"], "planned": self.planned,
+                **({"primary_serving": f"{primary_up}: an unplanned failover would be refused (--planned moves it)"}
+                   if primary_up and not self.planned else {})}
 
     def take_lease(self, _ctx) -> dict:
         self.lease = Lease(self.dr_store, f"failover-{self.site.name}", f"failover {self.journal.run_id}")
@@ -227,6 +253,7 @@ class Failover:
     def fence_primary(self, _ctx) -> dict:
         if not self.config.failover.fence:
             return {"primary": self.primary.name, "fenced": {}, "skipped": "failover.fence is off"}
+        drained_s = self.drain_old_record() if self.planned else None
         fenced = {}
         for host in self.primary.hosts:
             if not ssh_banner(host.address, host.port, timeout=3):
@@ -236,7 +263,20 @@ class Failover:
                 "drtool_targets": host.name, "model_server_action": "stop", "model_server_model": self.model.name})
             fenced[host.name] = ("serving container stopped" if not res.failed and not res.unreachable
                                  else f"fencing failed: {(res.failed or [None])[0] or res.unreachable}")
-        return {"primary": self.primary.name, "fenced": fenced}
+        return {"primary": self.primary.name, "fenced": fenced,
+                **({"drained_s": drained_s} if drained_s is not None else {})}
+
+    def drain_old_record(self) -> float:
+        """A planned move: resolvers may hold the old record for its TTL after the flip, so the old primary keeps
+        serving until that TTL has passed since the record moved (lower it ahead with `failover --prepare`)."""
+        flip = self.journal.record("flip_dns")
+        ttl = (self.ctx.get("dns_before") or {}).get("ttl") or 0
+        moved_at = flip.ended or time.time()
+        left = moved_at + ttl - time.time()
+        if left > 0:
+            self.out.step(f"draining: the old record may be cached for {left:.0f}s more (TTL {ttl}s)")
+            time.sleep(left)
+        return round(max(0.0, left), 3)
 
     def flip_dns(self, _ctx) -> dict:
         if not self.verified_for_dns():  # never point DNS at an unverified target
@@ -274,8 +314,14 @@ class Failover:
                 self.out.info(f"  [red]failed[/] {rec.name}: {rec.error}")
 
         already = None
+        self.dry_run = dry_run
         if dry_run:  # a dry run changes nothing, its own journal and report included: they stay in memory
             self.journal.path, self.journal.mirror = None, None
+        lease = next((s for s in self.journal.steps if s.name == "lease"), None)
+        if lease is not None and lease.status == DONE and self.journal.status != DONE and not dry_run:
+            # A resumed run holds the lease like any other: it takes it again (over its dead holder) before any
+            # further step, and releases it at the end.
+            lease.status = PENDING
         try:
             run_steps(self.journal, self.steps(), {}, progress=progress, dry_run=dry_run)
         except DrtoolError:
@@ -350,13 +396,17 @@ class Failback(Failover):
 
     def steps(self) -> list[Step]:
         by_name = {s.name: s for s in super().steps()}
+        # The site's other serving hosts come back at the same time as the first one's image and weights (one
+        # group): every host of the site returns at once, not one after the other.
+        others = [Step("instances", "Bring the site's other serving hosts back, each verified", self.other_instances,
+                       group="fetch")] if self.site.proxy else []
         return [
             by_name["preflight"],
             by_name["lease"],
             Step("provision", "The primary host answers SSH and its engine", self.provision),
-            by_name["pull_image"], by_name["restore"], by_name["start"], by_name["wait_ready"], by_name["verify"],
-            *([Step("instances", "Bring the site's other serving hosts back, each verified", self.other_instances),
-               Step("proxy", "Deploy the site's Nginx over the verified instances; verify through it",
+            by_name["pull_image"], by_name["restore"], *others, by_name["start"], by_name["wait_ready"],
+            by_name["verify"],
+            *([Step("proxy", "Deploy the site's Nginx over the verified instances; verify through it",
                     self.deploy_proxy)] if self.site.proxy else []),
             by_name["flip_dns"], by_name["confirm_dns"],
             Step("cool_standby", "Stop the standby's container, remove its weights, power it off", self.cool_standby),
@@ -482,10 +532,8 @@ def cool_standbys(config: Config, model: Model | None) -> dict:
     """Every DR standby that is on: `model`'s container stopped and its weights removed (none: a fleet failback,
     which removed each service's already); then powered off, unless some other service's record still points at
     it (a fleet: that service still serves from it)."""
-    from drtool.actions.fleet_failback import standbys_in_use
-
     mine = {s.name for s in config.services.values() if model and s.model == model.name}
-    in_use = standbys_in_use(config, exclude=mine)
+    in_use = dnsrecord.standbys_in_use(config, exclude=mine)
     cooled = {}
     for dr in (s for s in config.sites.values() if s.role == "dr" and s.is_standby):
         provider = get_provider(config, dr)
@@ -548,29 +596,20 @@ def confirm_plan(out: Output, fo: Failover, yes: bool) -> None:
 
 def run(config: Config, out: Output, site_name: str, model: str | None, dry_run: bool, yes: bool,
         resume: str | None, reason: str | None, run_id: str | None, approve: str | None,
-        plan: type[Failover] = Failover, services: list[str] | None = None, parallel: int | None = None) -> dict:
+        plan: type[Failover] = Failover, services: list[str] | None = None, parallel: int | None = None,
+        planned: bool = False) -> dict:
     from drtool.fleet.plan import fleet_plan, select_services
 
     site = config.site(site_name)
     fleet = services is not None or parallel is not None or (dry_run and not issubclass(plan, Failback))
     picked = select_services(config, site.name, services) if fleet else []  # names checked before any I/O
-    several = UsageError("moving several services in one failover is not built yet (issue #16); use --dry-run to "
-                         "see the plan")
-    if not dry_run and (parallel is not None or len({s.name for s in picked}) > 1):
-        raise several
-    if model is None and picked and (dry_run or len(picked) == 1):
+    if model is None and picked:
         model = picked[0].model  # the most important service's model: the one the steps below preflight
     chosen = pick_model(config, model)
-    if not dry_run and any(s.model != chosen.name for s in picked):
-        raise several
     if approve:
-        from drtool.alerts.decisions import DecisionBook
+        from drtool.alerts.decisions import approved_reason
 
-        base = Path(config.alerts.state_dir) if config.alerts.state_dir else state_dir()
-        rec = DecisionBook(config, base, lambda *a: None).approval(approve)
-        if rec is None:
-            raise UsageError(f"no failover awaiting approval with run id {approve}")
-        run_id, reason = approve, reason or rec.get("reason")
+        run_id, reason = approve, reason or approved_reason(config, approve)
     if resume:
         path = state_dir() / RUNS / f"{resume}.json"
         if not path.exists():
@@ -578,7 +617,7 @@ def run(config: Config, out: Output, site_name: str, model: str | None, dry_run:
                              hint="give the run id printed by the interrupted failover")
         run_id = resume
     run_id = run_id or new_run_id(site.name).replace("fo-", "fb-" if plan is Failback else "fo-", 1)
-    fo = plan(config, out, site, chosen, run_id, reason)
+    fo = plan(config, out, site, chosen, run_id, reason, planned=planned)
     out.info(f"{fo.kind} run [bold]{run_id}[/] to {site.name} ({chosen.name}); journal {fo.journal.path}")
     if not dry_run and not resume:
         out.err.print(table("Plan", ["#", "step"], [[i + 1, s.title] for i, s in enumerate(fo.steps())]))
@@ -587,6 +626,9 @@ def run(config: Config, out: Output, site_name: str, model: str | None, dry_run:
     failed = next((s for s in report["steps"] if s["status"] == "failed"), None)
     if dry_run and fleet and not failed:
         report["fleet_plan"] = fleet_plan(config, site.name, services, parallel)
+    if failed and failed["error_class"] == PrimaryServing.__name__:
+        raise PrimaryServing(f"{fo.kind} {run_id} refused, nothing changed: {failed['error']}",
+                             hint=f"a planned move of a serving site: `drtool failover --site {site.name} --planned`")
     if failed:
         verification = failed["name"] in ("verify", "wait_ready") or "(exit 3)" in (failed["error"] or "") or \
             failed["error_class"] in ("VerificationError", "HostKeyError")

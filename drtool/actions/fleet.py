@@ -1,4 +1,4 @@
-"""drtool failover for a fleet (issue #16): every service of a failed site to the DR site's standbys at once.
+"""drtool failover for a fleet: every service of a failed site to the DR site's standbys at once.
 
 The planner (drtool/fleet/planner.py) gives each service a standby host and a wave (priority order, at most
 `--parallel` services per wave). A wave's host work is one Ansible play per step over all of its hosts, each host
@@ -13,14 +13,12 @@ Each service has its own journal (runs/<fleet run>/<service>.json, the steps of 
 has its own (runs/<fleet run>.fleet.json). `--resume RUN` moves again only the services that did not move.
 """
 
+import contextlib
 import dataclasses
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import requests
 
 from drtool.actions import deploy, dnsrecord
 from drtool.actions.deploy import store_vars
@@ -30,14 +28,14 @@ from drtool.config import Config, Host, ServiceSpec, Site
 from drtool.errors import DrtoolError, OperationFailed, UsageError
 from drtool.execute.ansible import run_playbook
 from drtool.execute.dns import dns_for
-from drtool.execute.serving import base_url
+from drtool.execute.serving import answers_ready
 from drtool.fleet import planner
 from drtool.fleet.plan import select_services
 from drtool.fsutil import write_json_atomic
 from drtool.output import Output
 from drtool.paths import state_dir
 from drtool.providers import get_provider
-from drtool.runbook import DONE, FAILED, PENDING, Journal, StepRecord
+from drtool.runbook import DONE, FAILED, PENDING, Journal, StepRecord, crash_point
 from drtool.snapshot.lease import Lease
 from drtool.snapshot.stores import open_store
 
@@ -109,11 +107,7 @@ class FleetFailover:
         addresses = dns_for(target).read_a(spec.record).addresses
         if not addresses:
             return addresses, False
-        try:
-            ok = requests.get(base_url(addresses[0], spec.port) + "/readyz", timeout=PROBE_TIMEOUT_S).status_code
-        except requests.RequestException:
-            return addresses, False
-        return addresses, ok == 200
+        return addresses, answers_ready(addresses[0], spec.port, PROBE_TIMEOUT_S) is not None
 
     def select(self, names: list[str] | None, everything: bool) -> tuple[list[ServiceSpec], list[dict]]:
         """The services to move: the named ones, or all (`--all`), or those whose record's target does not serve.
@@ -243,34 +237,8 @@ class FleetFailover:
 
     def run_wave(self, moves: list[Move]) -> None:
         forks = max(1, self.parallel)
-        # provision: power every host on at once, then one status play over all of them
-        todo = self.live(moves, "provision")
-        hosts = sorted({m.host.name for m in todo})
-        if todo:
-            for m in todo:
-                m.begin("provision")
-            provider = get_provider(self.config, self.site)
-            by_name = {h.name: h for h in self.site.hosts}
-
-            def power(name: str) -> str | None:
-                try:
-                    provider.power_on(by_name[name])
-                    provider.wait_ready(by_name[name], timeout=120)
-                except DrtoolError as exc:
-                    return exc.message
-                return None
-
-            with ThreadPoolExecutor(max_workers=forks) as pool:
-                errors = dict(zip(hosts, pool.map(power, hosts), strict=True))
-            up = [h for h in hosts if errors[h] is None]
-            seen = run_playbook(self.config, "status.yml", raise_on_failure=False, forks=forks,
-                                extravars={"drtool_targets": ",".join(up)}).per_host(up) if up else {}
-            for m in todo:
-                err = errors[m.host.name] or (None if seen[m.host.name][0] else seen[m.host.name][1])
-                if err:
-                    m.fail("provision", f"standby {m.host.name}: {err}")
-                else:
-                    m.done("provision", {"host": m.host.name, "address": m.host.address})
+        self.provision(moves, forks)
+        crash_point("provision")
         # pull: each image once per host, in rounds when a host needs several images
         todo = self.live(moves, "pull_image")
         for m in todo:
@@ -294,11 +262,92 @@ class FleetFailover:
                 m.done("pull_image", {"image": m.ctx["image"], "pulled": data.get("pulled")})
             else:
                 m.fail("pull_image", str(data))
-        self.restore(moves, forks)
-        self.start(moves, forks)
-        self.verify(moves)
-        self.fence(moves, forks)
-        self.flip(moves)
+        crash_point("pull_image")
+        for step, run in (("restore", lambda: self.restore(moves, forks)), ("start", lambda: self.start(moves, forks)),
+                          ("verify", lambda: self.verify(moves)), ("fence", lambda: self.fence(moves, forks)),
+                          ("flip_dns", lambda: self.flip(moves))):
+            run()
+            crash_point(step)
+
+    def provision(self, moves: list[Move], forks: int) -> None:
+        """Power every standby of the wave on at once, then one status play over all of them. A standby that does
+        not boot, or whose host key does not match, is never used again in this run (nor by its resume): its
+        services are placed by the planner on the free slots left, and those standbys are provisioned in turn."""
+        todo = self.live(moves, "provision")
+        for m in todo:
+            m.begin("provision")
+        failed = self.doc.setdefault("failed_standbys", {})
+        stale = [m for m in todo if m.host.name in failed]   # a resume: the standby failed before the crash
+        todo = [m for m in todo if m.host.name not in failed] + self.fall_back(stale, {})
+        provider = get_provider(self.config, self.site)
+        by_name = {h.name: h for h in self.site.hosts}
+
+        def power(name: str) -> str | None:
+            try:
+                provider.power_on(by_name[name])
+                provider.wait_ready(by_name[name], timeout=120)
+            except DrtoolError as exc:
+                return exc.message
+            return None
+
+        while todo:
+            hosts = sorted({m.host.name for m in todo})
+            with ThreadPoolExecutor(max_workers=forks) as pool:
+                errors = dict(zip(hosts, pool.map(power, hosts), strict=True))
+            up = [h for h in hosts if errors[h] is None]
+            seen = run_playbook(self.config, "status.yml", raise_on_failure=False, forks=forks,
+                                extravars={"drtool_targets": ",".join(up)}).per_host(up) if up else {}
+            bad: dict[str, str] = {}
+            for m in todo:
+                err = errors[m.host.name] or (None if seen[m.host.name][0] else seen[m.host.name][1])
+                if err:
+                    bad[m.host.name] = err
+                else:
+                    m.done("provision", {"host": m.host.name, "address": m.host.address,
+                                         "tried": m.ctx.get("tried", [])})
+            todo = self.fall_back([m for m in todo if m.host.name in bad], bad)
+
+    def fall_back(self, moves: list[Move], errors: dict[str, str]) -> list[Move]:
+        """Moves whose standby failed (`errors`: host -> why, recorded for the run and its resume), placed again
+        by the planner on the standbys that have not failed, counting the GPUs the other moves hold there. Returns
+        the moves that got a new standby; the others fail their provision step, naming every standby tried."""
+        if not moves:
+            return []
+        failed = self.doc.setdefault("failed_standbys", {})
+        failed.update(errors)
+        provider = get_provider(self.config, self.site)
+        by_name = {h.name: h for h in self.site.hosts}
+        for name in errors:
+            with contextlib.suppress(DrtoolError):
+                provider.power_off(by_name[name])
+        for m in moves:
+            m.ctx.setdefault("tried", []).append({"host": m.host.name, "ok": False, "error": failed[m.host.name]})
+        held: dict[str, int] = {}
+        for other in self.moves.values():
+            if all(other is not m for m in moves) and other.host.name not in failed and not other.failed():
+                held[other.host.name] = held.get(other.host.name, 0) + other.spec.gpus
+        free = [planner.StandbyHost(h.name, self.site.name, h.gpus - held.get(h.name, 0), h.address)
+                for h in self.site.hosts if h.name not in failed and h.gpus > held.get(h.name, 0)]
+        placed = {a.service.name: a.host.name for a in planner.plan(
+            [planner.Service(m.spec.name, m.spec.site, m.spec.model, m.spec.record, m.spec.port, m.spec.priority,
+                             m.spec.gpus, m.spec.alias) for m in moves], free,
+            failed_site=moves[0].spec.site, target_site=self.site.name, parallel=len(moves)).assignments}
+        again = []
+        for m in moves:
+            tried = ", ".join(f"{t['host']} ({t['error']})" for t in m.ctx["tried"])
+            new = placed.get(m.spec.name) if m.spec.site == moves[0].spec.site else None
+            if new is None:
+                m.fail("provision", f"no standby of {self.site.name} could take it: tried {tried}")
+                continue
+            self.out.step(f"{m.spec.name}: standby {m.host.name} failed ({failed[m.host.name]}); moving it to {new}")
+            m.host, m.ctx["host"] = by_name[new], new
+            m.journal.save()
+            for a in self.doc["assignments"]:
+                if a["service"] == m.spec.name:
+                    a["standby"] = new
+            again.append(m)
+        write_json_atomic(self.path, self.doc)
+        return again
 
     def rounds(self, moves: list, host=lambda m: m.host.name) -> list[list]:
         """Moves (or any items, each on the host `host(item)` names) in rounds of at most one per host: one play
@@ -363,14 +412,9 @@ class FleetFailover:
             hv = {}
             for m in rnd:
                 m.begin("start")
-                hv[m.host.name] = {
-                    "model_server_action": "deploy", "model_server_model": m.spec.model,
-                    "model_server_container": f"drtool-{m.spec.model}", "model_server_image_ref": m.ctx["image"],
-                    "model_server_weights": self.config.model(m.spec.model).weights_path,
-                    "model_server_port": m.spec.port, "model_server_gpu": self.site.gpu,
-                    "model_server_labels": {"io.drtool.version": m.ctx["version"],
-                                            "io.drtool.snapshot": m.ctx["snapshot_id"],
-                                            "io.drtool.service": m.spec.name}}
+                hv[m.host.name] = deploy.server_vars(self.site, self.config.model(m.spec.model), m.ctx["image"],
+                                                     m.ctx["version"], m.ctx["snapshot_id"], port=m.spec.port,
+                                                     service=m.spec.name)
             res = run_playbook(self.config, "model_server.yml", raise_on_failure=False, forks=forks,
                                extravars={"drtool_targets": ",".join(hv)}, host_vars=hv)
             for h, (ok, data) in res.per_host(list(hv)).items():
@@ -475,6 +519,9 @@ class FleetFailover:
                 "service": m.spec.name, "priority": m.spec.priority, "standby": m.host.name, "wave": m.wave,
                 "status": MOVED if m.journal.status == "done" else FAILED_S, "record": m.spec.record,
                 "reason": f"{failed.name}: {failed.error}" if failed else None,
+                "standbys_tried": m.ctx.get("tried", []),
+                "fallback": "; ".join(f"{t['host']} refused ({t['error']})" for t in m.ctx.get("tried", []))
+                            + (f"; moved to {m.host.name}" if not failed else "") if m.ctx.get("tried") else None,
                 "snapshot": m.ctx.get("snapshot_id"), "version": m.ctx.get("version"),
                 "rto_s": round(flip.ended - self.doc["started"], 3) if flip.status == DONE and flip.ended else None,
                 "journal": str(m.journal.path)})
@@ -486,17 +533,6 @@ class FleetFailover:
         self.doc["services"] = rows
         write_json_atomic(self.path, self.doc)
         return {**self.doc, "journal": str(self.path)}
-
-
-def approved_reason(config: Config, run_id: str) -> str | None:
-    """The reason of a failover `drtool serve` queued for approval under `run_id`; UsageError when none is."""
-    from drtool.alerts.decisions import DecisionBook
-
-    base = Path(config.alerts.state_dir) if config.alerts.state_dir else state_dir()
-    rec = DecisionBook(config, base, lambda *a: None).approval(run_id)
-    if rec is None:
-        raise UsageError(f"no failover awaiting approval with run id {run_id}")
-    return rec.get("reason")
 
 
 def new_fleet_run_id(site: str) -> str:

@@ -1,4 +1,4 @@
-"""drtool failback for a fleet (issue #16): the services of a primary site, all or the named ones, back home.
+"""drtool failback for a fleet: the services of a primary site, all or the named ones, back home.
 
 The reverse of drtool/actions/fleet.py, per service: the site's registry names the production version; the service
 is brought back on the site's first host at its own port (kept when it already serves that version correctly,
@@ -19,7 +19,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from drtool.actions import deploy, failover
+from drtool.actions import deploy, dnsrecord, failover
 from drtool.actions.dnsrecord import host_at
 from drtool.actions.failover import RUNS, served_entry
 from drtool.actions.registry import site_registry
@@ -45,20 +45,6 @@ def home_services(config: Config, site: Site, names: list[str] | None) -> list[S
         raise UsageError(f"site {site.name} is not the primary", hint="fail back TO the primary site")
     return pick_named({n: s for n, s in config.services.items() if s.site == site.name}, names, f"of {site.name}",
                       f"services of {site.name}")
-
-
-def standbys_in_use(config: Config, exclude: set[str] = frozenset()) -> dict[str, list[str]]:
-    """{DR standby address: [services whose record points at it]}, over every configured service not in
-    `exclude`: the standbys that must stay on."""
-    standby = {h.address for s in config.sites.values() if s.role == "dr" and s.is_standby for h in s.hosts}
-    used: dict[str, list[str]] = {}
-    for spec in config.services.values():
-        if spec.name in exclude:
-            continue
-        for a in dns_for(config.site(spec.site).dns).read_a(spec.record).addresses:
-            if a in standby:
-                used.setdefault(a, []).append(spec.name)
-    return used
 
 
 class FleetFailback:
@@ -187,8 +173,14 @@ class FleetFailback:
                     deploy.check(view, host, served_entry(view, host, entry))
                 step = "flip_dns"   # only now: the home instance passed readiness, /version and the canary
                 dns = dns_for(view.dns)
-                before = dns.read_a().addresses
-                if before != [host.address]:
+                record = dns.read_a()
+                before, saved = record.addresses, None
+                if before != [host.address]:   # every change saves the record it replaces first
+                    store = open_store(self.site.object_stores[0])
+                    try:
+                        saved = dnsrecord.save_previous(view, store, record, self.run_id)
+                    finally:
+                        store.close()
                     dns.replace_a([host.address], view.dns.ttl)
                 after = dns.read_a().addresses
                 if after != [host.address]:
@@ -196,7 +188,7 @@ class FleetFailback:
                 step = "cool_standby"
                 left = self.leave_standby(spec, before)
                 self.row(spec, status=HOME if kept is not None and before == [host.address] else BACK, after=after,
-                         seconds=round(time.monotonic() - t0, 3), standby=left)
+                         seconds=round(time.monotonic() - t0, 3), standby=left, previous_saved=saved)
             except DrtoolError as exc:
                 self.row(spec, status=FAILED, reason=f"{step}: {exc.message}", seconds=round(time.monotonic() - t0, 3))
                 self.out.info(f"  [red]failed[/] {spec.name} at {step}: {exc.message}")

@@ -150,3 +150,15 @@ class DecisionBook:
             if rec.get("run_id") == run_id and rec["action"] == AWAITING:
                 return rec
         return None
+
+
+def approved_reason(config: Config, run_id: str) -> str | None:
+    """The reason of a failover `drtool serve` queued for approval under `run_id`; UsageError when none is."""
+    from drtool.errors import UsageError
+    from drtool.paths import state_dir
+
+    base = Path(config.alerts.state_dir) if config.alerts.state_dir else state_dir()
+    rec = DecisionBook(config, base, lambda *a: None).approval(run_id)
+    if rec is None:
+        raise UsageError(f"no failover awaiting approval with run id {run_id}")
+    return rec.get("reason")

@@ -25,7 +25,8 @@ CONNECT_TIMEOUT_S = 10.0
 
 
 def run_load(base_url: str, *, requests_total: int, concurrency: int, inputs: list[dict], canary: dict,
-             slo: dict, timeout_s: float = 300, workdir: Path, canary_every: int = CANARY_EVERY) -> dict:
+             slo: dict, timeout_s: float = 300, workdir: Path, canary_every: int = CANARY_EVERY,
+             resolve: dict | None = None) -> dict:
     """Send `requests_total` POST /predict to `base_url` from `concurrency` Locust users; judge them against `slo`.
 
     `canary` is the registry's {"input", "expected"[, "tolerance"]} (or a `Canary`): every `canary_every`-th
@@ -38,6 +39,9 @@ def run_load(base_url: str, *, requests_total: int, concurrency: int, inputs: li
     the locustfile's `quitting` listener. Not from `--csv`: locust 2.47 rewrites `_stats.csv` once a second and
     does not write it again at exit, so a short run's file misses its last second (0 requests for a 1 s run).
     `--json-file` is complete (written after the run) and stays in `workdir` with locust's stdout and stderr.
+
+    `resolve` ({"record", "server", "port"}): send each request to the address the record answers at that DNS
+    server, re-read once its TTL has passed (load through the record, across a switch); `base_url`'s port is kept.
     """
     canary = _check_args(base_url, requests_total, concurrency, inputs, canary, slo, timeout_s, canary_every)
     locust = _find_locust()
@@ -49,6 +53,7 @@ def run_load(base_url: str, *, requests_total: int, concurrency: int, inputs: li
         "requests_total": requests_total, "canary_every": canary_every, "canary": canary, "inputs": inputs,
         "request_timeout_s": min(REQUEST_TIMEOUT_S, timeout_s), "connect_timeout_s": min(CONNECT_TIMEOUT_S, timeout_s),
         "summary_path": str(summary_path),
+        "resolve": {**resolve, "http_port": urlsplit(base_url).port or 80} if resolve else None,
     })
     run_time = max(1, math.ceil(timeout_s))
     argv = [locust, "-f", str(LOCUSTFILE), "--headless", "-u", str(concurrency), "-r", str(concurrency),

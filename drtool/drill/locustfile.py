@@ -34,6 +34,10 @@ EVERY: int = PARAMS["canary_every"]
 CANARY_BODY = json.dumps(PARAMS["canary"]["input"]).encode()
 BODIES = [json.dumps(body).encode() for body in PARAMS["inputs"]]
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+# Load "through the record": every request goes where the record answers now, as a resolver that honours the
+# record's TTL would send it (a switch of the record is then followed within one TTL, as real clients do).
+RESOLVE = PARAMS.get("resolve")  # {"record", "server", "port", "http_port"} or None: the --host as given
+_resolved = {"address": None, "until": 0.0}
 
 # Greenlets of one process share these; gevent switches only on I/O, so plain increments are safe.
 RUN = {"claimed": 0, "done": 0, "canary_checked": 0, "canary_mismatches": 0, "mismatch_evidence": [],
@@ -106,6 +110,24 @@ def _finish(environment) -> None:
         gevent.spawn(environment.runner.quit)
 
 
+def _path() -> str:
+    """/predict, or its absolute URL at the address the record answers (cached for the record's TTL)."""
+    if not RESOLVE:
+        return "/predict"
+    now = time.monotonic()
+    if _resolved["address"] is None or now >= _resolved["until"]:
+        import dns.message
+        import dns.query
+        import dns.rdatatype
+
+        query = dns.message.make_query(RESOLVE["record"], dns.rdatatype.A)
+        answer = dns.query.udp(query, RESOLVE["server"], port=int(RESOLVE["port"]), timeout=2.0)
+        rrset = next((r for r in answer.answer if r.rdtype == dns.rdatatype.A), None)
+        if rrset is not None and len(rrset):
+            _resolved["address"], _resolved["until"] = next(iter(rrset)).address, now + rrset.ttl
+    return f"http://{_resolved['address']}:{RESOLVE['http_port']}/predict"
+
+
 class PredictUser(FastHttpUser):
     """A closed loop: send, wait for the answer, send the next (concurrency = number of users)."""
 
@@ -120,7 +142,7 @@ class PredictUser(FastHttpUser):
             raise StopUser()  # every request is sent; the last answer in ends the run
         name, body, is_canary = _body_for(slot)
         try:
-            with self.client.post("/predict", data=body, headers=HEADERS, name=name, catch_response=True) as resp:
+            with self.client.post(_path(), data=body, headers=HEADERS, name=name, catch_response=True) as resp:
                 _check(resp, is_canary)
         except Exception:
             # A bug here must not pass as a healthy endpoint: the parent turns these into an error.

@@ -31,6 +31,16 @@ def wait_ready(url: str, timeout: float = 180, poll: float = 0.5) -> dict:
                           hint="see the container's log; /readyz stays 503 while weights do not match the manifest")
 
 
+def answers_ready(address: str, port: int, timeout: float = 3.0) -> str | None:
+    """What answered, when a model server (or the Nginx in front of one) at address:port answers /readyz with 200:
+    a live primary that an unplanned failover must not take over. None when nothing ready answers."""
+    try:
+        resp = requests.get(f"{base_url(address, port)}/readyz", timeout=timeout)
+    except requests.RequestException:
+        return None
+    return f"{address}:{port} answers /readyz 200" if resp.status_code == 200 else None
+
+
 def version(url: str) -> dict:
     try:
         resp = requests.get(f"{url}/version", timeout=10)
