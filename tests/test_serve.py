@@ -183,3 +183,61 @@ def test_a_region_outage_alerting_for_every_service_starts_one_site_failover(rec
     assert [d["action"] for d in first].count("started") == 1
     assert all(d.get("duplicate") or d["action"] != "started" for d in again)  # the same decision, reported again
     assert len(rec.launched) == 1 and rec.launched[0][0] == "dr-east"
+
+
+def _raw_exchange(url: str, request: bytes, shut_after_send: bool = False) -> bytes:
+    """Send `request` on one connection and read everything the server answers until it closes (a reset after
+    the answer counts as the end)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(request)
+        if shut_after_send:
+            sock.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            got += chunk
+    return got
+
+
+def test_an_oversized_body_is_answered_413_and_the_connection_closed(receiver):
+    """A 5 MB POST: the client (Python's http.client, which sends the whole body before it reads) reads the 413,
+    not a reset or a broken pipe; the answer says the connection closes, and it does."""
+    import http.client
+
+    url, rec, book = receiver()
+    conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=20)
+    try:
+        conn.request("POST", "/alerts", body=b"x" * (5 << 20),
+                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 413 and "body over" in json.loads(resp.read())["error"]
+        assert resp.getheader("Connection") == "close"
+        assert conn.sock is None   # http.client closed its side, as the answer asked
+    finally:
+        conn.close()
+    assert rec.launched == [] and book.load()["decisions"] == {}
+
+
+def test_a_refused_body_is_never_read_as_the_next_request(receiver):
+    """The bytes of a refused request's body (too big, or unauthenticated) never reach the server as a request
+    of their own: exactly one answer, then the connection ends."""
+    url, rec, _ = receiver()
+    smuggled = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    too_big = (f"POST /alerts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+               f"Content-Length: {2 << 20}\r\n\r\n").encode() + smuggled
+    got = _raw_exchange(url, too_big, shut_after_send=True)
+    assert got.startswith(b"HTTP/1.1 413") and got.count(b"HTTP/1.1 ") == 1, got
+    unauthenticated = (f"POST /alerts HTTP/1.1\r\nHost: x\r\nContent-Length: {len(smuggled)}\r\n\r\n").encode() \
+        + smuggled
+    got = _raw_exchange(url, unauthenticated)
+    assert got.startswith(b"HTTP/1.1 401") and got.count(b"HTTP/1.1 ") == 1, got
+    assert b"Connection: close" in got
+    assert rec.launched == []

@@ -5,7 +5,9 @@ from __future__ import annotations  # PEP 563 (public), for AlertLadder, a type-
 import hmac
 import json
 import logging
+import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +21,11 @@ if TYPE_CHECKING:
     from drtool.alerts.ladder import AlertLadder
 
 log = logging.getLogger("drtool.serve")
-MAX_BODY = 1 << 20  # Alertmanager batches are small; anything bigger is refused unread
+MAX_BODY = 1 << 20  # Alertmanager batches are small; anything bigger is refused
+# A refused request's body is read and thrown away before the connection closes (a client still sending would
+# otherwise get a reset instead of the answer), up to this much and this long; a bigger body only gets the reset.
+DRAIN_MAX = 64 << 20
+DRAIN_S = 10.0
 
 # The parts of Alertmanager's webhook payload (version 4) that decisions rely on.
 WEBHOOK_SCHEMA = {
@@ -94,43 +100,92 @@ class ReceiverServer(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     server: ReceiverServer
     protocol_version = "HTTP/1.1"
+    _body_read = False   # whether this request's body was read (then a refusal has nothing left to drain)
 
     def log_message(self, fmt, *args):  # route the stdlib's access log through logging
         log.info("%s %s", self.address_string(), fmt % args)
 
-    def _reply(self, code: int, doc: dict) -> None:
+    def _reply(self, code: int, doc: dict, close: bool = False) -> None:
         body = json.dumps(doc).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
 
+    def _refuse(self, code: int, doc: dict) -> None:
+        """An error answer, and the end of the connection: no byte the client sent after it is ever read as a
+        request. The body not read yet is read and thrown away first (up to DRAIN_MAX, within DRAIN_S), so a
+        client still sending it reads the answer rather than a reset connection."""
+        self._reply(code, doc, close=True)
+        self.wfile.flush()
+        unread = self._unread()
+        if unread is not None and unread > DRAIN_MAX:
+            return   # not worth reading: the client gets the answer or a reset, never a second request
+        try:
+            self.connection.shutdown(socket.SHUT_WR)   # the answer is whole: the client sees its end at once
+            deadline = time.monotonic() + DRAIN_S
+            while unread is None or unread > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(1 << 16 if unread is None else min(unread, 1 << 16))
+                if not chunk:
+                    return   # the client stopped sending
+                if unread is not None:
+                    unread -= len(chunk)
+        except OSError:   # timed out, reset: the connection closes either way
+            return
+
+    def _unread(self) -> int | None:
+        """The request body's bytes not read yet: none once it was read, else its Content-Length (None: up to the
+        client's end, for a chunked body)."""
+        if self._body_read:
+            return 0
+        length = self._body_length()
+        if length is not None:
+            return length
+        return None if self.headers.get("Transfer-Encoding") else 0
+
+    def _body_length(self) -> int | None:
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return None
+        return length if length >= 0 else None
+
     def do_GET(self):  # noqa: N802 - http.server's naming
+        self._body_read = False
         if self.path == "/healthz":
             self._reply(HTTPStatus.OK, {"ok": True})
         else:
-            self._reply(HTTPStatus.NOT_FOUND, {"error": "not found"})
+            self._refuse(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
     def do_POST(self):  # noqa: N802
+        self._body_read = False
+        length = self._body_length()
         if self.path != "/alerts":
-            return self._reply(HTTPStatus.NOT_FOUND, {"error": "POST alerts to /alerts"})
+            return self._refuse(HTTPStatus.NOT_FOUND, {"error": "POST alerts to /alerts"})
         auth = self.headers.get("Authorization", "")
         given = auth[7:].encode() if auth.startswith("Bearer ") else b""
         if not given or not hmac.compare_digest(given, self.server.token):
             log.warning("rejected unauthenticated webhook from %s", self.address_string())
-            return self._reply(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
+            return self._refuse(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
+        if length is None:
+            return self._refuse(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length required"})
+        if length > MAX_BODY:
+            return self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {MAX_BODY} bytes"})
         try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            return self._reply(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length required"})
-        if length > MAX_BODY or length < 0:
-            return self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {MAX_BODY} bytes"})
-        try:
-            alerts = parse_webhook(self.rfile.read(length))
+            body = self.rfile.read(length)
+            self._body_read = True
+            alerts = parse_webhook(body)
         except ValueError as exc:
             log.warning("rejected malformed webhook: %s", exc)
-            return self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return self._refuse(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         ladder = self.server.ladder
         if ladder is None:
             decisions = self.server.book.handle(alerts)
