@@ -11,7 +11,7 @@ import pytest
 import requests
 import yaml
 
-from drtool.alerts.decisions import AWAITING, STARTED, SUPPRESSED, DecisionBook
+from drtool.alerts.decisions import APPROVED, AWAITING, CANCELLED, STARTED, SUPPRESSED, DecisionBook
 from drtool.alerts.receiver import ReceiverServer
 from drtool.config import load_config
 
@@ -241,3 +241,51 @@ def test_a_refused_body_is_never_read_as_the_next_request(receiver):
     assert got.startswith(b"HTTP/1.1 401") and got.count(b"HTTP/1.1 ") == 1, got
     assert b"Connection: close" in got
     assert rec.launched == []
+
+
+def test_an_approval_is_cancelled_when_its_alert_resolves_first_and_then_refused(receiver, tmp_path):
+    """policy approve: the outage ends (its alert resolves) before anyone approves the queued failover. The decision
+    becomes cancelled, saying why and when, and `drtool failover --approve RUN` refuses it (exit 2, nothing
+    changed): approving it now would move a site that serves again."""
+    url, rec, book = receiver(policy="approve")
+    queued = post(url, webhook()).json()["decisions"][0]
+    assert queued["action"] == AWAITING
+    cancelled = post(url, webhook(status="resolved")).json()["decisions"][0]
+    assert cancelled["action"] == CANCELLED and cancelled["run_id"] == queued["run_id"]
+    (stored,) = book.load()["decisions"].values()
+    assert stored["action"] == CANCELLED and stored["cancelled_at"] >= stored["decided_at"]
+    assert "resolved before the failover was approved" in stored["why"]
+    proc = run_cli("--config", str(tmp_path / "drtool.yaml"), "failover", "--site", "dr-east", "--approve",
+                   queued["run_id"], env={"DRTOOL_STATE_DIR": str(tmp_path / "drtool-state")})
+    assert proc.returncode == 2, proc.stderr
+    assert "cancelled" in proc.stderr and "resolved before the failover was approved" in proc.stderr
+    assert not (tmp_path / "drtool-state" / "runs").exists()   # no step of a failover ran
+    assert rec.launched == []
+
+
+def test_a_failover_only_queued_for_approval_does_not_start_the_cooldown(receiver):
+    """The cooldown counts failovers that started. A queued one holds a second outage only while it still awaits
+    approval (pointing at it); once cancelled, the next outage is decided afresh; an approval starts the cooldown."""
+    url, _, book = receiver(policy="approve", cooldown_s=3600)
+    first = post(url, webhook(fingerprint="aaaa")).json()["decisions"][0]
+    held = post(url, webhook(fingerprint="bbbb")).json()["decisions"][0]
+    assert held["action"] == SUPPRESSED and f"awaits approval as {first['run_id']}" in held["why"]
+    post(url, webhook(fingerprint="aaaa", status="resolved"))
+    second = post(url, webhook(fingerprint="cccc", name="PrimaryHighErrorRate")).json()["decisions"][0]
+    assert second["action"] == AWAITING, second          # not "a failover to dr-east started Ns ago"
+    assert book.approve(second["run_id"])["action"] == APPROVED
+    third = post(url, webhook(fingerprint="dddd")).json()["decisions"][0]
+    assert third["action"] == SUPPRESSED and "started" in third["why"]
+
+
+@pytest.mark.parametrize("policy", ["auto", "approve"])
+def test_an_alert_naming_the_dr_site_or_an_unknown_site_is_refused_and_recorded(receiver, policy):
+    """The failing site must be a configured primary with a DR site: an alert about the DR site itself (it would
+    fail dr-east over to dr-east) or about an unknown site is refused with its reason, recorded, never queued or
+    launched."""
+    url, rec, book = receiver(policy=policy)
+    for site, why in (("dr-east", "names a DR site, not a primary"), ("mars", "names no configured site")):
+        d = post(url, webhook(fingerprint=f"f{len(site)}", site=site)).json()["decisions"][0]
+        assert d["action"] == "ignored" and why in d["why"] and "run_id" not in d, d
+    assert rec.launched == []
+    assert sorted(r["action"] for r in book.load()["decisions"].values()) == ["ignored", "ignored"]
