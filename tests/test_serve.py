@@ -289,3 +289,53 @@ def test_an_alert_naming_the_dr_site_or_an_unknown_site_is_refused_and_recorded(
         assert d["action"] == "ignored" and why in d["why"] and "run_id" not in d, d
     assert rec.launched == []
     assert sorted(r["action"] for r in book.load()["decisions"].values()) == ["ignored", "ignored"]
+
+
+def _ended(book: DecisionBook, run_id: str, within: float = 60.0) -> dict:
+    deadline = time.time() + within
+    while time.time() < deadline:
+        rec = next(r for r in book.load()["decisions"].values() if r.get("run_id") == run_id)
+        if "exit_code" in rec:
+            return rec
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} never recorded how it ended: {rec}")
+
+
+def test_a_launched_failover_records_in_its_decision_how_it_ended(tmp_path, monkeypatch):
+    """serve's launcher starts the real `drtool failover` in its own process; when it ends, its decision records
+    the exit code (here 1: the example configuration's TSIG key file does not exist, so preflight fails), not
+    `started` for ever."""
+    from drtool.actions.serve import subprocess_launcher
+    from drtool.alerts.receiver import parse_webhook
+
+    cfg = load_config(make_config(tmp_path))
+    monkeypatch.setenv("DRTOOL_STATE_DIR", str(tmp_path / "drtool-state"))
+    base = Path(cfg.alerts.state_dir)
+    book = DecisionBook(cfg, base, subprocess_launcher(cfg, base / "runs"))
+    (d,) = book.handle(parse_webhook(json.dumps(webhook()).encode()))
+    assert d["action"] == STARTED
+    rec = _ended(book, d["run_id"])
+    assert rec["action"] == "failed" and rec["exit_code"] == 1 and rec["ended_at"] >= rec["decided_at"]
+    assert "exit 1" in rec["why"]
+    assert "failed" in (base / "runs" / f"{d['run_id']}.log").read_text()
+
+
+def test_a_launched_failover_that_finds_the_lease_held_is_recorded_busy(tmp_path):
+    """A launched run that exits 4 (another run holds the site's failover lease) is recorded as busy with its exit
+    code. The failover is stood in for by a process that exits as the lease refusal does."""
+    import sys
+
+    from drtool.actions.serve import subprocess_launcher
+    from drtool.alerts.receiver import parse_webhook
+
+    cfg = load_config(make_config(tmp_path))
+    base = Path(cfg.alerts.state_dir)
+
+    def busy_failover(config, site, run_id, reason):
+        return [sys.executable, "-c", f"import sys; print('busy: failover {run_id} holds failover-{site}'); "
+                                      "sys.exit(4)"]
+
+    book = DecisionBook(cfg, base, subprocess_launcher(cfg, base / "runs", command=busy_failover))
+    (d,) = book.handle(parse_webhook(json.dumps(webhook()).encode()))
+    rec = _ended(book, d["run_id"])
+    assert rec["action"] == "busy" and rec["exit_code"] == 4 and "another run holds" in rec["why"]

@@ -5,15 +5,15 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from drtool.alerts.decisions import DecisionBook
+from drtool.alerts.decisions import DecisionBook, alerts_state_dir
 from drtool.alerts.ladder import AlertLadder, Remedies
 from drtool.alerts.receiver import ReceiverServer
 from drtool.config import Config, Host, Site
 from drtool.errors import UsageError
 from drtool.output import Output
-from drtool.paths import state_dir
 
 
 def read_token(config: Config) -> str:
@@ -31,13 +31,25 @@ def read_token(config: Config) -> str:
     return token
 
 
-def subprocess_launcher(config: Config, logs: Path):
-    """Start `drtool failover` as its own process: the receiver keeps answering while it runs."""
+Command = Callable[[Config, str, str, str], list[str]]   # (config, dr site, run id, reason) -> argv
+
+
+def failover_command(config: Config, site: str, run_id: str, reason: str) -> list[str]:
+    return [sys.executable, "-m", "drtool", "--config", str(config.path), "failover", "--site", site, "--yes",
+            "--run-id", run_id, "--reason", reason]
+
+
+def subprocess_launcher(config: Config, logs: Path, command: Command | None = None):
+    """Start `drtool failover` as its own process (its own session: it outlives a restarted serve or an exited
+    watch), through drtool/alerts/launch.py, which records in the run's decision how it ended (its exit code: 4 is
+    busy, another run holds the lease). The receiver keeps answering while it runs. `command` builds the argv
+    (tests stand in for the failover)."""
+    book_dir = alerts_state_dir(config)
 
     def launch(site: str, run_id: str, reason: str) -> None:
         logs.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "drtool", "--config", str(config.path), "failover", "--site", site,
-                "--yes", "--run-id", run_id, "--reason", reason]
+        argv = [sys.executable, "-m", "drtool.alerts.launch", "--state", str(book_dir), "--run-id", run_id, "--",
+                *(command or failover_command)(config, site, run_id, reason)]
         with open(logs / f"{run_id}.log", "ab") as log:
             subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True, env=os.environ.copy())
@@ -67,7 +79,7 @@ def run(config: Config, out: Output, listen: str) -> None:
     if not host or not port.isdigit():
         raise UsageError(f"--listen {listen!r} is not ADDR:PORT")
     token = read_token(config)
-    base = Path(config.alerts.state_dir) if config.alerts.state_dir else state_dir()
+    base = alerts_state_dir(config)
     book = DecisionBook(config, base, subprocess_launcher(config, base / "runs"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     resumed = book.resume_interrupted()

@@ -1,5 +1,6 @@
 """Persistent failover decisions: dedupe by alert fingerprint, firing time, per-site cooldown, exactly once."""
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -17,6 +18,11 @@ from drtool.fsutil import file_lock, write_json_atomic
 PENDING, STARTING, STARTED, AWAITING, SUPPRESSED, IGNORED, RESOLVED = (
     "pending", "starting", "started", "awaiting_approval", "suppressed_cooldown", "ignored", "resolved")
 APPROVED, CANCELLED = "approved", "cancelled"
+# How a failover the book launched ended, from its exit code (drtool's documented codes), recorded in its decision
+# by the process that ran it (drtool/alerts/launch.py): 0 finished, 4 busy (another run holds the lease), else failed.
+FINISHED, FAILED, BUSY = "finished", "failed", "busy"
+EXIT_MEANINGS = {0: "ok", 1: "the operation failed", 2: "usage or configuration error, nothing changed",
+                 3: "verification failed", 4: "busy: another run holds the lock or lease"}
 
 
 @dataclass
@@ -75,20 +81,49 @@ def new_run_id(site: str) -> str:
     return f"fo-{site}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
 
 
+def book_paths(state_dir: Path) -> tuple[Path, Path]:
+    """(the decisions file, its lock) under a state dir."""
+    return Path(state_dir) / "alerts" / "decisions.json", Path(state_dir) / "alerts" / ".lock"
+
+
+def run_outcome(code: int) -> tuple[str, str]:
+    """(the decision's action, why) for a launched run's exit code."""
+    if code < 0:
+        return FAILED, f"exit {code}: killed by signal {-code}"
+    meaning = EXIT_MEANINGS.get(code, "failed")
+    return (FINISHED if code == 0 else BUSY if code == 4 else FAILED), f"exit {code}: {meaning}"
+
+
+def record_run_end(state_dir: Path, run_id: str, code: int, at: float) -> dict | None:
+    """Record in its decision how a failover the book launched ended; the decision, or None when no launched
+    decision has that run id."""
+    path, lock = book_paths(state_dir)
+    action, why = run_outcome(code)
+    with file_lock(lock):
+        try:
+            book = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        rec = next((r for r in book["decisions"].values()
+                    if r.get("run_id") == run_id and r["action"] in (STARTING, STARTED)), None)
+        if rec is None:
+            return None
+        rec.update(action=action, exit_code=code, ended_at=at, why=f"failover {run_id} ended at {iso(at)}, {why}")
+        write_json_atomic(path, book)
+        return dict(rec)
+
+
 class DecisionBook:
     """The receiver's memory, one JSON file guarded by a lock: survives restarts and concurrent requests."""
 
     def __init__(self, config: Config, state_dir: Path, launcher: Launcher, clock: Callable[[], float] = time.time):
         self.config = config
         self.settings = config.alerts
-        self.path = state_dir / "alerts" / "decisions.json"
-        self.lock = state_dir / "alerts" / ".lock"
+        self.path, self.lock = book_paths(state_dir)
         self.launcher = launcher
         self.clock = clock
 
     def _load(self) -> dict:
-        import json
-
         try:
             return json.loads(self.path.read_text())
         except FileNotFoundError:
