@@ -256,3 +256,43 @@ def test_receiver_sends_site_alerts_to_the_book_and_instance_alerts_up_the_ladde
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_restart_counts_survive_a_restarted_serve(tmp_path):
+    """The ladder's state (restart times, drains) is saved per site and read back: a restarted `drtool serve` does
+    not get a fresh allowance of restarts for an instance it already restarted."""
+    cfg, ladder, book, fakes, clock = setup(tmp_path)
+    ladder.handle(batch(alert("ModelInstanceDown")))
+    assert fakes.of("restart") == ["pw-gpu1"]
+    saved = json.loads((tmp_path / "state" / "ladder" / "prod-west.state.json").read_text())
+    assert len(saved["ladder"]["instances"]["pw-gpu1"]["restarts"]) == 1
+    clock.now += 121
+    again = AlertLadder(cfg, book, Path(cfg.alerts.state_dir) / "ladder", fakes.remedies(), clock=clock)
+    again.handle(batch(alert("ModelInstanceDown")))
+    assert fakes.of("restart") == ["pw-gpu1", "pw-gpu1"]   # the second of two
+    clock.now += 121
+    again.handle(batch(alert("ModelInstanceDown")))
+    assert fakes.of("restart") == ["pw-gpu1", "pw-gpu1"] and fakes.of("drain") == ["pw-gpu1"]
+
+
+def test_a_queued_site_failover_is_cancelled_when_the_site_serves_again(tmp_path):
+    """alerts.policy approve: both instances down, the ladder's failover rung queues a failover for approval; the
+    instance alerts resolve, the site serves again, and the queued failover is cancelled (an approval now would move
+    a serving site)."""
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    path = tmp_path / "drtool.yaml"
+    path.write_text(CONFIG.format(tmp=tmp_path, restart="off").replace("policy: auto\n", "policy: approve\n", 1))
+    cfg = load_config(path)
+    fakes, clock = Fakes(), Clock()
+    book = DecisionBook(cfg, Path(cfg.alerts.state_dir), fakes.launch, clock=clock)
+    ladder = AlertLadder(cfg, book, Path(cfg.alerts.state_dir) / "ladder", fakes.remedies(), clock=clock)
+    both = [alert("ModelInstanceDown", instance="10.0.1.11:8080", fingerprint="0a1"),
+            alert("ModelInstanceDown", instance="10.0.1.12:8080", fingerprint="0a2")]
+    out = ladder.handle(batch(*both))
+    queued = next(d for d in out if d["action"] == "ladder_failover")["decisions"][0]
+    assert queued["action"] == "awaiting_approval"
+    clock.now += 60
+    out = ladder.handle(batch(*[{**a, "status": "resolved"} for a in both], status="resolved"))
+    assert any(d["action"] == "cancelled" for d in out), out
+    (rec,) = [r for r in book.load()["decisions"].values() if r.get("run_id") == queued["run_id"]]
+    assert rec["action"] == "cancelled" and "cancelled_at" in rec and fakes.launched == []

@@ -4,24 +4,24 @@
 GPU serves, and undrain it once it reports healthy again,
 (3) only when the site has no healthy instance left, hand an alert to the same DecisionBook `drtool serve` uses
 (firing time, cooldown, policy, exactly once), so a watch and an Alertmanager never start two failovers for one
-outage. Every rung decided and its outcome go to the ladder's journal."""
+outage. The climb is `drtool.ha.executor.SiteLadder`, the one `drtool serve` uses for instance alerts: every rung
+decided and its outcome go to the ladder's journal, and its state (restart counts, drains) is saved per site, so a
+restarted watch keeps its restart limits."""
 
 import hashlib
 import time
-from pathlib import Path
 
 import requests
 
-from drtool.actions import deploy, proxy
 from drtool.actions.failover import pick_model
-from drtool.actions.serve import subprocess_launcher
-from drtool.alerts.decisions import AWAITING, STARTED, Alert, DecisionBook
+from drtool.actions.serve import real_remedies, subprocess_launcher
+from drtool.alerts.decisions import AWAITING, STARTED, DecisionBook, alerts_state_dir
 from drtool.config import Config, Site
-from drtool.errors import DrtoolError, UsageError
+from drtool.errors import UsageError
 from drtool.execute.serving import base_url
-from drtool.ha.ladder import InstanceHealth, LadderJournal, LadderState, apply, decide
+from drtool.ha.executor import SiteLadder
+from drtool.ha.ladder import InstanceHealth
 from drtool.output import Output
-from drtool.paths import state_dir
 from drtool.providers.base import ssh_banner
 
 ALERT_NAME = "DrtoolWatchPrimaryDown"
@@ -76,19 +76,19 @@ def run(config: Config, out: Output, site_name: str, failures: int | None, inter
     need = failures or config.watch.failures
     every = interval or config.watch.interval_s
     settings = config.ha
-    base = Path(config.alerts.state_dir) if config.alerts.state_dir else state_dir()
+    pick_model(config, None)   # a restart redeploys the one model: refuse to start without one, not at a restart
+    base = alerts_state_dir(config)
     book = DecisionBook(config, base, subprocess_launcher(config, base / "runs"))
-    journal = LadderJournal(base / "ladder" / f"{site.name}.jsonl")
-    model = pick_model(config, None)
     fingerprint = hashlib.sha256(f"drtool-watch:{site.name}".encode()).hexdigest()[:16]
+    ladder = SiteLadder(config, site, book, base, real_remedies(config), ALERT_NAME, "drtool watch", fingerprint)
     streaks = {h.name: 0 for h in site.hosts}
-    ladder, restarted_at = LadderState(), {}
+    restarted_at: dict[str, float] = {}
     first_failure, probes, decisions, recoveries, drains = None, 0, [], [], []
     problem_since: dict[str, float] = {}   # each host's first failed probe of its current streak
     out.info(f"watching {site.name}'s {site.health_path} on port {site.serving_port} every {every:g}s; "
              f"{need} consecutive failures of a host climb the ladder (restart {settings.policy.restart}, "
              f"drain {settings.policy.drain}, failover {settings.policy.failover}: alert policy "
-             f"{config.alerts.policy})")
+             f"{config.alerts.policy}); ladder state {ladder.path}")
     while max_probes is None or probes < max_probes:
         probes += 1
         t = time.time()
@@ -112,55 +112,39 @@ def run(config: Config, out: Output, site_name: str, failures: int | None, inter
             first_failure = first_failure or t
             out.info(f"probe {probes}: {site.name} failing ({streak}/{need}): "
                      + ", ".join(f"{h}: {v}" for h, v in found.items()))
-        actions = decide(ladder, observe(site, found, streaks, need, t, config.watch.timeout_s), settings, t)
-        events = journal.record_decisions(actions, t)
-        for action, event in zip(actions, events, strict=False):
+        result = ladder.climb(observe(site, found, streaks, need, t, config.watch.timeout_s), t, first_failure)
+        for d in result.resolved:
+            out.info(f"decision: {d['action']} {d.get('run_id', '')} {d.get('why', '')}".rstrip())
+            decisions.append(d)
+        for step in result.steps:
+            action = step.action
             if action.kind == "restart":
-                host = next(h for h in site.hosts if h.name == action.instance)
-                out.info(f"ladder: restarting {host.name}'s container in place ({action.reason})")
-                try:
-                    deploy.restart(config, host, model)
-                    journal.record_outcome(event, "ok", time.time())
-                    restarted_at[host.name] = t
-                    ok = True
-                except DrtoolError as exc:  # counts as an attempt; nothing to wait for: the next rung comes sooner
-                    journal.record_outcome(event, "failed", time.time(), exc.message)
-                    out.info(f"ladder: restart of {host.name} failed: {exc.message}")
-                    ok = False
-                ladder = apply(ladder, action, t, settings, ok=ok)
+                out.info(f"ladder: restarted {action.instance}'s container in place: {step.outcome} ({action.reason})"
+                         + (f": {step.detail}" if step.detail else ""))
+                if step.outcome == "ok":
+                    restarted_at[action.instance] = t
             elif action.kind == "wait_approval":
                 out.info(f"ladder: {action.awaits} of {action.instance or action.site} awaits approval "
                          f"({action.reason})")
             elif action.kind in ("drain", "undrain"):
-                verb = "draining" if action.kind == "drain" else "undraining"
-                out.info(f"ladder: {verb} {action.instance} at {site.name}'s Nginx ({action.reason})")
-                try:
-                    (proxy.drain if action.kind == "drain" else proxy.undrain)(config, site, action.instance)
-                except DrtoolError as exc:  # not applied: the ladder decides it again at the next probe
-                    journal.record_outcome(event, "failed", time.time(), exc.message)
-                    out.info(f"ladder: {action.kind} of {action.instance} failed: {exc.message}")
-                else:
-                    done_at = time.time()
-                    journal.record_outcome(event, "ok", done_at)
-                    ladder = apply(ladder, action, t, settings)
-                    if action.kind == "drain":
-                        since = problem_since.get(action.instance, t)
-                        drains.append({"instance": action.instance, "rung": "drain", "reason": action.reason,
-                                       "drained_at": done_at, "after_first_failure_s": round(done_at - since, 3)})
+                verb = "drained" if action.kind == "drain" else "undrained"
+                out.info(f"ladder: {verb} {action.instance} at {site.name}'s Nginx: {step.outcome} ({action.reason})"
+                         + (f": {step.detail}" if step.detail else ""))
+                if action.kind == "drain" and step.outcome == "ok":
+                    since = problem_since.get(action.instance, t)
+                    drains.append({"instance": action.instance, "rung": "drain", "reason": action.reason,
+                                   "drained_at": step.done_at,
+                                   "after_first_failure_s": round(step.done_at - since, 3)})
             elif action.kind == "failover":
-                alert = Alert(fingerprint=fingerprint, status="firing", name=ALERT_NAME, site=site.name,
-                              starts_at=first_failure or t, labels={"alertname": ALERT_NAME, "site": site.name,
-                                                                    "source": "drtool watch"})
-                for d in book.handle([alert]):
+                for d in step.decisions:
                     if not d.get("duplicate"):
                         out.info(f"decision: {d['action']} {d.get('run_id', '')} {d.get('why', '')}".rstrip())
                         decisions.append(d)
-                        if event:
-                            journal.record_outcome(event, d["action"], time.time(), d.get("run_id"))
         if exit_on_trigger and any(d["action"] in (STARTED, AWAITING) for d in decisions):
             break
         if exit_on_recovery and (recoveries or drains) and not restarted_at:
             break
         time.sleep(max(0.0, every - (time.time() - t)))
     return {"site": site.name, "probes": probes, "failing_streak": streak, "decisions": decisions,
-            "recoveries": recoveries, "drains": drains, "ladder": journal.summary()}
+            "recoveries": recoveries, "drains": drains, "ladder": ladder.journal.summary(),
+            "ladder_state": ladder.state.to_dict()}

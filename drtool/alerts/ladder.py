@@ -14,12 +14,12 @@ Its name says what it means for the ladder (ops/prometheus/drtool-rules.yml):
 
 The ladder keeps the instance alerts still firing (by fingerprint; a `resolved` one is dropped), and on every
 batch that names a site's instance it observes EVERY serving host of that site: a host with no firing alert is
-healthy (so a drained one is undrained once its alert resolves). The decisions and outcomes go to the same journal
-as `drtool watch` (`<state>/ladder/<site>.jsonl`). The side effects are injected (`Remedies`), the state is in
-memory (one `LadderState` per process), one lock serialises batches from the receiver's threads."""
+healthy (so a drained one is undrained once its alert resolves). The climb itself is `drtool.ha.executor.SiteLadder`,
+the one `drtool watch` uses: same journal (`<state>/ladder/<site>.jsonl`) and the same persisted state
+(`<state>/ladder/<site>.state.json`). The side effects are injected (`Remedies`); the alerts still firing are kept in
+memory; one lock serialises batches from the receiver's threads."""
 
 import hashlib
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -28,26 +28,14 @@ from pathlib import Path
 
 from drtool.alerts.decisions import Alert, DecisionBook
 from drtool.config import Config, Host, Site
-from drtool.errors import DrtoolError
-from drtool.ha.ladder import InstanceHealth, LadderJournal, LadderState, apply, decide
+from drtool.ha.executor import Remedies, SiteLadder
+from drtool.ha.ladder import InstanceHealth
 
-log = logging.getLogger("drtool.serve")
+__all__ = ["AlertLadder", "Remedies"]
 
 DOWN_ALERTS = frozenset({"ModelInstanceDown", "ModelServerNotReady"})
 DEGRADED_ALERTS = frozenset({"ModelGpuTemperatureHigh", "ModelGpuMemoryHigh"})
 FAILOVER_ALERT = "DrtoolServeLadderSiteDown"   # the site-level alert the failover rung hands to the book
-
-
-@dataclass(frozen=True)
-class Remedies:
-    """The ladder's side effects. restart(site, host), drain(site, instance), undrain(site, instance) raise
-    DrtoolError when they fail; reachable(host) says whether a down instance's host answers (SSH), else nothing
-    can restart its container and the ladder goes on to drain."""
-
-    restart: Callable[[Site, Host], object]
-    drain: Callable[[Site, str], object]
-    undrain: Callable[[Site, str], object]
-    reachable: Callable[[Host], bool] = lambda host: True
 
 
 @dataclass(frozen=True)
@@ -75,18 +63,17 @@ class AlertLadder:
     def __init__(self, config: Config, book: DecisionBook, journal_dir: Path, remedies: Remedies,
                  clock: Callable[[], float] = time.time):
         self.config, self.book, self.remedies, self.clock = config, book, remedies, clock
-        self.journal_dir = Path(journal_dir)
-        self.settings = config.ha
-        self.state = LadderState()
+        self.state_dir = Path(journal_dir).parent   # journal_dir is <state>/ladder
         self.firing: dict[str, _Firing] = {}       # fingerprint -> an instance alert still firing
-        self.outage_start: dict[str, float] = {}   # site -> start of its current no-healthy-instance outage
-        self.journals: dict[str, LadderJournal] = {}
+        self.ladders: dict[str, SiteLadder] = {}
         self.lock = threading.Lock()
 
-    def journal(self, site: str) -> LadderJournal:
-        if site not in self.journals:
-            self.journals[site] = LadderJournal(self.journal_dir / f"{site}.jsonl")
-        return self.journals[site]
+    def ladder(self, site: Site) -> SiteLadder:
+        if site.name not in self.ladders:
+            fingerprint = hashlib.sha256(f"drtool-serve-ladder:{site.name}".encode()).hexdigest()[:16]
+            self.ladders[site.name] = SiteLadder(self.config, site, self.book, self.state_dir, self.remedies,
+                                                 FAILOVER_ALERT, "drtool serve ladder", fingerprint, self.clock)
+        return self.ladders[site.name]
 
     def instance_of(self, alert: Alert) -> tuple[Site, Host] | None:
         """The primary site's serving host the alert's `instance` label names, or None (a site-level alert)."""
@@ -157,65 +144,23 @@ class AlertLadder:
         return InstanceHealth(host.name, site.name, True, None, now)
 
     def _climb(self, site: Site, now: float) -> list[dict]:
-        settings, journal = self.settings, self.journal(site.name)
+        """One round of the site's ladder on what its instance alerts say; the alert of the site's first firing
+        instance alert starts its outage (the failover alert's start, so repeats are one outage to the book)."""
         observations = [self._health(site, h, now) for h in site.hosts]
-        actions = decide(self.state, observations, settings, now)
-        events = journal.record_decisions(actions, now)
-        out = []
-        if not any(a.instance is None for a in actions):   # the site has a healthy undrained instance
-            self.outage_start.pop(site.name, None)
-        for action, event in zip(actions, events, strict=True):
+        since = min((f.starts_at for f in self.firing.values() if f.site == site.name), default=now)
+        result = self.ladder(site).climb(observations, now, since)
+        out = [{"fingerprint": d["fingerprint"], "alert": d["alert"], "site": site.name, "instance": None,
+                "action": d["action"], "why": d.get("why", "")} for d in result.resolved]
+        for step in result.steps:
+            action = step.action
             rec = {"fingerprint": "-", "alert": "ladder", "site": site.name, "instance": action.instance,
                    "action": f"ladder_{action.kind}", "rung": action.rung, "policy": action.policy,
                    "why": action.reason, **({"awaits": action.awaits} if action.awaits else {})}
-            detail = None
-            if action.kind == "restart":
-                host = next(h for h in site.hosts if h.name == action.instance)
-                ok, detail = self._run(self.remedies.restart, site, host)
-                if event:
-                    journal.record_outcome(event, "ok" if ok else "failed", self.clock(), detail)
-                self.state = apply(self.state, action, now, settings, ok=ok)
-                rec["outcome"] = "ok" if ok else "failed"
-            elif action.kind in ("drain", "undrain"):
-                run = self.remedies.drain if action.kind == "drain" else self.remedies.undrain
-                ok, detail = self._run(run, site, action.instance)
-                if event:
-                    journal.record_outcome(event, "ok" if ok else "failed", self.clock(), detail)
-                if ok:   # not applied when it failed: decided again at the next batch
-                    self.state = apply(self.state, action, now, settings)
-                rec["outcome"] = "ok" if ok else "failed"
-            elif action.kind == "failover":
-                rec["decisions"] = self._failover(site, now, journal, event)
-            if rec.get("outcome") == "failed":
-                rec["detail"] = detail
+            if step.outcome is not None:
+                rec["outcome"] = step.outcome
+            if step.outcome == "failed":
+                rec["detail"] = step.detail
+            if action.kind == "failover":
+                rec["decisions"] = step.decisions
             out.append(rec)
-            if action.kind != "none":
-                log.info("ladder %s %s: %s (%s)", site.name, action.instance or "(site)", action.kind, action.reason)
         return out
-
-    def _failover(self, site: Site, now: float, journal: LadderJournal, event: str | None) -> list[dict]:
-        """The failover rung: one alert for the site, handed to the book, keyed by the outage's start (the first
-        firing instance alert of the site), so repeats of the rung are one outage to the book."""
-        starts = [f.starts_at for f in self.firing.values() if f.site == site.name]
-        start = self.outage_start.setdefault(site.name, min(starts, default=now))
-        fingerprint = hashlib.sha256(f"drtool-serve-ladder:{site.name}".encode()).hexdigest()[:16]
-        alert = Alert(fingerprint=fingerprint, status="firing", name=FAILOVER_ALERT, site=site.name,
-                      starts_at=start, labels={"alertname": FAILOVER_ALERT, "site": site.name,
-                                               "source": "drtool serve ladder"})
-        decisions = self.book.handle([alert])
-        for d in decisions:
-            if event and not d.get("duplicate"):
-                journal.record_outcome(event, d["action"], self.clock(), d.get("run_id"))
-        return decisions
-
-    @staticmethod
-    def _run(fn: Callable, site: Site, target) -> tuple[bool, str | None]:
-        try:
-            fn(site, target)
-        except DrtoolError as exc:
-            return False, exc.message
-        except Exception as exc:   # a bug or an unexpected failure in one remedy must not stop the receiver
-            log.exception("ladder remedy failed")
-            return False, f"{type(exc).__name__}: {exc}"
-        return True, None
-
