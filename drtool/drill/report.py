@@ -83,6 +83,56 @@ def _span(sc: dict) -> tuple[float | None, float | None]:
     return (min(starts) if starts else None), (max(ends) if ends else None)
 
 
+def exit_code(report: dict) -> int:
+    """The drill's exit code (docs/drills.md): 0 every scenario passed; 3 a scenario ran and failed (a check failed,
+    or it stopped after its fault); otherwise the code of the error that kept the first scenario from running at
+    all (1 the drill itself could not run, 2 bad input), nothing injected and no check failed."""
+    if report["scenarios"] and report["passed"]:
+        return 0
+    could_not_run = []
+    for sc in report["scenarios"]:
+        if sc["passed"]:
+            continue
+        if sc.get("error") and sc.get("fault_at") is None and all(c["passed"] for c in sc["checks"]):
+            could_not_run.append(sc.get("error_exit_code") or 1)
+        else:
+            return 3
+    return could_not_run[0] if could_not_run else 1
+
+
+def fallbacks(sc: dict) -> list[str]:
+    """Every standby a failover refused before the one it used, one sentence each: a fallback is never hidden.
+    From the provision step's evidence (`tried`) or the failover's `standbys_tried`; per service for a fleet."""
+    out = []
+    prov = next((s for s in sc.get("steps") or [] if s.get("name") == "provision"), None)
+    tried = (prov.get("evidence") or {}).get("tried") if prov and isinstance(prov.get("evidence"), dict) else None
+    tried = tried or (sc.get("failover") or {}).get("standbys_tried") or []
+    refused = [t for t in tried if not t.get("ok")]
+    if refused:
+        used = next((t["host"] for t in tried if t.get("ok")), None)
+        out.append("; ".join(f"standby {t['host']} refused: {t.get('error') or 'no reason recorded'}"
+                             for t in refused)
+                   + (f"; the failover used {used} instead" if used else "; no other standby came up"))
+    for name, p in (sc.get("services") or {}).items():
+        refused = [t for t in p.get("standbys_tried") or [] if not t.get("ok")]
+        if refused:
+            out.append(f"service {name}: " + "; ".join(
+                f"standby {t['host']} refused: {t.get('error') or 'no reason recorded'}" for t in refused)
+                + (f"; moved to {p['standby']} instead" if p.get("status") == "moved" and p.get("standby")
+                   else "; not moved"))
+        elif p.get("fallback"):
+            out.append(f"service {name}: {p['fallback']}")
+    return out
+
+
+def check_sentence(check: dict) -> str:
+    """What a check saw, in one sentence: its summary; for a report written before summaries, a string evidence."""
+    if check.get("summary"):
+        return check["summary"]
+    evidence = check.get("evidence")
+    return evidence if isinstance(evidence, str) else ""
+
+
 # --------------------------------------------------------------------------------------------------
 # report.json, junit.xml, report.html
 
@@ -109,7 +159,7 @@ def junit_xml(report: dict) -> str:
         for ck in sc["checks"]:
             text = _evidence_text(ck.get("evidence"))
             first_line = text.strip().splitlines()[0][:200] if text.strip() else ""
-            msg = ck.get("message") or first_line or "check failed"
+            msg = ck.get("message") or ck.get("summary") or first_line or "check failed"
             cases.append((ck["name"], 0.0, None if ck["passed"] else msg, text))
         for key, label in (("rto_s", "RTO"), ("rpo_s", "RPO")):
             value, target = sc.get(key), report["targets"].get(key)
@@ -171,6 +221,8 @@ vertical-align:top} th{background:#f3f3f3}
 pre{margin:0;max-height:160px;overflow:auto;white-space:pre-wrap;font-size:12px}
 .notclean{border:2px solid #b71c1c;background:#fdecea;padding:4px 10px}
 .err{color:#b71c1c}
+.fallback{border:2px solid #ef6c00;background:#fff3e0;padding:4px 10px;margin:6px 0}
+details summary{cursor:pointer;color:#555;font-size:12px}
 """
 
 
@@ -275,6 +327,10 @@ def _scenario_html(sc: dict, report: dict) -> str:
              f'<div class="meta">fault: {escape(sc.get("fault") or "—")} at {_iso(sc.get("fault_at")) or "—"}</div>']
     if sc.get("error"):
         parts.append(f'<div class="err">error: {escape(sc["error"])}</div>')
+    refused = fallbacks(sc)
+    if refused:
+        parts.append('<div class="fallback"><b>Standby refused, fallback used:</b><ul>'
+                     + "".join(f"<li>{escape(x)}</li>" for x in refused) + "</ul></div>")
     parts.append(timeline_svg(sc, report))
     parts += [f'<div class="err">step {escape(s["name"])} failed: {escape(s["error"])}</div>'
               for s in sc["steps"] if s.get("error")]
@@ -283,9 +339,11 @@ def _scenario_html(sc: dict, report: dict) -> str:
     if sc.get("split"):
         parts.append('<div class="meta">RTO split: ' + ", ".join(
             f"{escape(k)} {v:.1f} s" for k, v in sc["split"].items()) + "</div>")
-    parts.append("<h3>Checks</h3>" + _table(["check", "result", "evidence", "message"], [
+    parts.append("<h3>Checks</h3>" + _table(["check", "result", "what was seen", "evidence"], [
         [escape(c["name"]), _badge(c["passed"], "pass", "fail"),
-         f"<pre>{escape(_evidence_text(c.get('evidence')))}</pre>", escape(c.get("message") or "")]
+         escape(check_sentence(c) or "—")
+         + (f'<div class="err">{escape(c["message"])}</div>' if c.get("message") and not c["passed"] else ""),
+         f"<details><summary>raw</summary><pre>{escape(_evidence_text(c.get('evidence')))}</pre></details>"]
         for c in sc["checks"]]))
     load = sc.get("load")
     if load:
@@ -299,9 +357,11 @@ def _scenario_html(sc: dict, report: dict) -> str:
     if sc.get("services"):   # region-down: one row per service of the failed site
         parts.append("<h3>Services</h3>" + _table(
             ["service", "status", "standby", "record", "record moved", "RTO", "RPO", "capacity", "error"],
-            [[escape(n), escape(str(p.get("status"))), escape(str(p.get("standby") or "—")), escape(p["record"]),
-              escape(_secs(p.get("moved_s"))), escape(_secs(p.get("rto_s"))), escape(_secs(p.get("rpo_s"))),
-              _service_capacity_html(p.get("capacity")), escape(p.get("error") or "")]
+            [[escape(n), escape(str(p.get("status"))), escape(str(p.get("standby") or "—"))
+              + "".join(f'<div class="err">{escape(t["host"])} refused</div>'
+                        for t in p.get("standbys_tried") or [] if not t.get("ok")),
+              escape(p["record"]), escape(_secs(p.get("moved_s"))), escape(_secs(p.get("rto_s"))),
+              escape(_secs(p.get("rpo_s"))), _service_capacity_html(p.get("capacity")), escape(p.get("error") or "")]
              for n, p in sc["services"].items()]))
     rungs = ladder_rungs(sc)
     if rungs:
@@ -484,8 +544,13 @@ def summary_table(report: dict) -> list[Table]:
                       {True: "[green]within target[/]", False: "[red]over target[/]", None: "not judged"}[within], "")
         t.add_section()
         for c in sc["checks"]:
+            said = check_sentence(c)
+            if c.get("message") and not c["passed"]:
+                said = f"{said} ({c['message']})" if said else c["message"]
             t.add_row(f"check {rich_escape(c['name'])}", "", "[green]passed[/]" if c["passed"] else "[red]failed[/]",
-                      rich_escape(c.get("message") or ""))
+                      rich_escape(said))
+        for line in fallbacks(sc):
+            t.add_row("fallback", "", "[yellow]standby refused[/]", rich_escape(line))
         for r in ladder_rungs(sc):
             t.add_row(f"ladder {rich_escape(r['kind'])}", rich_escape(r["instance"]),
                       rich_escape(r["outcome"] or "decided"), rich_escape(f"{r['policy']}: {r['reason']}"))
