@@ -835,11 +835,17 @@ def watch_cmd(app: App, site, failures, interval, exit_on_trigger, exit_on_recov
                                               f"{[d['action'] for d in result['decisions']]}"))
 
 
+def _drill_scenarios_help() -> str:
+    """--scenario's help, from the registry of scenarios (drtool/drill/scenarios/): every one is listed."""
+    from drtool.drill.scenarios import DEFAULT, REGISTRY
+
+    names = [f"{n} (default)" if n == DEFAULT else n for n in REGISTRY]
+    return f"{', '.join(names)}; repeatable. What each does: docs/drills.md."
+
+
 @main_group.group("drill", cls=DrtoolGroup, invoke_without_command=True)
 @click.option("--site", help="The DR site to drill.")
-@click.option("--scenario", "scenarios", multiple=True, metavar="NAME",
-              help="primary-down (default), region-partition, corrupt-latest-snapshot, standby-boot-failure, "
-                   "registry-mismatch, process-crash; repeatable.")
+@click.option("--scenario", "scenarios", multiple=True, metavar="NAME", help=_drill_scenarios_help())
 @click.option("--live", is_flag=True, help="Flip the real record (then fail back) instead of a drill record.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False),
               help="Directory for report.json, junit.xml, report.html (default: the state dir).")
@@ -850,8 +856,10 @@ def drill_group(ctx: click.Context, site, scenarios, live, report_dir, model):
     """Game-day drill: inject a fault, fail over, measure RTO and RPO, load the DR site, clean up, report.
 
     Without --live, the drill fails over a drill record (drill.<record>) and leaves production alone.
-    Cleanup always runs, also after a failure or Ctrl-C; production DNS and the primary are compared with what
-    they were before. Exit 0 when every scenario passed, 3 when a check failed."""
+    Cleanup always runs, also after a failure or Ctrl-C, and undoes exactly what the drill changed; production
+    DNS and the primary are compared with what they were before. Exit 0 when every scenario passed, 3 when a
+    scenario ran and failed (a check, the steady state before included), 1 when the drill itself could not run
+    (nothing injected), 2 for bad input."""
     if ctx.invoked_subcommand is not None:
         return
     app: App = ctx.obj
@@ -870,13 +878,23 @@ def drill_group(ctx: click.Context, site, scenarios, live, report_dir, model):
                       f"{result.get('paths', {}).get('html', '(not written)')}")
 
     app.out.result(result, render)
-    if not result["passed"]:
-        if app.out.json_mode:
-            ctx.exit(VerificationError.exit_code)  # the result is the one JSON document; it says what failed
+    code = result.get("exit_code", 0 if result["passed"] else VerificationError.exit_code)
+    if code == 0:
+        return
+    if app.out.json_mode:
+        ctx.exit(code)  # the result is the one JSON document; it says what failed
+    report = result.get("paths", {}).get("html", "the report")
+    if code == VerificationError.exit_code:
         failed = [c["name"] for s in result["scenarios"] for c in s["checks"] if not c["passed"]]
         errors = [s["error"] for s in result["scenarios"] if s["error"]]
         raise VerificationError(f"drill {result['drill_id']} failed: " + ", ".join(failed + errors),
-                                hint=f"see {result.get('paths', {}).get('html', 'the report')}")
+                                hint=f"see {report}")
+    from drtool.errors import BusyError, OperationFailed
+
+    stopped = next(s for s in result["scenarios"] if s["error"])
+    raise {UsageError.exit_code: UsageError, BusyError.exit_code: BusyError}.get(code, OperationFailed)(
+        f"drill {result['drill_id']} could not run {stopped['scenario']}: {stopped['error']}",
+        hint=stopped.get("error_hint") or f"see {report}")
 
 
 @command(drill_group, "history")

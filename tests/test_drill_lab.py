@@ -220,3 +220,34 @@ def test_interrupted_live_drill_leaves_production_serving(lab, production, drill
     assert dig() == PRIMARY and standbys_cold(lab)
     served = version(f"http://{PRIMARY}:8080")
     assert served["model"] == MODEL and served["version"] == PROD_VERSION and served["ready"]
+
+
+def test_region_down_injects_nothing_while_a_service_is_not_in_steady_state(lab, production, drill_state):
+    """drtool-fleet.yaml plus one service nobody ever set up (no production version, no record, nothing serving it):
+    region-down judges every service of the site before anything is injected, so it powers nothing off, writes no
+    drill record, exits 3 and names that service and why."""
+    import yaml
+
+    doc = yaml.safe_load(lab.layout.fleet_config.read_text())
+    image = doc["models"]["asr-demo"]["image"]
+    doc["models"]["ghost-demo"] = {"weights_path": "/srv/models/ghost-demo", "image": image}
+    doc["services"]["ghost"] = {"model": "ghost-demo", "site": "prod-west", "record": "ghost.drlab.test",
+                                "port": 8086, "priority": 60}
+    path = drill_state / "drtool-fleet-ghost.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    hosts = ("pw-gpu1", "pw-gpu2", "pw-lb", "de-gpu1", "de-gpu2")
+    power_before = {h: lab.is_powered(h) for h in hosts}
+    assert all(power_before[h] for h in ("pw-gpu1", "pw-gpu2", "pw-lb"))
+    proc = run_cli("--config", str(path), "--json", "drill", "--site", "dr-east", "--scenario", "region-down",
+                   "--report", str(drill_state / "report"))
+    assert proc.stdout, proc.stderr
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 3, json.dumps(result, indent=1)[:4000]
+    (sc,) = result["scenarios"]
+    check = next(c for c in sc["checks"] if c["name"] == "steady_state_before")
+    assert not check["passed"]
+    assert "ghost: ghost-demo has no production version in the registry" in check["summary"], check["summary"]
+    assert "ghost" in sc["error"] and "nothing was injected" in sc["error"]
+    assert sc["fault_at"] is None and sc["cleanup"] == [] and sc["not_cleaned"] == []
+    assert {h: lab.is_powered(h) for h in power_before} == power_before     # no host powered off (or on)
+    assert dig() == PRIMARY and dig(DRILL_RECORD) == "" and dig("drill.ghost.drlab.test") == ""
