@@ -89,7 +89,8 @@ def test_a_failed_standby_hands_its_services_to_the_free_slots_left_and_is_never
              for i, (n, g) in enumerate((("de-gpu1", 2), ("de-gpu2", 2), ("de-gpu3", 1)), start=1)]
     site = SimpleNamespace(name="dr-east", hosts=hosts)
     powered_off = []
-    monkeypatch.setattr(fleet, "get_provider", lambda *_: SimpleNamespace(power_off=lambda h: powered_off.append(h.name)))
+    provider = SimpleNamespace(power_off=lambda h: powered_off.append(h.name))
+    monkeypatch.setattr(fleet, "get_provider", lambda *_: provider)
 
     def move(name, host, priority):
         journal = Journal(f"r.{name}", "failover", "dr-east", 0.0, path=tmp_path / f"{name}.json", context={})
