@@ -29,9 +29,10 @@ def dig_ttl() -> tuple[str, int]:
 def test_prepare_lowers_ttl_then_restore_puts_it_back(lab, production, state):
     addr, ttl = dig_ttl()
     assert addr == PRIMARY and ttl > 30
-    dry = cli_json("failover", "--site", "dr-east", "--prepare", "--dry-run")
+    # The lab's records are born at their prepared TTL (readiness passes on a fresh lab): lower it further here.
+    dry = cli_json("failover", "--site", "dr-east", "--prepare", "--ttl", "30", "--dry-run")
     assert dry["changed"] is False and dig_ttl() == (PRIMARY, ttl)
-    prep = cli_json("failover", "--site", "dr-east", "--prepare")
+    prep = cli_json("failover", "--site", "dr-east", "--prepare", "--ttl", "30")
     assert prep["changed"] and prep["ttl_before"] == ttl and prep["ttl_after"] == 30
     assert dig_ttl() == (PRIMARY, 30)
     shown = cli_json("dns", "show", "--site", "dr-east")

@@ -128,6 +128,34 @@ def test_region_outage_one_of_six_fails_verification_the_others_move_then_resume
     assert [s["attempts"] for s in journal["steps"]] == [1] * len(journal["steps"])   # a moved one did not run again
 
 
+def test_a_standby_that_fails_mid_fleet_hands_its_services_to_the_next_free_standby(lab, fleet, state, fleet_back):
+    """A region outage moving four services while de-gpu1's engine is broken: the services the planner put on
+    de-gpu1 fail over to the free slots left (de-gpu2), the table names the refused standby, de-gpu1 is off again,
+    and every service is verified and served through its own record."""
+    names = ["asr", "tts", "emotion", "llm-small"]        # four of six: the other standbys have room for them
+    lab.break_engine("de-gpu1")
+    power_off_primary(lab)
+    proc = _fleet(fleet, *[arg for n in names for arg in ("--service", n)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    rows = {r["service"]: r for r in result["services"]}
+    assert {n: r["status"] for n, r in rows.items()} == {n: "moved" for n in names}
+    handed = [n for n in names if rows[n]["standbys_tried"]]
+    assert handed, rows                                   # the planner had put some of them on de-gpu1
+    for n in handed:
+        assert [t["host"] for t in rows[n]["standbys_tried"]] == ["de-gpu1"] and rows[n]["standby"] != "de-gpu1"
+        assert rows[n]["fallback"].startswith("de-gpu1 refused (") and f"moved to {rows[n]['standby']}" in \
+            rows[n]["fallback"]
+    fleet_doc = json.loads((state / "runs" / f"{result['run_id']}.fleet.json").read_text())
+    assert list(fleet_doc["failed_standbys"]) == ["de-gpu1"]
+    assert {a["service"]: a["standby"] for a in fleet_doc["assignments"]} == {n: rows[n]["standby"] for n in names}
+    assert not lab.is_powered("de-gpu1")
+    cfg = fleet["config"]
+    for n in names:
+        assert dig(cfg.services[n].record) == HOSTS[rows[n]["standby"]].address, n
+        assert _ready(f"http://{HOSTS[rows[n]['standby']].address}:{cfg.services[n].port}/readyz"), n
+
+
 def test_services_outnumber_standbys_lowest_priority_left_and_reported(lab, fleet, state, tmp_path, fleet_back):
     from drtool.lab import fleet as lab_fleet
 
@@ -182,6 +210,15 @@ def test_failback_one_service_then_the_whole_site(lab, fleet, state, fleet_back)
     one = cli_json("--config", str(fleet["path"]), "failback", "--site", "prod-west", "--yes", "--service", "tts")
     assert [(r["service"], r["status"]) for r in one["services"]] == [("tts", "back")]
     assert dig("tts.drlab.test") == PW_GPU1
+    # The record it replaced (tts at its standby) was saved first, in prod-west's store, as every change does.
+    from drtool.snapshot.stores import open_store
+
+    store = open_store(cfg.site("prod-west").object_stores[0])
+    try:
+        saved = json.loads(store.get(one["services"][0]["previous_saved"]))
+    finally:
+        store.close()
+    assert saved["record"] == "tts.drlab.test" and saved["addresses"] == [HOSTS[at["tts"]].address]
     tts = cfg.services["tts"]
     version = requests.get(f"http://{PW_GPU1}:{tts.port}/version", timeout=5).json()
     assert version["model"] == tts.model and version["version"] == PROD_VERSION
@@ -264,3 +301,76 @@ def test_region_down_drill_brings_every_service_back_and_reports_each(lab, fleet
     assert all(dig(p["record"]) == "" for p in per.values())      # drill records removed
     html = (tmp_path / "report" / "report.html").read_text()
     assert "<h3>Services</h3>" in html and "llm-large" in html
+
+
+class RecordWatcher:
+    """Every service record read from the lab's BIND every 100 ms (dnspython) while a run goes on: when each record
+    first pointed at a DR standby."""
+
+    def __init__(self, dns, services):
+        import threading
+
+        self.dns, self.services, self.first_at, self.samples = dns, services, {}, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        import time
+
+        standbys = {HOSTS[h].address for h in STANDBYS}
+        while not self.stop.wait(0.1):
+            for svc in self.services:
+                if svc.name not in self.first_at and set(self.dns.read_a(svc.record).addresses) & standbys:
+                    self.first_at[svc.name] = time.time()
+            self.samples += 1
+            self.samples += 1
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+@pytest.mark.nightly
+@pytest.mark.parametrize("crash_after", ["provision", "pull_image", "restore", "start", "verify", "flip_dns"])
+def test_a_region_failover_killed_after_each_step_resumes_without_redoing_anything(lab, fleet, state, fleet_back,
+                                                                                   crash_after):
+    """SIGKILL of `drtool failover --site dr-east` (six services) right after a step, then `--resume`: every
+    service verified and serving its canary through its own record, no step done twice, the site's lease held by
+    the resume and released, and no record ever pointed at a standby before that service passed verify."""
+    from drtool.execute.serving import base_url, predict
+    from drtool.model_registry.entries import compare_output
+
+    cfg = fleet["config"]
+    power_off_primary(lab)
+    with RecordWatcher(dns_for(cfg.site("dr-east").dns), FLEET_SERVICES) as watcher:
+        proc = run_cli("--config", str(fleet["path"]), "--json", "failover", "--site", "dr-east", "--yes", "--all",
+                       env={"DRTOOL_FAULT_KILL_AFTER_STEP": crash_after})
+        assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-2000:]
+        (fleet_doc,) = (state / "runs").glob("*.fleet.json")
+        run_id = fleet_doc.name.removesuffix(".fleet.json")
+        killed = {p.stem: {s["name"]: s["status"] for s in json.loads(p.read_text())["steps"]}
+                  for p in (state / "runs" / run_id).glob("*.json")}
+        assert any(steps.get(crash_after) == "done" for steps in killed.values()), killed
+        again = cli_json("--config", str(fleet["path"]), "failover", "--site", "dr-east", "--resume", run_id)
+    assert again["status"] == "done", again
+    assert watcher.samples > 10
+    from drtool.actions.registry import site_registry
+
+    registry = site_registry(cfg, cfg.site("dr-east"))
+    for row in again["services"]:
+        svc = cfg.services[row["service"]]
+        journal = json.loads((state / "runs" / run_id / f"{svc.name}.json").read_text())
+        steps = {s["name"]: s for s in journal["steps"]}
+        assert all(s["attempts"] == 1 for s in steps.values()), (svc.name, steps)   # nothing done twice
+        address = HOSTS[row["standby"]].address
+        assert dig(svc.record) == address
+        # verified before its record moved: the watcher saw the standby only after verify had ended
+        assert watcher.first_at[svc.name] >= steps["verify"]["ended"] - 0.05, svc.name
+        entry = registry.production(svc.model)
+        out = predict(base_url(address, svc.port), entry.canary.input)["outputs"]
+        assert compare_output(entry.canary.expected, out, entry.canary.tolerance)[0], svc.name
+    registry.store.close()

@@ -609,7 +609,7 @@ def run(config: Config, out: Output, site_name: str, model: str | None, dry_run:
     if approve:
         from drtool.alerts.decisions import approved_reason
 
-        run_id, reason = approve, reason or approved_reason(config, approve)
+        run_id, reason = approve, reason or approved_reason(config, approve, record=not dry_run)
     if resume:
         path = state_dir() / RUNS / f"{resume}.json"
         if not path.exists():

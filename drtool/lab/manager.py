@@ -320,7 +320,7 @@ class Lab:
         L, q = self.layout, _yaml_scalar
         ca, creds, tsig = q(L.ca_crt), q(L.s3_credentials), q(L.tsig_key)
         dns = (f"{{provider: rfc2136, server: {DNS.address}, port: {DNS_PORT}, zone: {ZONE}, "
-               f"record: {MODEL_RECORD}.{ZONE}, ttl: {MODEL_TTL}, tsig_key_file: {tsig}}}")
+               f"record: {MODEL_RECORD}.{ZONE}, ttl: {MODEL_TTL}, prepare_ttl: {MODEL_TTL}, tsig_key_file: {tsig}}}")
         pw, de = SITES["prod-west"], SITES["dr-east"]
 
         def site_tail(site) -> str:
