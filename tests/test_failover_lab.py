@@ -205,6 +205,7 @@ def test_unplanned_failover_refused_while_the_primary_serves(lab, lab_config, pr
         store.close()
 
 
+@pytest.mark.nightly   # about 3 minutes with its failback: `make test-nightly`
 def test_planned_failover_of_a_serving_primary_fails_no_request_under_load(lab, lab_config, production, state,
                                                                            tmp_path, back_to_production):
     """A planned move of a healthy site: Locust loads the record (each request where the record answers, re-read

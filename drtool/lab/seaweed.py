@@ -102,6 +102,21 @@ class SeaweedS3:
                 Path(f"/tmp/seaweedfs-{part}-grpc-{port}.sock").unlink(missing_ok=True)  # noqa: S108 - weed's path
 
 
+def mini_argv(workdir: Path, identities_file: Path, ip: str, ports: dict[str, int]) -> list[str]:
+    """`weed mini`'s command line: bound to `ip` only, telemetry off, WebDAV, admin UI, Iceberg and Lance off, no
+    bucket made by an upload, data in WORKDIR/data and logs in WORKDIR/logs, every port of PORTS as given."""
+    argv = [weed_binary(), f"-logdir={workdir / 'logs'}", "mini", f"-dir={workdir / 'data'}", f"-ip={ip}",
+            f"-ip.bind={ip}", "-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
+            "-s3.port.lance=0", f"-s3.config={identities_file}",
+            "-s3.autoCreateBucket=false",  # as S3 does: a PUT into a missing bucket is NoSuchBucket, not a new bucket
+            # weed's default unix sockets are /tmp/seaweedfs-<part>-<port>.sock: keep them with this server
+            f"-filer.localSocket={workdir / 'filer.sock'}", f"-s3.localSocket={workdir / 's3.sock'}"]
+    for name, port in ports.items():
+        part, _, grpc = name.partition(".")
+        argv.append(f"-{part}.port.grpc={port}" if grpc else f"-{part}.port={port}")
+    return argv
+
+
 def start(workdir: Path, identities_file: Path, *, ip: str = "127.0.0.1", ports: dict[str, int] | None = None,
           timeout: float = READY_TIMEOUT_S, extra_args: list[str] | None = None) -> SeaweedS3:
     """Start `weed mini` bound to `ip` only, telemetry off, WebDAV, admin UI, Iceberg and Lance off, no bucket made
@@ -119,16 +134,7 @@ def start(workdir: Path, identities_file: Path, *, ip: str = "127.0.0.1", ports:
         raise LabError(f"unknown SeaweedFS port names: {', '.join(sorted(unknown))}", hint=f"use {', '.join(PORTS)}")
     missing = [p for p in PORTS if p not in chosen]
     chosen.update(zip(missing, free_ports(ip, len(missing)), strict=True))
-    argv = [weed_binary(), f"-logdir={logs}", "mini", f"-dir={data}", f"-ip={ip}", f"-ip.bind={ip}",
-            "-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-s3.config={identities_file}",
-            "-s3.autoCreateBucket=false",  # as S3 does: a PUT into a missing bucket is NoSuchBucket, not a new bucket
-            # weed's default unix sockets are /tmp/seaweedfs-<part>-<port>.sock: keep them with this server
-            f"-filer.localSocket={workdir / 'filer.sock'}", f"-s3.localSocket={workdir / 's3.sock'}"]
-    for name, port in chosen.items():
-        part, _, grpc = name.partition(".")
-        argv.append(f"-{part}.port.grpc={port}" if grpc else f"-{part}.port={port}")
-    argv += extra_args or []
+    argv = mini_argv(workdir, identities_file, ip, chosen) + (extra_args or [])
     host = f"[{ip}]" if ":" in ip else ip
     endpoint = f"http://{host}:{chosen['s3']}"
     out = open(logs / "weed.out", "ab")  # noqa: SIM115 - the child keeps it; closed here once it is started

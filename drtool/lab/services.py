@@ -1,6 +1,6 @@
 """Configures, starts, repairs and stops the lab's daemons: BIND, registries, S3 servers, dockerd, sshd."""
 
-import sys
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -152,10 +152,35 @@ http:
         binds=_name_binds(layout), prepare=prepare, timeout=30)
 
 
-# --- S3 (moto) -------------------------------------------------------------------------------------
+# --- S3 (SeaweedFS) ---------------------------------------------------------------------------------
+
+# Every port `weed mini` opens, fixed (the services namespace is the site's own: registry :5000 and this server).
+S3_PORTS = {"s3": S3_PORT, "s3.grpc": 19000, "master": 9333, "master.grpc": 19333, "volume": 9340,
+            "volume.grpc": 19340, "filer": 8888, "filer.grpc": 18888, "admin": 23646, "admin.grpc": 33646}
+
 
 def s3_daemon(layout: Layout, site: Site) -> Daemon:
-    addr = site.services.address
+    """The site's object store: a real S3 server (SeaweedFS), which checks every signature and checksum. Each
+    (re)start begins empty, as a store the lab makes anew; its /tmp is its own (weed keeps gRPC sockets there)."""
+    from drtool.lab import seaweed
+
+    addr, work = site.services.address, layout.s3_dir(site.name)
+    identities = work / "s3.json"
+
+    def prepare() -> bool:
+        key_id, secret = pki.s3_credentials(layout)
+        work.mkdir(parents=True, exist_ok=True)
+        before = identities.read_bytes() if identities.exists() else None
+        seaweed.write_identities(identities, {"drtool": (key_id, secret, ["Admin", "Read", "List", "Tagging",
+                                                                           "Write"])})
+        return identities.read_bytes() != before
+
+    def clear() -> None:
+        for sub in ("data", "logs"):
+            shutil.rmtree(work / sub, ignore_errors=True)
+            (work / sub).mkdir(parents=True)
+        for sock in ("filer.sock", "s3.sock"):
+            (work / sock).unlink(missing_ok=True)
 
     def listening() -> bool:
         import socket
@@ -164,14 +189,14 @@ def s3_daemon(layout: Layout, site: Site) -> Daemon:
             return True
 
     return Daemon(
-        part=f"s3-{site.name}", program="moto.server", ns=site.services.ns,
-        # the Python running drtool has moto installed (drtool's dev extra)
-        argv=[sys.executable, "-m", "moto.server", "-H", addr, "-p", str(S3_PORT)],
-        ready=listening, binds=_name_binds(layout), timeout=40)
+        part=f"s3-{site.name}", program="weed", ns=site.services.ns,
+        argv=seaweed.mini_argv(work, identities, addr, S3_PORTS),
+        ready=listening, binds=_name_binds(layout), tmpfs=["/tmp"], cwd=work, prepare=prepare, clear=clear,
+        timeout=40)
 
 
 def ensure_bucket(layout: Layout, site: Site) -> None:
-    """moto keeps objects in memory, so a restarted store needs its bucket again."""
+    """A (re)started store begins empty: it needs its bucket again."""
     key_id, secret = pki.s3_credentials(layout)
     s3 = probes.s3_client(site.s3_endpoint, key_id, secret, S3_REGION, timeout=5)
     try:
