@@ -211,3 +211,41 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition", poll: floa
             return value
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class StoredBlob:
+    """A snapshot's largest blob, as an object of an S3 store: read, damaged and put back by lab tests."""
+
+    client: object
+    bucket: str
+    key: str
+    digest: str
+    good: bytes
+
+    def read(self) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
+
+    def overwrite(self, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data)
+
+    def flip_one_bit(self) -> None:
+        bad = bytearray(self.good)
+        bad[len(bad) // 2] ^= 0x01
+        self.overwrite(bytes(bad))
+
+    def put_back(self) -> None:
+        self.overwrite(self.good)
+
+
+def largest_blob(store, snapshot_id: str) -> StoredBlob:
+    """The largest blob of `snapshot_id` in the S3 store `store` (config ObjectStore), with its good bytes."""
+    from drtool.execute import s3
+    from drtool.snapshot.stores import blob_key
+
+    loc, client = s3.parse_s3_url(store.url), s3.client(store)
+    manifest = cli_json("snapshot", "show", snapshot_id, "--store", store.url)["manifest"]
+    digest = max((p for f in manifest["files"] for p in f["parts"]), key=lambda p: p["size"])["sha256"]
+    key = loc.key(blob_key(digest))
+    good = client.get_object(Bucket=loc.bucket, Key=key)["Body"].read()
+    return StoredBlob(client, loc.bucket, key, digest, good)

@@ -10,7 +10,7 @@ import pytest
 
 from drtool.actions import failover
 
-from .conftest import MODEL, PROD_VERSION, cli_json, run_cli
+from .conftest import MODEL, PROD_VERSION, cli_json, largest_blob, run_cli
 
 pytestmark = pytest.mark.lab
 
@@ -134,23 +134,16 @@ def test_a_blob_damaged_at_dr_is_found_and_repaired_by_the_next_backup(lab_confi
     it again in the same run, names it, and each new DR snapshot then verifies with every byte read."""
     import os
 
-    from drtool.execute import s3
-    from drtool.snapshot.stores import blob_key
-
     dr = lab_config.site("dr-east").object_stores[0]
-    loc, client = s3.parse_s3_url(dr.url), s3.client(dr)
-    manifest = cli_json("snapshot", "show", production["snapshot"]["id"], "--store", dr.url)["manifest"]
-    digest = max((p for f in manifest["files"] for p in f["parts"]), key=lambda p: p["size"])["sha256"]
-    key = loc.key(blob_key(digest))
-    good = client.get_object(Bucket=loc.bucket, Key=key)["Body"].read()
-    client.put_object(Bucket=loc.bucket, Key=key, Body=os.urandom(len(good)))
+    blob = largest_blob(dr, production["snapshot"]["id"])
+    blob.overwrite(os.urandom(len(blob.good)))
     try:
         res = cli_json("backup")
         repaired = {d for c in res["copies"] for d in c.get("repaired", [])}
-        assert digest in repaired, res["copies"]
+        assert blob.digest in repaired, res["copies"]
         for copy in res["copies"]:
             proc = run_cli("--json", "snapshot", "verify", copy["snapshot"], "--store", dr.url, "--read-data")
             assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        assert client.get_object(Bucket=loc.bucket, Key=key)["Body"].read() == good
+        assert blob.read() == blob.good
     finally:
-        client.put_object(Bucket=loc.bucket, Key=key, Body=good)
+        blob.put_back()

@@ -12,7 +12,7 @@ import yaml
 from drtool.execute.serving import base_url, predict
 from drtool.model_registry.entries import compare_output
 
-from .conftest import FRONT, MODEL, cli_json, dig, power_off_primary, run_cli
+from .conftest import FRONT, MODEL, cli_json, dig, largest_blob, power_off_primary, run_cli
 
 pytestmark = pytest.mark.lab
 PRIMARY, STANDBY1, STANDBY2 = FRONT, "10.77.0.21", "10.77.0.22"  # PRIMARY: prod-west's Nginx
@@ -107,18 +107,8 @@ def test_first_standby_broken_second_serves(lab, production, state, back_to_prod
 
 
 def test_corrupt_blob_in_dr_store_no_flip_exit_3(lab, lab_config, production, state, back_to_production):
-    from drtool.execute import s3
-    from drtool.snapshot.stores import blob_key
-
-    store = lab_config.site("dr-east").object_stores[0]
-    loc, client = s3.parse_s3_url(store.url), s3.client(store)
-    manifest = cli_json("snapshot", "show", production["snapshot"]["id"], "--store", store.url)["manifest"]
-    digest = max((p for f in manifest["files"] for p in f["parts"]), key=lambda p: p["size"])["sha256"]
-    key = loc.key(blob_key(digest))
-    good = client.get_object(Bucket=loc.bucket, Key=key)["Body"].read()
-    bad = bytearray(good)
-    bad[len(bad) // 2] ^= 0x01
-    client.put_object(Bucket=loc.bucket, Key=key, Body=bytes(bad))
+    blob = largest_blob(lab_config.site("dr-east").object_stores[0], production["snapshot"]["id"])
+    blob.flip_one_bit()
     try:
         proc = run_cli("--json", "failover", "--site", "dr-east", "--yes", "--planned")  # the primary serves
         assert proc.returncode == 3, proc.stdout + proc.stderr
@@ -131,7 +121,7 @@ def test_corrupt_blob_in_dr_store_no_flip_exit_3(lab, lab_config, production, st
         assert "safetensors: sha256 mismatch: expected" in failed[0]["error"] and "actual" in failed[0]["error"]
         assert report["dns"]["after"] is None
     finally:
-        client.put_object(Bucket=loc.bucket, Key=key, Body=good)
+        blob.put_back()
 
 
 def test_canary_mismatch_no_flip_exit_3(lab, lab_config, production, state, back_to_production):

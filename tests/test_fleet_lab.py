@@ -15,7 +15,7 @@ from drtool.config import load_config
 from drtool.execute.dns import dns_for
 from drtool.lab.topology import FLEET_SERVICES, HOSTS
 
-from .conftest import MODEL, PROD_VERSION, cli_json, dig, power_off_primary, run_cli
+from .conftest import MODEL, PROD_VERSION, cli_json, dig, largest_blob, power_off_primary, run_cli
 
 pytestmark = pytest.mark.lab
 STANDBYS = ("de-gpu1", "de-gpu2", "de-gpu3", "de-gpu4")
@@ -82,20 +82,10 @@ def test_fleet_dry_run_prints_the_whole_plan_and_changes_nothing(lab, fleet, sta
 
 def test_region_outage_one_of_six_fails_verification_the_others_move_then_resume_moves_it(
         lab, fleet, state, fleet_back):
-    from drtool.execute import s3
-    from drtool.snapshot.stores import blob_key
-
     victim = "emotion"
     cfg = fleet["config"]
-    store = cfg.site("dr-east").object_stores[0]
-    loc, client = s3.parse_s3_url(store.url), s3.client(store)
-    manifest = cli_json("snapshot", "show", fleet["snapshots"][victim], "--store", store.url)["manifest"]
-    digest = max((p for f in manifest["files"] for p in f["parts"]), key=lambda p: p["size"])["sha256"]
-    key = loc.key(blob_key(digest))
-    good = client.get_object(Bucket=loc.bucket, Key=key)["Body"].read()
-    bad = bytearray(good)
-    bad[len(bad) // 2] ^= 0x01
-    client.put_object(Bucket=loc.bucket, Key=key, Body=bytes(bad))   # its only snapshot: wrong weights
+    blob = largest_blob(cfg.site("dr-east").object_stores[0], fleet["snapshots"][victim])
+    blob.flip_one_bit()                                                 # its only snapshot: wrong weights
     try:
         power_off_primary(lab)                                          # the region: every prod-west GPU host
         proc = _fleet(fleet)
@@ -119,7 +109,7 @@ def test_region_outage_one_of_six_fails_verification_the_others_move_then_resume
         assert set(flip["evidence"]["fenced"]) == {"pw-gpu1"}                  # the region is down: not fenced
         assert flip["evidence"]["fenced"]["pw-gpu1"].startswith("unreachable")
     finally:
-        client.put_object(Bucket=loc.bucket, Key=key, Body=good)       # the fix
+        blob.put_back()                                                 # the fix
     again = cli_json("--config", str(fleet["path"]), "failover", "--site", "dr-east", "--yes", "--resume", run_id)
     rows = {r["service"]: r for r in again["services"]}
     assert rows[victim]["status"] == "moved" and again["status"] == "done"

@@ -155,13 +155,19 @@ http:
 # --- S3 (SeaweedFS) ---------------------------------------------------------------------------------
 
 # Every port `weed mini` opens, fixed (the services namespace is the site's own: registry :5000 and this server).
+# The gRPC ports differ between sites: weed keeps a unix socket named after each in the machine's /tmp.
 S3_PORTS = {"s3": S3_PORT, "s3.grpc": 19000, "master": 9333, "master.grpc": 19333, "volume": 9340,
             "volume.grpc": 19340, "filer": 8888, "filer.grpc": 18888, "admin": 23646, "admin.grpc": 33646}
 
 
+def s3_ports(site: Site) -> dict[str, int]:
+    offset = list(SITES).index(site.name)
+    return {name: port + (offset if name.endswith(".grpc") else 0) for name, port in S3_PORTS.items()}
+
+
 def s3_daemon(layout: Layout, site: Site) -> Daemon:
     """The site's object store: a real S3 server (SeaweedFS), which checks every signature and checksum. Each
-    (re)start begins empty, as a store the lab makes anew; its /tmp is its own (weed keeps gRPC sockets there)."""
+    (re)start begins empty, as a store the lab makes anew."""
     from drtool.lab import seaweed
 
     addr, work = site.services.address, layout.s3_dir(site.name)
@@ -181,6 +187,10 @@ def s3_daemon(layout: Layout, site: Site) -> Daemon:
             (work / sub).mkdir(parents=True)
         for sock in ("filer.sock", "s3.sock"):
             (work / sock).unlink(missing_ok=True)
+        for name, port in s3_ports(site).items():   # a killed weed leaves its gRPC sockets in /tmp
+            part, _, grpc = name.partition(".")
+            if grpc:
+                Path(f"/tmp/seaweedfs-{part}-grpc-{port}.sock").unlink(missing_ok=True)  # noqa: S108 - weed's path
 
     def listening() -> bool:
         import socket
@@ -190,8 +200,8 @@ def s3_daemon(layout: Layout, site: Site) -> Daemon:
 
     return Daemon(
         part=f"s3-{site.name}", program="weed", ns=site.services.ns,
-        argv=seaweed.mini_argv(work, identities, addr, S3_PORTS),
-        ready=listening, binds=_name_binds(layout), tmpfs=["/tmp"], cwd=work, prepare=prepare, clear=clear,
+        argv=seaweed.mini_argv(work, identities, addr, s3_ports(site)),
+        ready=listening, binds=_name_binds(layout), cwd=work, prepare=prepare, clear=clear,
         timeout=40)
 
 
