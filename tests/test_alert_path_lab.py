@@ -17,7 +17,7 @@ import yaml
 
 from drtool.drill.alertchain import free_port
 
-from .conftest import REPO, power_off_primary, run_cli
+from .conftest import PW_HOSTS, REPO, power_off_primary, run_cli
 
 pytestmark = pytest.mark.lab
 TOKEN = "alert-token-" + "z" * 32
@@ -99,6 +99,7 @@ def test_alertmanager_to_exactly_one_real_failover(lab, production, tmp_path, mo
         am.terminate()
         am.wait(timeout=20)
         log.close()
-        lab.power_on("pw-gpu1")
+        for h in PW_HOSTS:   # both were powered off above
+            lab.power_on(h)
         proc = run_cli("failback", "--site", "prod-west", "--yes")
         assert proc.returncode == 0, proc.stderr
