@@ -35,3 +35,16 @@ def model_dir(root: Path) -> Path:
     (root / "EMPTY").write_bytes(b"")
     settle(root)
     return root
+
+
+def lean_path(auth_s3, bucket: str, prefix: str, credentials=None):
+    """The lean S3 path as drtool learns it from botocore (a HEAD of a blob key), optionally with other
+    credentials; `auth_s3` is a test server fixture with client() and credentials()."""
+    from drtool.snapshot import s3blobs
+
+    fast = s3blobs.BlobRequests.learn(auth_s3.client(), bucket, f"{prefix}/blobs/sha256/00/{'0' * 64}",
+                                      credentials=auth_s3.credentials(), ca_bundle=True)
+    assert fast is not None, "the lean path should apply to a plain HTTP endpoint"
+    if credentials is not None:
+        fast.credentials = credentials
+    return fast

@@ -31,7 +31,7 @@ from botocore.exceptions import ClientError
 from drtool.snapshot import s3blobs
 
 from .s3_proxy import S3Proxy
-from .snapshot_helpers import DRTOOL, MiB, settle, write_random
+from .snapshot_helpers import DRTOOL, MiB, lean_path, settle, write_random
 
 BUCKET = "drtool-auth"
 BLOB_PATH = "/blobs/sha256/"
@@ -106,13 +106,7 @@ def test_server_checks_signatures(auth_s3):
 
 
 def _lean(auth_s3, prefix: str, credentials: Credentials | None = None) -> s3blobs.BlobRequests:
-    """The lean path as drtool learns it from botocore (a HEAD of a blob key), optionally with other credentials."""
-    fast = s3blobs.BlobRequests.learn(auth_s3.client(), BUCKET, f"{prefix}/blobs/sha256/00/{'0' * 64}",
-                                      credentials=auth_s3.credentials(), ca_bundle=True)
-    assert fast is not None, "the lean path should apply to a plain HTTP endpoint"
-    if credentials is not None:
-        fast.credentials = credentials
-    return fast
+    return lean_path(auth_s3, BUCKET, prefix, credentials)
 
 
 def test_corrupted_signature_is_refused(auth_s3, monkeypatch):

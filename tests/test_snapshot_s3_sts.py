@@ -32,7 +32,7 @@ from botocore.credentials import Credentials
 
 from drtool.snapshot import s3blobs
 
-from .snapshot_helpers import MiB
+from .snapshot_helpers import MiB, lean_path
 
 REGION = "us-east-1"
 BUCKET = "drtool-auth"
@@ -141,13 +141,7 @@ def auth_s3(tmp_path_factory) -> AuthS3:
 
 
 def _lean(auth_s3, prefix: str, credentials: Credentials | None = None) -> s3blobs.BlobRequests:
-    """The lean path as drtool learns it from botocore (a HEAD of a blob key), optionally with other credentials."""
-    fast = s3blobs.BlobRequests.learn(auth_s3.client(), BUCKET, f"{prefix}/blobs/sha256/00/{'0' * 64}",
-                                      credentials=auth_s3.credentials(), ca_bundle=True)
-    assert fast is not None, "the lean path should apply to a plain HTTP endpoint"
-    if credentials is not None:
-        fast.credentials = credentials
-    return fast
+    return lean_path(auth_s3, BUCKET, prefix, credentials)
 
 
 @pytest.mark.parametrize("principal", ["user", "assumed-role"])
