@@ -83,6 +83,7 @@ def test_nightly_job_installs_runs_with_lock_and_metrics_and_uninstalls(lab, lab
     assert not (srv / "cron.d" / "drtool-backup").exists()
 
 
+@pytest.mark.nightly   # a drill through the alert chain and its failback: about 2 minutes
 def test_nightly_snapshot_reaches_dr_and_a_drill_restores_it_and_measures_rpo_from_it(lab, lab_config, production,
                                                                                        tmp_path, monkeypatch):
     """The nightly job is what sets the RPO: its snapshot carries the served version, is copied to the DR store and

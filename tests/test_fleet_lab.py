@@ -17,7 +17,9 @@ from drtool.lab.topology import FLEET_SERVICES, HOSTS
 
 from .conftest import MODEL, PROD_VERSION, cli_json, dig, largest_blob, power_off_primary, run_cli
 
-pytestmark = pytest.mark.lab
+# The six-service site: its fixture alone sets up six services (about 4 minutes on 2 CPUs), and each region run
+# and its failback take minutes, so the whole module runs nightly (`make test-nightly`), not in CI.
+pytestmark = [pytest.mark.lab, pytest.mark.nightly]
 STANDBYS = ("de-gpu1", "de-gpu2", "de-gpu3", "de-gpu4")
 ALL_HOSTS = ("pw-gpu1", "pw-gpu2", "pw-lb", *STANDBYS)
 PW_GPU1 = HOSTS["pw-gpu1"].address
@@ -118,7 +120,6 @@ def test_region_outage_one_of_six_fails_verification_the_others_move_then_resume
     assert [s["attempts"] for s in journal["steps"]] == [1] * len(journal["steps"])   # a moved one did not run again
 
 
-@pytest.mark.nightly   # about 2.5 minutes with its failback: `make test-nightly`
 def test_a_standby_that_fails_mid_fleet_hands_its_services_to_the_next_free_standby(lab, fleet, state, fleet_back):
     """A region outage moving four services while de-gpu1's engine is broken: the services the planner put on
     de-gpu1 fail over to the free slots left (de-gpu2), the table names the refused standby, de-gpu1 is off again,
@@ -325,7 +326,6 @@ class RecordWatcher:
         self.thread.join()
 
 
-@pytest.mark.nightly
 @pytest.mark.parametrize("crash_after", ["provision", "pull_image", "restore", "start", "verify", "flip_dns"])
 def test_a_region_failover_killed_after_each_step_resumes_without_redoing_anything(lab, fleet, state, fleet_back,
                                                                                    crash_after):
