@@ -63,12 +63,45 @@ def test_config_and_secrets(lab):
     assert cfg["ssh"]["known_hosts_file"] == f"{sd}/ssh/known_hosts"
     assert cfg["sites"]["dr-east"]["standby_pool"]["hosts"][1] == {"name": "de-gpu2", "address": "10.77.0.22"}
     assert cfg["sites"]["prod-west"]["container_registry"]["url"] == "10.77.0.10:5000"
-    for secret in ("ssh/id_ed25519", "pki/ca.key", "dns/tsig.key", "s3/credentials"):
+    for secret in ("ssh/id_ed25519", "pki/ca.key", "dns/tsig.key", "s3/keys/prod-west.credentials",
+                   "s3/keys/dr-east.credentials"):
         assert (lab.state_dir / secret).stat().st_mode & 0o077 == 0, secret
     assert re.match(r'key "drtool-key" \{\s*algorithm hmac-sha256;\s*secret "[^"]+";\s*\};',
                     (lab.state_dir / "dns/tsig.key").read_text())
     lines = (lab.state_dir / "ssh/known_hosts").read_text().splitlines()
     assert [ln.split()[:2] for ln in lines] == [[h.address, "ssh-ed25519"] for h in HOSTS.values()]
+
+
+def test_each_site_store_knows_only_its_own_key(lab):
+    """Least privilege between the sites: dr-east's key cannot list, overwrite or delete production's snapshots
+    (prod-west's store does not know it), and the reverse; each key works on its own store."""
+    import yaml
+    from botocore.exceptions import ClientError
+
+    from drtool.config import ObjectStore
+    from drtool.execute import s3 as s3x
+
+    cfg = yaml.safe_load(lab.config_path.read_text())
+    stores = {name: site["object_stores"][0] for name, site in cfg["sites"].items()}
+    assert stores["prod-west"]["credentials_file"] != stores["dr-east"]["credentials_file"]
+
+    def client(store_of: str, key_of: str):
+        """drtool's own client for `store_of`'s store, signed with `key_of`'s key."""
+        return s3x.client(ObjectStore(**{**stores[store_of], "credentials_file": stores[key_of]["credentials_file"]}))
+
+    def bucket(name: str) -> str:
+        return stores[name]["url"].removeprefix("s3://").split("/")[0]
+
+    for site in stores:
+        client(site, site).list_objects_v2(Bucket=bucket(site), MaxKeys=1)
+    for store_of, key_of in (("prod-west", "dr-east"), ("dr-east", "prod-west")):
+        s3, name = client(store_of, key_of), bucket(store_of)
+        for op, kwargs in (("list_objects_v2", {"MaxKeys": 1}),
+                           ("put_object", {"Key": "drtool/intruder", "Body": b"x"}),
+                           ("delete_object", {"Key": "drtool/anything"})):
+            with pytest.raises(ClientError) as err:
+                getattr(s3, op)(Bucket=name, **kwargs)
+            assert err.value.response["Error"]["Code"] in ("InvalidAccessKeyId", "AccessDenied"), (op, store_of)
 
 
 def test_ssh_reaches_a_host_with_its_own_srv_and_engine(lab):

@@ -145,11 +145,16 @@ def test_wrong_tsig_key(lab, drilled, tmp_path):
 
 
 def test_wrong_store_credentials(lab, drilled, tmp_path):
-    """The lab's S3 (moto) does not check signatures, so a wrong secret would be accepted there: the credentials are
-    made unusable instead (a key id without its secret), which botocore refuses before any request, as S3 refuses a
-    wrong secret. What needs dr-east's store waits for this rule."""
+    """dr-east's own key id with a wrong secret: the lab's store (SeaweedFS) checks every signature and refuses it.
+    What needs dr-east's store waits for this rule."""
+    import configparser
+
+    doc = yaml.safe_load(lab.config_path.read_text())
+    real = configparser.ConfigParser()
+    real.read(doc["sites"]["dr-east"]["object_stores"][0]["credentials_file"])
     creds = tmp_path / "wrong-credentials"
-    creds.write_text("[default]\naws_access_key_id = AKIAREADINESSWRONG\n")
+    creds.write_text(f"[default]\naws_access_key_id = {real['default']['aws_access_key_id']}\n"
+                     "aws_secret_access_key = not-the-secret-of-this-key\n")
     rc, doc = readiness(derived(lab, tmp_path, lambda d: d["sites"]["dr-east"]["object_stores"][0].update(
         credentials_file=str(creds))))
     failed = assert_only(rc, doc, "store_credentials")

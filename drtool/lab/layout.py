@@ -103,8 +103,13 @@ class Layout:
 
     # S3
     @property
-    def s3_credentials(self) -> Path:
-        return self.root / "s3" / "credentials"
+    def s3_secrets(self) -> Path:
+        return self.root / "s3" / "keys"
+
+    def s3_credentials(self, site: str) -> Path:
+        """The site's own S3 key pair (AWS shared-credentials format, [default]): each site's store knows only its
+        own, so one site's key cannot touch the other site's snapshots."""
+        return self.s3_secrets / f"{site}.credentials"
 
     # registries
     def registry_dir(self, site: str) -> Path:

@@ -318,7 +318,7 @@ class Lab:
 
     def _write_config(self) -> None:
         L, q = self.layout, _yaml_scalar
-        ca, creds, tsig = q(L.ca_crt), q(L.s3_credentials), q(L.tsig_key)
+        ca, tsig = q(L.ca_crt), q(L.tsig_key)
         dns = (f"{{provider: rfc2136, server: {DNS.address}, port: {DNS_PORT}, zone: {ZONE}, "
                f"record: {MODEL_RECORD}.{ZONE}, ttl: {MODEL_TTL}, prepare_ttl: {MODEL_TTL}, tsig_key_file: {tsig}}}")
         pw, de = SITES["prod-west"], SITES["dr-east"]
@@ -331,7 +331,7 @@ class Lab:
                     f"    container_registry: {{url: \"{site.registry}\", ca_file: {ca}}}\n"
                     f"    object_stores:\n"
                     f"      - {{url: \"s3://{site.bucket}/drtool\", endpoint_url: \"{site.s3_endpoint}\", "
-                    f"region: {S3_REGION}, credentials_file: {creds}}}\n"
+                    f"region: {S3_REGION}, credentials_file: {q(L.s3_credentials(site.name))}}}\n"
                     f"    dns: {dns}\n"
                     f"    serving: {{port: {SERVING_PORT}, health_path: /readyz{gpu}}}\n")
 

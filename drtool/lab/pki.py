@@ -21,7 +21,7 @@ RENEW_BEFORE = dt.timedelta(days=30)
 
 def ensure_all(layout: Layout) -> None:
     """Create whatever secret is missing; keep every existing one (they persist across down/up)."""
-    for d in (layout.pki, layout.ssh_key.parent, layout.dns, layout.s3_credentials.parent):
+    for d in (layout.pki, layout.ssh_key.parent, layout.dns, layout.s3_secrets):
         d.mkdir(parents=True, exist_ok=True)
         d.chmod(0o700)
     ensure_ca(layout)
@@ -34,7 +34,8 @@ def ensure_all(layout: Layout) -> None:
     layout.pki.chmod(0o755)       # engines read certs.d; the keys inside stay 0600
     ensure_ssh_keys(layout)
     ensure_tsig_key(layout)
-    ensure_s3_credentials(layout)
+    for site in SITES:
+        ensure_s3_credentials(layout, site)
 
 
 # --- TLS -------------------------------------------------------------------------------------------
@@ -168,9 +169,11 @@ def ensure_tsig_key(layout: Layout) -> None:
     write_atomic(layout.tsig_key, out, SECRET)
 
 
-def ensure_s3_credentials(layout: Layout) -> None:
-    if layout.s3_credentials.exists():
-        layout.s3_credentials.chmod(SECRET)
+def ensure_s3_credentials(layout: Layout, site: str) -> None:
+    """The site's own key pair, made once and kept across down/up."""
+    path = layout.s3_credentials(site)
+    if path.exists():
+        path.chmod(SECRET)
         return
     cp = configparser.ConfigParser()
     cp["default"] = {
@@ -179,14 +182,16 @@ def ensure_s3_credentials(layout: Layout) -> None:
     }
     buf = io.StringIO()
     cp.write(buf)
-    write_atomic(layout.s3_credentials, buf.getvalue(), SECRET)
+    write_atomic(path, buf.getvalue(), SECRET)
 
 
-def s3_credentials(layout: Layout) -> tuple[str, str]:
+def s3_credentials(layout: Layout, site: str) -> tuple[str, str]:
+    """The site's (access key, secret key)."""
+    path = layout.s3_credentials(site)
     cp = configparser.ConfigParser()
-    cp.read(layout.s3_credentials)
+    cp.read(path)
     try:
         return cp["default"]["aws_access_key_id"], cp["default"]["aws_secret_access_key"]
     except KeyError:
-        raise LabError(f"{layout.s3_credentials} has no [default] key pair",
+        raise LabError(f"{path} has no [default] key pair",
                        hint="delete it and run `drtool lab up` to make a new one") from None

@@ -174,11 +174,14 @@ def s3_daemon(layout: Layout, site: Site) -> Daemon:
     identities = work / "s3.json"
 
     def prepare() -> bool:
-        key_id, secret = pki.s3_credentials(layout)
+        # Only this site's key: the other site's is unknown here (InvalidAccessKeyId), so neither site's key can
+        # read, overwrite or delete the other's snapshots. Within its own store the key writes and deletes (prune
+        # and retention need both) and creates the bucket (Admin).
+        key_id, secret = pki.s3_credentials(layout, site.name)
         work.mkdir(parents=True, exist_ok=True)
         before = identities.read_bytes() if identities.exists() else None
-        seaweed.write_identities(identities, {"drtool": (key_id, secret, ["Admin", "Read", "List", "Tagging",
-                                                                           "Write"])})
+        seaweed.write_identities(identities, {f"drtool-{site.name}": (key_id, secret, ["Admin", "Read", "List",
+                                                                                         "Tagging", "Write"])})
         return identities.read_bytes() != before
 
     def clear() -> None:
@@ -207,7 +210,7 @@ def s3_daemon(layout: Layout, site: Site) -> Daemon:
 
 def ensure_bucket(layout: Layout, site: Site) -> None:
     """A (re)started store begins empty: it needs its bucket again."""
-    key_id, secret = pki.s3_credentials(layout)
+    key_id, secret = pki.s3_credentials(layout, site.name)
     s3 = probes.s3_client(site.s3_endpoint, key_id, secret, S3_REGION, timeout=5)
     try:
         names = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}

@@ -103,7 +103,7 @@ def _dns() -> tuple[bool, str]:
 
 def _s3(layout: Layout, site: Site) -> tuple[bool, str]:
     try:
-        key_id, secret = pki.s3_credentials(layout)
+        key_id, secret = pki.s3_credentials(layout, site.name)
     except Exception:  # noqa: BLE001
         return False, "no credentials file"
     return probes.s3_bucket(site.s3_endpoint, site.bucket, key_id, secret, S3_REGION, timeout=3)
