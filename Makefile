@@ -8,7 +8,7 @@ setup:
 	@bash scripts/setup.sh
 
 drill: setup
-	@bash scripts/drill.sh
+	@SCENARIO="$(SCENARIO)" bash scripts/drill.sh
 
 test: setup
 	$(BIN)/pytest

@@ -9,12 +9,22 @@
 #      drill record (verified before DNS moves), Locust loads it; then cleanup fails back and compares
 #      production with what it was before.
 # Prints the drill's summary (steps, RTO, RPO, checks) and the path of report.html. Reports: $DRILL_DIR.
+#
+# SCENARIO=region-down (`make drill SCENARIO=region-down`): the region game day instead. After step 2, the five
+# other services of the lab's six-service site are set up with drtool's own commands (python -m drtool.lab.fleet
+# prints each), then every host of prod-west goes down at once and every service must come back at dr-east.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRTOOL=${DRTOOL:-.venv/bin/drtool}
 PY=.venv/bin/python
 LAB=${DRTOOL_LAB_DIR:-/var/lib/drtool-lab}
 MODEL=asr-demo
+SCENARIO=${SCENARIO:-primary-down}
+case "$SCENARIO" in
+  primary-down|region-down) ;;
+  *) echo "drill.sh: SCENARIO=$SCENARIO: use primary-down (default) or region-down; other scenarios:" \
+       "drtool drill --scenario NAME on a lab that make drill set up" >&2; exit 2 ;;
+esac
 VERSION=${DRILL_VERSION:-1.0.0}
 DRILL_DIR=${DRILL_DIR:-reports/drill-$(date -u +%Y%m%dT%H%M%SZ)}
 export DRTOOL_STATE_DIR=${DRTOOL_STATE_DIR:-$PWD/$DRILL_DIR/state}
@@ -47,9 +57,17 @@ $DRTOOL registry promote $MODEL "$VERSION" --reason "make drill"
 $DRTOOL failback --site prod-west --yes >/dev/null   # both GPU hosts at the production version, Nginx in front
 $DRTOOL registry verify --site dr-east
 
-say "3. Game day: the primary-down drill (Prometheus -> Alertmanager -> drtool serve -> failover), then cleanup"
+CONFIG=()
+if [ "$SCENARIO" = region-down ]; then
+  say "2. Production: the five other services of the six-service site, with drtool's own commands"
+  "$PY" -m drtool.lab.fleet >"$DRILL_DIR/fleet.json"
+  CONFIG=(--config "$LAB/drtool-fleet.yaml")
+  say "3. Game day: the region-down drill (every host of prod-west down at once), then cleanup"
+else
+  say "3. Game day: the primary-down drill (Prometheus -> Alertmanager -> drtool serve -> failover), then cleanup"
+fi
 set +e
-$DRTOOL drill --site dr-east --scenario primary-down --report "$DRILL_DIR"
+$DRTOOL "${CONFIG[@]}" drill --site dr-east --scenario "$SCENARIO" --report "$DRILL_DIR"
 rc=$?
 set -e
 echo "production record: $(dig @10.77.0.2 model.drlab.test A +short)   drill record: $(dig @10.77.0.2 drill.model.drlab.test A +short)"

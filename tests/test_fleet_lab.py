@@ -260,7 +260,8 @@ def test_backup_snapshots_every_service_on_the_hosts_that_serve_it(lab, fleet, s
 
 
 def test_region_down_drill_brings_every_service_back_and_reports_each(lab, fleet, state, tmp_path):
-    """The `region-down` drill: every prod-west host off; the fleet failover (on drill records) moves all six;
+    """The `region-down` drill: every prod-west host off; Prometheus, Alertmanager and `drtool serve` start one
+    fleet failover (on drill records), which moves all six;
     per service the record points at its verified standby, the canary is served through it (RTO), its snapshot's
     age at the fault (RPO) and a Locust capacity check; the fleet RTO is the last service's. Cleanup: the fleet
     failback; production records never moved; every standby off; the drill records gone."""
@@ -282,6 +283,11 @@ def test_region_down_drill_brings_every_service_back_and_reports_each(lab, fleet
         assert 0 < p["moved_s"] <= p["rto_s"] and p["rpo_s"] >= 0, (name, p)
         assert p["capacity"]["passed"] and p["capacity"]["error_rate"] == 0, (name, p)
     assert sc["rto_s"] == max(p["rto_s"] for p in per.values())
+    # Through the real alert chain: Prometheus fired, Alertmanager posted, serve decided once, one fleet run.
+    assert 0 < sc["split"]["detection"] < sc["rto_s"] and 0 < sc["split"]["decision"] < sc["rto_s"], sc["split"]
+    book = tmp_path / "report" / "work" / "region-down" / "alerts" / "alerts" / "decisions.json"
+    launched = [d for d in json.loads(book.read_text())["decisions"].values() if d.get("run_id")]
+    assert len(launched) == 1 and launched[0]["run_id"] == sc["failover"]["run_id"], launched
     checks = {c["name"]: c["passed"] for c in sc["checks"]}
     for name in ("every_service_moved", "canary_served_through_every_record", "fleet_rto_within_target",
                  "rpo_within_target_for_every_service", "capacity_within_slo_for_every_service",
@@ -314,7 +320,6 @@ class RecordWatcher:
             for svc in self.services:
                 if svc.name not in self.first_at and set(self.dns.read_a(svc.record).addresses) & standbys:
                     self.first_at[svc.name] = time.time()
-            self.samples += 1
             self.samples += 1
 
     def __enter__(self):

@@ -1,9 +1,10 @@
 """The lab's fleet in production: the five services of drtool-fleet.yaml besides asr, each the demo
 model under its own name and weights, snapshotted on pw-gpu1, replicated to dr-east, registered with the serving
-image, promoted, and served on pw-gpu1 on its own port. Used by tests/test_fleet_lab.py and bench/fleet_rto_bench.py;
-`make drill` does not need it."""
+image, promoted, and served on pw-gpu1 on its own port, each step one of drtool's own commands, printed as it runs.
+Used by `make drill SCENARIO=region-down` (`python -m drtool.lab.fleet`), tests/test_fleet_lab.py and the benches;
+the plain `make drill` does not need it."""
 
-import dataclasses
+import argparse
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ VERSION = "1.0.0"
 
 def _cli(config: Path, *args: str) -> dict:
     drtool = str(Path(sys.executable).parent / "drtool")
+    print(f"$ drtool --config {config} {' '.join(args)}", file=sys.stderr, flush=True)
     proc = subprocess.run([drtool, "--json", "--config", str(config), *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise OperationFailed(f"drtool {' '.join(args)} exited {proc.returncode}",
@@ -59,29 +61,38 @@ def set_up(lab, image: str, size_mb: float = 8) -> dict:
     return snapshots
 
 
-def serve(cfg: Config, only: set[str] | None = None) -> None:
-    """Each of the five (or the `only` ones, by service name) on pw-gpu1 at its port, checked against the
-    registry (a no-op for one already serving)."""
-    from drtool.actions import deploy
-    from drtool.actions.registry import site_registry
+def serve(cfg: Config, only: set[str] | None = None) -> dict:
+    """Each of the five (or the `only` ones, by service name) on pw-gpu1 at its port, the way an operator brings a
+    site's services home: `drtool failback --site prod-west` (each verified against the registry; one already
+    serving is kept)."""
+    names = sorted(only) if only is not None else [s.name for s in FLEET_SERVICES if s.model != MAIN_MODEL]
+    return _cli(cfg.path, "failback", "--site", "prod-west", "--yes", *[a for n in names for a in ("--service", n)])
 
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m drtool.lab.fleet`: the five other services in production on the lab, after `make drill`'s set-up
+    (the image asr-demo serves is theirs too)."""
+    from drtool.actions.registry import site_registry
+    from drtool.lab import Lab
+
+    parser = argparse.ArgumentParser(prog="python -m drtool.lab.fleet", description=main.__doc__)
+    parser.add_argument("--size-mb", type=float, default=8, help="each service's demo weights (default 8)")
+    args = parser.parse_args(argv)
+    lab = Lab()
+    cfg = load_config(lab.config_path)
     prod = cfg.site("prod-west")
-    host = next(h for h in prod.hosts if h.name == "pw-gpu1")
     registry = site_registry(cfg, prod)
-    pulled = set()  # the services share one image: a second pull is a whole playbook for nothing
     try:
-        for svc in FLEET_SERVICES:
-            if svc.model == MAIN_MODEL or (only is not None and svc.name not in only):
-                continue
-            entry = registry.require_version(svc.model, VERSION)
-            view = dataclasses.replace(prod, serving_port=svc.port, proxy=None)
-            model = cfg.model(svc.model)
-            if entry.image not in pulled:
-                deploy.pull(cfg, view, host, entry)
-                pulled.add(entry.image)
-            deploy.restore(cfg, view, host, model, entry)
-            deploy.start(cfg, view, host, model, entry)
-            deploy.wait(view, host)
-            deploy.check(view, host, entry)
+        entry = registry.production(MAIN_MODEL)
     finally:
         registry.store.close()
+    if entry is None:
+        print(f"drtool: {MAIN_MODEL} has no production version yet; run `make drill` first", file=sys.stderr)
+        return 2
+    snapshots = set_up(lab, entry.image.at(prod.registry_url), size_mb=args.size_mb)
+    print(json.dumps({"config": str(lab.layout.fleet_config), "snapshots": snapshots}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -163,18 +163,24 @@ def primary_steady(ctx: Context) -> Steady:
 
 
 def wait_failover_report(run_id: str, workdir: Path) -> dict:
-    """The report of failover `run_id` (started by `drtool serve`), once it has written one."""
+    """The report of failover `run_id` (started by `drtool serve`), once it has written one: a single service's
+    report (runs/RUN.report.json), or a fleet run's document (runs/RUN.fleet.json) once the run has ended."""
     from drtool.actions import failover
     from drtool.paths import state_dir
 
-    path = state_dir() / failover.RUNS / f"{run_id}.report.json"
+    runs = state_dir() / failover.RUNS
+    single, fleet = runs / f"{run_id}.report.json", runs / f"{run_id}.fleet.json"
     deadline = time.monotonic() + FAILOVER_TIMEOUT_S
     while time.monotonic() < deadline:
-        if path.exists():
-            return json.loads(path.read_text())
+        if single.exists():
+            return json.loads(single.read_text())
+        if fleet.exists():
+            doc = json.loads(fleet.read_text())
+            if doc.get("ended"):
+                return doc
         time.sleep(0.5)
     raise OperationFailed(f"failover {run_id} wrote no report within {FAILOVER_TIMEOUT_S}s",
-                          hint=f"see its log under {workdir} and its journal in {path.parent}")
+                          hint=f"see its log under {workdir} and its journal in {runs}")
 
 
 class Failover(Scenario):

@@ -4,8 +4,10 @@ of the site must come back at the DR site through the fleet failover.
 Needs a configuration that lists several services (`services:`, e.g. the lab's drtool-fleet.yaml). Every service
 must serve its production version and canary through its own record before anything is injected. Outside a live
 drill each service fails over its own drill record, `drill.<record>`, which the drill points at the service's home
-first; production records are never touched and are compared after. The fleet failover is started the way the
-on-call engineer would (`drtool failover --site DR`: every service whose record's target does not answer moves).
+first; production records are never touched and are compared after. The fleet failover starts through the real
+alert chain: Prometheus sees every serving instance of the site down, Alertmanager posts once, and `drtool serve`
+starts one `drtool failover --site DR` (every service whose record's target does not answer moves); detection and
+decision are measured.
 Then, per service: its record must point at the verified standby it moved to, the canary must be served through
 that record (that moment is the service's RTO; the last one is the fleet RTO), the RPO is the age of the snapshot
 it restored at the fault, and Locust runs the capacity check against it, after every canary. Cleanup is the fleet
@@ -63,6 +65,7 @@ def service_steady(config, primary, spec, registry) -> Steady:
 class RegionDown(Scenario):
     name = NAME
     summary = "every host of the primary site powered off at once; every service fails over (needs `services:`)"
+    detected = True
 
     def require(self, config, primary) -> None:
         if len(services(config, primary)) < 2:
@@ -101,27 +104,36 @@ class RegionDown(Scenario):
         return fault
 
     def recover(self, ctx, sc, cfg, fault, fault_at) -> dict:
-        """The fleet failover, as the on-call engineer would start it."""
-        from drtool.actions import fleet
+        """The fleet failover, the way a region outage starts one: Prometheus sees every serving instance of the
+        site down, Alertmanager posts once, and `drtool serve` starts one failover of the site, which moves every
+        service whose record's target does not answer."""
+        from drtool.drill.scenarios.base import wait_failover_report
 
-        dr = cfg.site(ctx.dr.name)
-        run_id = fleet.new_fleet_run_id(dr.name)
-        started = time.time()
-        try:
-            result = fleet.run(cfg, ctx.out, dr.name, None, False, None, run_id, f"drill {ctx.drill_id}: {NAME}",
-                               None)
-            error = None
-        except DrtoolError as exc:
-            result, error = getattr(exc, "result", None) or {}, exc
+        dr, chain = cfg.site(ctx.dr.name), ctx.chain
+        firing = chain.wait_firing(timeout=120)
+        sc.step("detect", "Detection: Prometheus fires ModelPrimaryDown for the site", fault_at, firing,
+                evidence={"rule_for_s": ctx.config.drill.detection_for_s,
+                          "scrape_interval_s": ctx.config.drill.scrape_interval_s})
+        decision = chain.wait_decision(timeout=60, since=fault_at)
+        run_id = decision["run_id"]
+        result = wait_failover_report(run_id, ctx.workdir)
+        sc.step("decide", "Decision: Alertmanager posts to drtool serve, which starts one failover of the site",
+                firing, result["started"], evidence={"run_id": run_id, "decided_at": decision.get("decided_at")})
+        rows = {r["service"]: r for r in result.get("services", [])}
+        bad = [n for n, r in rows.items() if r["status"] not in ("moved", "already serving")]
+        error = None if result.get("status") == "done" else OperationFailed(
+            f"fleet failover {run_id} ended {result.get('status')}: {len(bad)} of {len(rows)} service(s) did not "
+            f"move ({', '.join(bad)})")
         sc.doc["failover"] = {"run_id": run_id, "status": result.get("status"), "kind": "fleet-failover",
                               "error": None if error is None else {"message": error.message,
                                                                    "exit_code": error.exit_code}}
-        rows = {r["service"]: r for r in result.get("services", [])}
-        sc.step("fleet_failover", f"drtool failover --site {dr.name}: every service whose record's target does not "
-                "answer", started, time.time(), "done" if error is None else "failed",
+        sc.step("fleet_failover", f"drtool failover --site {dr.name} (started by drtool serve): every service "
+                "whose record's target does not answer", result["started"], result.get("ended") or time.time(),
+                "done" if error is None else "failed",
                 {"run_id": run_id, "moved": sorted(n for n, r in rows.items() if r["status"] == "moved")},
                 None if error is None else error.message)
-        sc.doc["split"].update(detection=0.0, decision=0.0, fleet_failover=round(result.get("fleet_rto_s") or 0.0, 3))
+        sc.doc["split"].update(detection=round(firing - fault_at, 3), decision=round(result["started"] - firing, 3),
+                               fleet_failover=round(result.get("fleet_rto_s") or 0.0, 3))
         return {"result": result, "rows": rows, "error": error}
 
     def expect(self, ctx, sc, fo, fault, cfg) -> dict:
