@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from drtool.alerts.claims import OutageClaims
 from drtool.alerts.decisions import DecisionBook, alerts_state_dir
 from drtool.alerts.ladder import AlertLadder, Remedies
 from drtool.alerts.receiver import ReceiverServer
@@ -39,21 +40,35 @@ def failover_command(config: Config, site: str, run_id: str, reason: str) -> lis
             "--run-id", run_id, "--reason", reason]
 
 
+def resume_command(config: Config, site: str, run_id: str, reason: str) -> list[str]:
+    """A launched failover that died is finished by `--resume RUN`; one killed before it journaled anything has
+    nothing to resume, so it is started again under the same run id."""
+    from drtool.actions.failover import RUNS
+    from drtool.paths import state_dir
+
+    runs = state_dir() / RUNS
+    if not ((runs / f"{run_id}.json").exists() or (runs / f"{run_id}.fleet.json").exists()):
+        return failover_command(config, site, run_id, reason)
+    return [sys.executable, "-m", "drtool", "--config", str(config.path), "failover", "--site", site, "--resume",
+            run_id, "--yes"]
+
+
 def subprocess_launcher(config: Config, logs: Path, command: Command | None = None):
     """Start `drtool failover` as its own process (its own session: it outlives a restarted serve or an exited
     watch), through drtool/alerts/launch.py, which records in the run's decision how it ended (its exit code: 4 is
     busy, another run holds the lease). The receiver keeps answering while it runs. `command` builds the argv
-    (tests stand in for the failover)."""
+    (tests stand in for the failover). Returns the launcher process's pid, recorded in the run's decision."""
     book_dir = alerts_state_dir(config)
 
-    def launch(site: str, run_id: str, reason: str) -> None:
+    def launch(site: str, run_id: str, reason: str) -> int:
         logs.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "drtool.alerts.launch", "--state", str(book_dir), "--run-id", run_id, "--",
                 *(command or failover_command)(config, site, run_id, reason)]
         with open(logs / f"{run_id}.log", "ab") as log:
-            subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, env=os.environ.copy())
-        logging.getLogger("drtool.serve").info("started failover %s to %s", run_id, site)
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env=os.environ.copy())
+        logging.getLogger("drtool.serve").info("started failover %s to %s (pid %d)", run_id, site, proc.pid)
+        return proc.pid
 
     return launch
 
@@ -80,11 +95,15 @@ def run(config: Config, out: Output, listen: str) -> None:
         raise UsageError(f"--listen {listen!r} is not ADDR:PORT")
     token = read_token(config)
     base = alerts_state_dir(config)
-    book = DecisionBook(config, base, subprocess_launcher(config, base / "runs"))
+    # Outages are claimed in the DR sites' object stores: of several receivers (one per Alertmanager replica, each
+    # with its own state dir) exactly one decides each outage. A launched run that died is resumed, not restarted.
+    book = DecisionBook(config, base, subprocess_launcher(config, base / "runs"),
+                        claims=OutageClaims.for_config(config),
+                        resumer=subprocess_launcher(config, base / "runs", command=resume_command))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     resumed = book.resume_interrupted()
     if resumed:
-        out.info(f"re-launched interrupted failover(s): {', '.join(resumed)}")
+        out.info(f"re-launched interrupted failover(s) under their run ids: {', '.join(resumed)}")
     ladder = AlertLadder(config, book, base / "ladder", real_remedies(config))
     server = ReceiverServer((host, int(port)), book, token, ladder=ladder)
     pol = config.ha.policy

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from drtool.alerts.decisions import record_run_end, run_outcome
+from drtool.alerts.decisions import record_run_end, record_run_pid, run_outcome
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,10 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     if not command:
         parser.error("no command after --")
     try:
-        code = subprocess.call(command, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     except OSError as exc:
         print(f"drtool: cannot start {command[0]}: {exc.strerror}", flush=True)
         code = 127
+    else:
+        # Recorded so that serve, when it starts again, can tell a run that died (this process and the failover
+        # both gone, no end recorded) from one that still runs, whichever of the two was killed.
+        record_run_pid(Path(args.state), args.run_id, proc.pid)
+        code = proc.wait()
     rec = record_run_end(Path(args.state), args.run_id, code, time.time())
     action, why = run_outcome(code)
     print(f"drtool: failover {args.run_id} {action} ({why})"
