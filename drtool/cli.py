@@ -922,6 +922,27 @@ def serve_cmd(app: App, listen):
     serve.run(app.config, app.out, listen)
 
 
+@main_group.group("alerts", cls=DrtoolGroup)
+def alerts_group():
+    """Alertmanager alerts handed to drtool's decision book by other means than `drtool serve`."""
+
+
+@command(alerts_group, "ingest")
+@click.argument("source", default="-", metavar="[FILE]")
+def alerts_ingest_cmd(app: App, source):
+    """Decide the alerts in FILE (default `-`: stdin) as `drtool serve` decides a webhook's: an Alertmanager v4
+    webhook payload, or one of its alerts, as JSON. Same decision book, policy (auto launches the failover in the
+    background, approve queues it), firing time, cooldown and exactly-once dedupe. What the Event-Driven Ansible
+    rulebook (ops/eda/) runs. Exit 0 once every alert is decided (a duplicate or suppressed one included); exit 1
+    when an outage could not be claimed in its DR site's object store (left pending, as serve leaves it); exit 2,
+    nothing recorded, for a malformed payload or an alert that names no primary site (unknown, a DR site, no site
+    label) or one instance."""
+    from drtool.actions import alerts
+
+    result = alerts.ingest(app.config, app.out, source)
+    app.out.result(result, alerts.render(result))
+
+
 # -- DR readiness ---------------------------------------------------------------------------------
 @command(main_group, "readiness")
 @click.option("--site", required=True, help="The DR site whose readiness to check.")

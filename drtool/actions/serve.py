@@ -73,6 +73,17 @@ def subprocess_launcher(config: Config, logs: Path, command: Command | None = No
     return launch
 
 
+def decision_book(config: Config) -> DecisionBook:
+    """The decision book in alerts' state dir, launching failovers as `drtool serve` does (subprocess_launcher, run
+    logs in <state>/runs): what `drtool serve` and `drtool alerts ingest` hand alerts to."""
+    base = alerts_state_dir(config)
+    # Outages are claimed in the DR sites' object stores: of several receivers (one per Alertmanager replica, each
+    # with its own state dir) exactly one decides each outage. A launched run that died is resumed, not restarted.
+    return DecisionBook(config, base, subprocess_launcher(config, base / "runs"),
+                        claims=OutageClaims.for_config(config),
+                        resumer=subprocess_launcher(config, base / "runs", command=resume_command))
+
+
 def real_remedies(config: Config) -> Remedies:
     """The ladder's side effects, as `drtool watch` runs them: model_server's restart action, the site's Nginx."""
     from drtool.actions import deploy, proxy
@@ -95,11 +106,7 @@ def run(config: Config, out: Output, listen: str) -> None:
         raise UsageError(f"--listen {listen!r} is not ADDR:PORT")
     token = read_token(config)
     base = alerts_state_dir(config)
-    # Outages are claimed in the DR sites' object stores: of several receivers (one per Alertmanager replica, each
-    # with its own state dir) exactly one decides each outage. A launched run that died is resumed, not restarted.
-    book = DecisionBook(config, base, subprocess_launcher(config, base / "runs"),
-                        claims=OutageClaims.for_config(config),
-                        resumer=subprocess_launcher(config, base / "runs", command=resume_command))
+    book = decision_book(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     resumed = book.resume_interrupted()
     if resumed:

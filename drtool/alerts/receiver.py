@@ -27,27 +27,25 @@ MAX_BODY = 1 << 20  # Alertmanager batches are small; anything bigger is refused
 DRAIN_MAX = 64 << 20
 DRAIN_S = 10.0
 
-# The parts of Alertmanager's webhook payload (version 4) that decisions rely on.
+# The parts of one alert of Alertmanager's webhook payload (version 4) that decisions rely on.
+ALERT_SCHEMA = {
+    "type": "object",
+    "required": ["status", "labels", "startsAt", "fingerprint"],
+    "properties": {
+        "status": {"enum": ["firing", "resolved"]},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "startsAt": {"type": "string", "format": "date-time"},
+        "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"},
+    },
+}
+# The parts of the whole payload.
 WEBHOOK_SCHEMA = {
     "type": "object",
     "required": ["version", "status", "alerts"],
     "properties": {
         "version": {"const": "4"},
         "status": {"enum": ["firing", "resolved"]},
-        "alerts": {
-            "type": "array",
-            "maxItems": 1000,
-            "items": {
-                "type": "object",
-                "required": ["status", "labels", "startsAt", "fingerprint"],
-                "properties": {
-                    "status": {"enum": ["firing", "resolved"]},
-                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "startsAt": {"type": "string", "format": "date-time"},
-                    "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"},
-                },
-            },
-        },
+        "alerts": {"type": "array", "maxItems": 1000, "items": ALERT_SCHEMA},
     },
 }
 
@@ -60,29 +58,50 @@ class WebhookAlert(Alert):
     annotations: dict = field(default_factory=dict)
 
 
-def parse_webhook(body: bytes) -> list[Alert]:
-    """Alerts from a webhook body; ValueError naming the problem when it is not a valid payload."""
+def _json(body: bytes):
     try:
-        doc = json.loads(body)
+        return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"body is not JSON: {exc}") from None
-    errors = sorted(jsonschema.Draft202012Validator(WEBHOOK_SCHEMA).iter_errors(doc), key=lambda e: list(e.path))
+
+
+def _check(doc, schema: dict, what: str) -> None:
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
     if errors:
         e = errors[0]
-        raise ValueError(f"not an Alertmanager v4 webhook: {'/'.join(map(str, e.path)) or '(top)'}: {e.message}")
-    alerts = []
-    for a in doc["alerts"]:
-        try:
-            starts = parse_time(a["startsAt"])
-        except ValueError:
-            raise ValueError(f"alert {a['fingerprint']}: startsAt {a['startsAt']!r} is not a timestamp") from None
-        labels = a["labels"]
-        notes = a.get("annotations")
-        notes = {k: v for k, v in notes.items() if isinstance(v, str)} if isinstance(notes, dict) else {}
-        alerts.append(WebhookAlert(fingerprint=a["fingerprint"], status=a["status"],
-                                   name=labels.get("alertname", "?"), site=labels.get("site"), starts_at=starts,
-                                   labels=labels, annotations=notes))
-    return alerts
+        raise ValueError(f"not {what}: {'/'.join(map(str, e.path)) or '(top)'}: {e.message}")
+
+
+def _alert(a: dict) -> WebhookAlert:
+    """One alert of a payload, already checked against ALERT_SCHEMA."""
+    try:
+        starts = parse_time(a["startsAt"])
+    except ValueError:
+        raise ValueError(f"alert {a['fingerprint']}: startsAt {a['startsAt']!r} is not a timestamp") from None
+    labels = a["labels"]
+    notes = a.get("annotations")
+    notes = {k: v for k, v in notes.items() if isinstance(v, str)} if isinstance(notes, dict) else {}
+    return WebhookAlert(fingerprint=a["fingerprint"], status=a["status"], name=labels.get("alertname", "?"),
+                        site=labels.get("site"), starts_at=starts, labels=labels, annotations=notes)
+
+
+def parse_webhook(body: bytes) -> list[Alert]:
+    """Alerts from a webhook body; ValueError naming the problem when it is not a valid payload."""
+    doc = _json(body)
+    _check(doc, WEBHOOK_SCHEMA, "an Alertmanager v4 webhook")
+    return [_alert(a) for a in doc["alerts"]]
+
+
+def parse_alerts(body: bytes) -> list[Alert]:
+    """Alerts from an Alertmanager v4 webhook payload (checked as parse_webhook checks it) or from ONE alert as such
+    a payload carries it (an object without `alerts`, e.g. what Event-Driven Ansible's alertmanager source makes of
+    each alert); ValueError naming the problem otherwise."""
+    doc = _json(body)
+    if isinstance(doc, dict) and ("alerts" in doc or "version" in doc):
+        _check(doc, WEBHOOK_SCHEMA, "an Alertmanager v4 webhook")
+        return [_alert(a) for a in doc["alerts"]]
+    _check(doc, ALERT_SCHEMA, "an Alertmanager v4 webhook payload or one of its alerts")
+    return [_alert(doc)]
 
 
 class ReceiverServer(ThreadingHTTPServer):
