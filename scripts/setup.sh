@@ -17,6 +17,7 @@ APT_PACKAGES=(
   prometheus prometheus-alertmanager    # the real alert chain (scrape, rule, webhook) drills run through; promtool
   chromium                              # headless: the drill report.html screenshot test
   nginx-light                           # serving_proxy: tests run their own nginx on 127.0.0.1 (never :80)
+  openjdk-17-jre-headless               # the Java 17 runtime of ansible-rulebook's rules engine (the EDA rulebook test)
 )
 
 missing=()

@@ -237,44 +237,72 @@ def test_grafana_dashboard():
 
 
 # -- Event-Driven Ansible -----------------------------------------------------------------------------------
-# ansible-rulebook is not installed here (it needs a JVM): the rulebook's structure is checked instead, against
-# the keys of ansible-rulebook's ruleset schema.
-RULESET_KEYS = {"name", "hosts", "gather_facts", "sources", "rules", "default_events_ttl", "match_multiple_rules",
-                "execution_strategy"}
-RULE_KEYS = {"name", "condition", "action", "actions", "throttle", "enabled"}
-RUN_PLAYBOOK_KEYS = {"name", "copy_files", "post_events", "set_facts", "ruleset", "verbosity", "var_root",
-                     "json_mode", "retry", "retries", "delay", "extra_vars"}
+# Both rulebooks hand ModelPrimaryDown to drtool's decision book through playbooks/alert_ingest.yml. The webhook one
+# runs for real in tests/test_eda_rulebook.py; the production one's source (the ansible.eda collection) cannot be
+# installed here, so both are checked against ansible-rulebook's own ruleset schema and for the same rule.
+WEBHOOK_RULEBOOK = OPS / "eda" / "drtool-failover-webhook.rulebook.yml"
+EDA_INVENTORY = OPS / "eda" / "inventory.yml"
+INGEST_PLAYBOOK = "playbooks/alert_ingest.yml"
 
 
-def test_eda_rulebook_structure():
-    example = yaml.safe_load((REPO / "inventory" / "drtool.example.yaml").read_text())["sites"]
-    rulesets = yaml.safe_load(RULEBOOK.read_text())
-    assert isinstance(rulesets, list) and rulesets
-    for rs in rulesets:
-        assert set(rs) <= RULESET_KEYS and {"hosts", "sources", "rules"} <= set(rs)
-        sources = [s for s in rs["sources"] if "ansible.eda.alertmanager" in s]
-        assert sources, "the rulebook listens with ansible.eda.alertmanager"
-        assert isinstance(sources[0]["ansible.eda.alertmanager"]["port"], int)
-        assert rs["rules"]
-        for rule in rs["rules"]:
-            assert set(rule) <= RULE_KEYS, rule["name"]
-            cond = rule["condition"]
-            assert 'event.alert.labels.alertname == "ModelPrimaryDown"' in cond
-            assert 'event.alert.status == "firing"' in cond
-            failing = re.search(r'event\.alert\.labels\.site == "([^"]+)"', cond).group(1)
-            assert example[failing]["role"] == "primary", failing
-            play = rule["action"]["run_playbook"]
-            assert set(play) <= RUN_PLAYBOOK_KEYS
-            assert play["name"] == FAILOVER_PLAYBOOK
-            assert example[play["extra_vars"]["drtool_site"]]["role"] == "dr"
-            assert "event.alert" in play["extra_vars"]["drtool_reason"]
+def ruleset_schema() -> dict:
+    from importlib.resources import files
+
+    return json.loads(files("ansible_rulebook").joinpath("schema/ruleset_schema.json").read_text())
+
+
+@pytest.mark.parametrize("path, source, event", [(RULEBOOK, "ansible.eda.alertmanager", "event.alert"),
+                                                 (WEBHOOK_RULEBOOK, "eda.builtin.webhook", "event.payload")],
+                         ids=["alertmanager-source", "webhook-source"])
+def test_eda_rulebook_structure(path, source, event):
+    import jsonschema
+
+    rulesets = yaml.safe_load(path.read_text())
+    jsonschema.validate(rulesets, ruleset_schema())
+    (rs,) = rulesets
+    assert rs["hosts"] == "localhost"
+    (src,) = rs["sources"]
+    args = src[source]
+    if source == "ansible.eda.alertmanager":
+        assert isinstance(args["port"], int) and args["host"] == "127.0.0.1"
+        assert args["data_alerts_path"] == "alerts" and args["skip_original_data"] is True
+    else:   # every setting from the vars file; no webhook without a token
+        assert "drtool_eda_token" in args["token"] and "default" not in args["token"]
+        assert "127.0.0.1" in args["host"]
+    (rule,) = rs["rules"]
+    assert "ModelPrimaryDown" in rule["condition"] and event in rule["condition"]
+    assert "firing" not in rule["condition"], "a resolved alert must reach the book (it cancels a queued approval)"
+    assert "throttle" not in rule, "the book needs Alertmanager's repeated notifications (firing_for_s)"
+    play = rule["action"]["run_playbook"]
+    assert play["name"] == INGEST_PLAYBOOK and (REPO / INGEST_PLAYBOOK).is_file()
+    extra = play["extra_vars"]
+    assert extra["drtool_alert_urlencoded"] == "{{ " + event + " | tojson | urlencode }}"
+    assert "/etc/drtool/drtool.yaml" in extra["drtool_config"] and "drtool_bin" in extra
+
+
+def test_eda_inventory_is_the_controller_only():
+    inv = yaml.safe_load(EDA_INVENTORY.read_text())
+    assert inv["all"]["hosts"] == {"localhost": {"ansible_connection": "local",
+                                                 "ansible_python_interpreter": "{{ ansible_playbook_python }}"}}
+
+
+def test_alert_ingest_playbook_runs_drtool_alerts_ingest_without_a_shell():
+    """The rulebooks' playbook decodes the alert into `drtool alerts ingest -`'s stdin: argv form, the alert never
+    on argv and never rendered as a template."""
+    (play,) = yaml.safe_load((REPO / INGEST_PLAYBOOK).read_text())
+    assert play["hosts"] == "localhost" and play["connection"] == "local"
+    commands = [t["ansible.builtin.command"] for t in play["tasks"] if "ansible.builtin.command" in t]
+    assert not [t for t in play["tasks"] if {"ansible.builtin.shell", "shell", "command"} & set(t)]
+    (cmd,) = commands
+    assert cmd["argv"][1:] == ["--config", "{{ drtool_config }}", "--json", "alerts", "ingest", "-"]
+    assert cmd["stdin"] == "{{ drtool_alert_urlencoded | urldecode }}"
 
 
 def test_failover_playbook_exists():
-    """The rulebook's action runs this playbook (it runs `drtool failover --site {{ drtool_site }} --yes
-    --reason ...` on the controller, the path drtool serve takes too)."""
+    """The manual entry point (AWX, a runbook button): `drtool failover --site {{ drtool_site }} --yes --reason ...`
+    on the controller. Alerts do not take it: they go to the decision book (playbooks/alert_ingest.yml)."""
     playbook = REPO / FAILOVER_PLAYBOOK
-    assert playbook.is_file(), f"{FAILOVER_PLAYBOOK} is missing: the EDA rulebook runs it"
+    assert playbook.is_file(), f"{FAILOVER_PLAYBOOK} is missing"
     text = playbook.read_text()
     assert "drtool_site" in text and "drtool_reason" in text
 
