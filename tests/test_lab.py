@@ -130,6 +130,34 @@ def test_pull_refuses_a_tag_without_digest(lab_config):
     assert res.failed and "must be REGISTRY/REPO@sha256" in res.failed[0].message
 
 
+def test_a_playbook_run_shares_one_connection_per_host_and_leaves_none_behind(lab, lab_config):
+    """Each task of a run reuses one SSH connection per host (a master socket in the run's private dir); when the run
+    ends its masters are gone, so no ssh process or remote session outlives it."""
+    from pathlib import Path as P
+
+    def masters() -> list[str]:
+        found = []
+        for proc in P("/proc").iterdir():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "drtool-ansible-" in cmd and "[mux]" in cmd:
+                found.append(cmd)
+        return found
+
+    seen: list[str] = []
+
+    def progress(kind, what):
+        if kind == "result" and not seen:
+            seen.extend(masters())
+
+    res = run_playbook(lab_config, "status.yml", extravars={"drtool_targets": "pw-gpu1:pw-gpu2"}, progress=progress)
+    assert not res.failed and not res.unreachable
+    assert seen, "no SSH master while the run went on"
+    assert masters() == []
+
+
 def test_changed_host_key_is_refused(lab, lab_config, tmp_path):
     # A known_hosts whose entry for pw-gpu1 is some other host's key: SSH must refuse to connect.
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "impostor")], check=True)

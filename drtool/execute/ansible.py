@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -71,21 +72,39 @@ def _oneline(text: str, limit: int = 600) -> str:
 ProgressFn = Callable[[str, TaskEvent | str], None]
 
 
-def _ssh_args(config: Config) -> str:
+def _ssh_args(config: Config, control_dir: Path | None = None) -> str:
+    """SSH options for one playbook run. With `control_dir`, the tasks of the run share one connection per host (a
+    master socket there, ControlPersist for the run's length only: close_masters ends them when the run ends), so
+    each task costs a session, not a new TCP and key exchange; keepalives bound a link that dies under it."""
     ssh = config.ssh
     args = [
         "-o StrictHostKeyChecking=yes",  # never trust an unknown or changed host key
         "-o IdentitiesOnly=yes",
         "-o BatchMode=yes",
         "-o ConnectTimeout=10",
-        # No ControlPersist: a persistent mux would outlive the run (and the lab host).
-        "-o ControlMaster=no",
-        "-o ControlPath=none",
+        "-o ServerAliveInterval=5",
+        "-o ServerAliveCountMax=2",
     ]
+    if control_dir is None:
+        args += ["-o ControlMaster=no", "-o ControlPath=none"]
+    else:
+        args += ["-o ControlMaster=auto", "-o ControlPersist=120", f"-o ControlPath={control_dir}/%C"]
     if ssh.known_hosts_file:
         args.append(f"-o UserKnownHostsFile={ssh.known_hosts_file}")
         args.append("-o GlobalKnownHostsFile=/dev/null")
     return " ".join(args)
+
+
+def close_masters(control_dir: Path) -> None:
+    """End every SSH master of a run (and with it the host's sshd session): nothing of the run outlives it."""
+    if not control_dir.is_dir():
+        return
+    for sock in control_dir.iterdir():
+        try:
+            subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "drtool-run"], capture_output=True,
+                           timeout=10, check=False, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            pass   # best effort: a master whose host is gone exits on its keepalive timeout, or after ControlPersist
 
 
 def _duration(event_data: dict, started: dict[str, float], key: str) -> float:
@@ -143,6 +162,8 @@ def run_playbook(
     private = Path(tempfile.mkdtemp(prefix="drtool-ansible-"))
     os.chmod(private, 0o700)
     (private / "inventory").mkdir()
+    control_dir = private / "cp"   # short: a unix socket path has a 108-byte limit
+    control_dir.mkdir()
     inventory = build_inventory(config)
     for group in inventory["all"]["children"].values():
         for name, hv in (group.get("hosts") or {}).items():
@@ -155,7 +176,7 @@ def run_playbook(
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
         "ANSIBLE_ROLES_PATH": str(roles_dir()),
         "ANSIBLE_HOST_KEY_CHECKING": "True",
-        "ANSIBLE_SSH_ARGS": _ssh_args(config),
+        "ANSIBLE_SSH_ARGS": _ssh_args(config, control_dir),
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_NOCOLOR": "True",
@@ -240,6 +261,7 @@ def run_playbook(
             )
     finally:
         result.seconds = round(time.monotonic() - started, 3)
+        close_masters(control_dir)
         if not os.environ.get("DRTOOL_KEEP_ANSIBLE_ARTIFACTS"):
             shutil.rmtree(private, ignore_errors=True)
 
