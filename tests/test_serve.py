@@ -30,8 +30,13 @@ def make_config(tmp_path: Path, **alerts) -> Path:
     return path
 
 
-def webhook(fingerprint="a1b2c3", status="firing", site="prod-west", starts_ago=120.0, name="PrimaryDown"):
-    starts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - starts_ago))
+def webhook(fingerprint="a1b2c3", status="firing", site="prod-west", starts_ago=120.0, name="PrimaryDown",
+            starts_at: float | None = None):
+    """One alert as Alertmanager posts it. Alertmanager keeps an alert's startsAt from firing to resolved: a test that
+    posts both gives the same `starts_at` (computed once), or a second boundary crossed in between (a busy machine)
+    would make the resolved post a different outage."""
+    starts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(starts_at if starts_at is not None
+                                                             else time.time() - starts_ago))
     return {"version": "4", "status": status, "receiver": "drtool", "groupKey": "{}:{}",
             "alerts": [{"status": status, "labels": {"alertname": name, "site": site},
                         "annotations": {}, "startsAt": starts, "endsAt": "0001-01-01T00:00:00Z",
@@ -248,9 +253,10 @@ def test_an_approval_is_cancelled_when_its_alert_resolves_first_and_then_refused
     becomes cancelled, saying why and when, and `drtool failover --approve RUN` refuses it (exit 2, nothing
     changed): approving it now would move a site that serves again."""
     url, rec, book = receiver(policy="approve")
-    queued = post(url, webhook()).json()["decisions"][0]
+    starts_at = time.time() - 120
+    queued = post(url, webhook(starts_at=starts_at)).json()["decisions"][0]
     assert queued["action"] == AWAITING
-    cancelled = post(url, webhook(status="resolved")).json()["decisions"][0]
+    cancelled = post(url, webhook(status="resolved", starts_at=starts_at)).json()["decisions"][0]
     assert cancelled["action"] == CANCELLED and cancelled["run_id"] == queued["run_id"]
     (stored,) = book.load()["decisions"].values()
     assert stored["action"] == CANCELLED and stored["cancelled_at"] >= stored["decided_at"]
@@ -267,10 +273,12 @@ def test_a_failover_only_queued_for_approval_does_not_start_the_cooldown(receive
     """The cooldown counts failovers that started. A queued one holds a second outage only while it still awaits
     approval (pointing at it); once cancelled, the next outage is decided afresh; an approval starts the cooldown."""
     url, _, book = receiver(policy="approve", cooldown_s=3600)
-    first = post(url, webhook(fingerprint="aaaa")).json()["decisions"][0]
+    starts_at = time.time() - 120
+    first = post(url, webhook(fingerprint="aaaa", starts_at=starts_at)).json()["decisions"][0]
     held = post(url, webhook(fingerprint="bbbb")).json()["decisions"][0]
     assert held["action"] == SUPPRESSED and f"awaits approval as {first['run_id']}" in held["why"]
-    post(url, webhook(fingerprint="aaaa", status="resolved"))
+    assert post(url, webhook(fingerprint="aaaa", status="resolved", starts_at=starts_at)).json()["decisions"][0][
+        "action"] == CANCELLED
     second = post(url, webhook(fingerprint="cccc", name="PrimaryHighErrorRate")).json()["decisions"][0]
     assert second["action"] == AWAITING, second          # not "a failover to dr-east started Ns ago"
     assert book.approve(second["run_id"])["action"] == APPROVED
