@@ -70,7 +70,7 @@ def test_healthy_site_is_ready_with_every_rule_passing():
     # 5 detect + 11.2 provision + max(pull, 6 restore) + 2 start + 7 verify + 0.7 dns; the past runs pulled the image
     # onto de-gpu1, the standby the planner picks, and no run found it present: pull counts 0
     assert doc["services"][0]["predicted_rto_s"] == pytest.approx(31.9)
-    assert doc["rto"]["statistic"] == "median of the last 10 runs" and doc["rto"]["samples"] == 3
+    assert doc["rto"]["statistic"] == "median of the last 10 single runs" and doc["rto"]["samples"] == 3
     json.dumps(doc)   # the --json document is plain JSON
 
 
@@ -201,6 +201,29 @@ def test_fleet_rto_is_the_sum_over_waves_of_the_slowest_phases():
     assert "left" not in p.services
 
 
+def fleet_run_doc(run_id: str, ended: float, seconds: float) -> dict:
+    """One service's journal of a fleet run: every step `seconds` long."""
+    return {"run_id": run_id, "kind": "failover", "status": "done", "ended": ended,
+            "context": {"service": "tts", "host": "de-gpu2", "image": "img", "wave": 0},
+            "steps": [{"name": n, "status": "done", "seconds": seconds, "evidence": {}}
+                      for n in ("provision", "pull_image", "restore", "start", "verify", "flip_dns")]}
+
+
+def test_each_engine_is_predicted_from_its_own_runs():
+    """Steps of a fleet run share the DR site with the other services' and take longer: newer fleet runs must not
+    make a single failover's prediction longer, nor older single runs a fleet's shorter. The other engine's runs
+    count only while there are none of one's own, and the prediction says so."""
+    single = samples(*(run_doc(f"s{i}", 100 + i, restore=6.0) for i in range(3)))
+    fleet = samples(*(fleet_run_doc(f"f{i}.tts", 200 + i, 20.0) for i in range(6)))   # newer and slower
+    need = predict.Need("s", "de-gpu9", 0, "img", None)
+    alone = predict.predict([need], single, [], predict.SINGLE)
+    assert predict.predict([need], single + fleet, [], predict.SINGLE) == alone
+    many = predict.predict([need], single + fleet, [], predict.FLEET)
+    assert many.samples == 6 and many.phases["restore"] == 20.0 and many.statistic == "median of the last 10 fleet runs"
+    first = predict.predict([need], single, [], predict.FLEET)
+    assert first.samples == 3 and "no fleet run in the history yet" in " ".join(first.notes)
+
+
 def test_samples_from_documents():
     assert predict.sample_from_run({**run_doc("x", 1), "kind": "failback"}) is None
     assert predict.sample_from_run({**run_doc("x", 1), "status": "failed"}) is None
@@ -215,6 +238,7 @@ def test_samples_from_documents():
                                             ("verify", 0), ("flip_dns", 0))]}
     s = predict.sample_from_run(fleet_journal)
     assert s.phases == dict.fromkeys(predict.PHASES, 1.0) and s.pulled is False and s.host == "de-gpu2"
+    assert s.engine == predict.FLEET and predict.sample_from_run(run_doc("x", 1)).engine == predict.SINGLE
     report = {"ended": 9.0, "scenarios": [{"passed": True, "split": {"detection": 4.0, "decision": 1.0},
                                            "failover": {"run_id": "x", "status": "done", "standby": "de-gpu1"},
                                            "steps": [{**st, "outcome": "done"} for st in run_doc("x", 1)["steps"]]}]}

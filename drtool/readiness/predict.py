@@ -1,9 +1,11 @@
 """The RTO predictor: measured step times of recent failovers and drills in, a predicted RTO per service and for the
 site's fleet out. Pure: no I/O, no clock.
 
-The statistic is the **median of the last N runs** (`readiness.history_runs`, default 10) of each phase: one slow
-run (a cold cache, a busy host) moves a mean but not a median, and N bounds how far back a changed site still
-counts. Phases (a failover's steps, grouped the same way for `drtool failover` and the fleet engine):
+The statistic is the **median of the last N runs** (`readiness.history_runs`, default 10) of each phase, of runs
+of the same engine (one service alone, or a fleet run's per-service journals: in a fleet every step shares the DR
+site with the other services, so its phases are longer; the other engine's runs count only while there are none):
+one slow run (a cold cache, a busy host) moves a mean but not a median, and N bounds how far back a changed site
+still counts. Phases (a failover's steps, grouped the same way for `drtool failover` and the fleet engine):
 
 | phase | single failover steps | fleet engine steps |
 |---|---|---|
@@ -56,6 +58,7 @@ class RunSample:
     image: str | None = None
     pulled: bool | None = None          # the pull step really pulled (False: the engine held the image already)
     restore_bytes: int | None = None
+    engine: str = "single"              # SINGLE, or FLEET: one service's journal of a fleet run
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,8 @@ def sample_from_run(doc: dict) -> RunSample | None:
                      host=doc.get("standby") or ctx.get("host"),
                      image=(doc.get("production") or {}).get("image") or ctx.get("image") or pull_ev.get("image"),
                      pulled=_truthy(pull_ev.get("pulled")),
-                     restore_bytes=nbytes if isinstance(nbytes, int) and nbytes > 0 else None)
+                     restore_bytes=nbytes if isinstance(nbytes, int) and nbytes > 0 else None,
+                     engine=FLEET if "wave" in ctx else SINGLE)
 
 
 def samples_from_drill(report: dict) -> tuple[list[RunSample], list[tuple[float, float]]]:
@@ -185,12 +189,19 @@ def predict(needs: list[Need], samples: list[RunSample], detections: list[tuple[
             runs: int = DEFAULT_RUNS) -> Prediction:
     """Predicted RTO of each placed service and of the fleet (see the module docstring). With no sample, every
     RTO is None."""
-    every = sorted(dedupe(samples), key=lambda s: s.ended, reverse=True)
+    known = dedupe(samples)
+    # A phase of one service alone is not that phase in a fleet run, where every service's step shares the DR site
+    # (its registry, its store, and on the lab two CPUs): each engine is predicted from its own runs, and from the
+    # other's only while it has none.
+    same = [s for s in known if s.engine == engine]
+    every = sorted(same or known, key=lambda s: s.ended, reverse=True)
     recent = every[:runs]
-    statistic = f"median of the last {runs} runs"
+    statistic = f"median of the last {runs} {engine} runs"
     detection = _med([d for _, d in sorted(detections, reverse=True)[:runs]]) or 0.0
     base = {p: _med([s.phases[p] for s in recent]) for p in PHASES}
     notes = [] if detections else ["detect: no drill went through the alert chain; counted as 0"]
+    if known and not same:
+        notes.append(f"no {engine} run in the history yet: the other engine's runs are used")
     if not recent:
         return Prediction(engine, statistic, 0, detection, base, {n.service: ServicePrediction(None, {}) for n in
                                                                   needs if n.wave is not None}, [], None,
@@ -201,7 +212,7 @@ def predict(needs: list[Need], samples: list[RunSample], detections: list[tuple[
     if not really:
         notes.append("pull: no measured pull of an absent image; the median pull step is used")
     pull_present = _med(present) if present else 0.0
-    held = {(s.host, s.image) for s in every if s.host and s.image}
+    held = {(s.host, s.image) for s in known if s.host and s.image}
 
     per: dict[str, ServicePrediction] = {}
     for n in needs:
