@@ -171,24 +171,30 @@ def test_when_the_dr_store_cannot_be_reached_nothing_is_decided_and_the_why_says
     assert d["action"] == STARTED and len(rec_a.launched) == 1 and "claim_error" not in d
 
 
+def race(a, b, alert) -> dict[str, dict]:
+    """Books a and b handle `alert` at the same instant, from two threads: each one's decision."""
+    gate = threading.Barrier(2)
+    got: dict[str, dict] = {}
+
+    def handle(name, book):
+        gate.wait()
+        got[name] = book.handle(alert)[0]
+
+    threads = [threading.Thread(target=handle, args=(n, book)) for n, book in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return got
+
+
 def test_two_receivers_at_the_same_instant_launch_exactly_once(tmp_path):
     """Both books handle each alert at the same instant from two threads: one launches, the other records the
     winner's run id. Twenty outages in a row."""
     _, [(a, rec_a), (b, rec_b)] = two_receivers(tmp_path, "auto", cooldown_s=0)
     for i in range(20):
         alert = alerts(fingerprint=f"f{i:03d}")
-        gate = threading.Barrier(2)
-        got: dict[str, dict] = {}
-
-        def handle(name, book, alert=alert, gate=gate, got=got):
-            gate.wait()
-            got[name] = book.handle(alert)[0]
-
-        threads = [threading.Thread(target=handle, args=(n, book)) for n, book in (("a", a), ("b", b))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        got = race(a, b, alert)
         actions = sorted(d["action"] for d in got.values())
         assert actions == [DUPLICATE, STARTED], got
         assert got["a"]["run_id"] == got["b"]["run_id"]
@@ -225,18 +231,7 @@ def test_on_a_real_s3_server_two_racing_receivers_decide_once(tmp_path, seaweed_
     winners = []
     for i in range(5):
         alert = alerts(fingerprint=f"5{i:03d}")
-        gate = threading.Barrier(2)
-        got: dict[str, dict] = {}
-
-        def handle(name, book, alert=alert, gate=gate, got=got):
-            gate.wait()
-            got[name] = book.handle(alert)[0]
-
-        threads = [threading.Thread(target=handle, args=(n, book)) for n, book in (("a", a), ("b", b))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        got = race(a, b, alert)
         first = STARTED if policy == "auto" else AWAITING
         assert sorted(d["action"] for d in got.values()) == sorted([DUPLICATE, first]), got
         assert got["a"]["run_id"] == got["b"]["run_id"]

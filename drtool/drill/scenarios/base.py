@@ -183,6 +183,23 @@ def wait_failover_report(run_id: str, workdir: Path) -> dict:
                           hint=f"see its log under {workdir} and its journal in {runs}")
 
 
+def through_alert_chain(ctx: Context, sc: ScenarioRun, fault_at: float, what: str) -> dict:
+    """The failover the alert chain starts: Prometheus fires, Alertmanager posts, `drtool serve` decides and launches
+    it. Records the detect and decide steps and their split; returns the failover's report once it has ended."""
+    chain = ctx.chain
+    firing = chain.wait_firing(timeout=120)
+    sc.step("detect", "Detection: Prometheus fires ModelPrimaryDown", fault_at, firing,
+            evidence={"rule_for_s": ctx.config.drill.detection_for_s,
+                      "scrape_interval_s": ctx.config.drill.scrape_interval_s})
+    decision = chain.wait_decision(timeout=60, since=fault_at)
+    run_id = decision["run_id"]
+    report = wait_failover_report(run_id, ctx.workdir)
+    sc.step("decide", f"Decision: Alertmanager posts to drtool serve, which starts {what}", firing,
+            report["started"], evidence={"run_id": run_id, "decided_at": decision.get("decided_at")})
+    sc.doc["split"].update(detection=round(firing - fault_at, 3), decision=round(report["started"] - firing, 3))
+    return report
+
+
 class Failover(Scenario):
     """A fault at the primary or at the DR site, recovered by a failover of the drilled model to the DR site: through
     the alert chain when `detected`, else started by the drill as the on-call engineer would. Expected: the failover
@@ -195,18 +212,9 @@ class Failover(Scenario):
         from drtool.actions import failover
         from drtool.paths import state_dir
 
-        chain, error = ctx.chain, None
-        if chain is not None:
-            firing = chain.wait_firing(timeout=120)
-            sc.step("detect", "Detection: Prometheus fires ModelPrimaryDown", fault_at, firing,
-                    evidence={"rule_for_s": ctx.config.drill.detection_for_s,
-                              "scrape_interval_s": ctx.config.drill.scrape_interval_s})
-            decision = chain.wait_decision(timeout=60, since=fault_at)
-            run_id = decision["run_id"]
-            fo = wait_failover_report(run_id, ctx.workdir)
-            sc.step("decide", "Decision: Alertmanager posts to drtool serve, which starts the failover", firing,
-                    fo["started"], evidence={"run_id": run_id, "decided_at": decision.get("decided_at")})
-            sc.doc["split"].update(detection=round(firing - fault_at, 3), decision=round(fo["started"] - firing, 3))
+        error = None
+        if ctx.chain is not None:
+            fo = through_alert_chain(ctx, sc, fault_at, "the failover")
         else:
             run_id = failover.new_run_id(ctx.dr.name)
             sc.doc["split"].update(detection=0.0, decision=0.0)

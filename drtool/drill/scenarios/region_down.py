@@ -107,18 +107,11 @@ class RegionDown(Scenario):
         """The fleet failover, the way a region outage starts one: Prometheus sees every serving instance of the
         site down, Alertmanager posts once, and `drtool serve` starts one failover of the site, which moves every
         service whose record's target does not answer."""
-        from drtool.drill.scenarios.base import wait_failover_report
+        from drtool.drill.scenarios.base import through_alert_chain
 
-        dr, chain = cfg.site(ctx.dr.name), ctx.chain
-        firing = chain.wait_firing(timeout=120)
-        sc.step("detect", "Detection: Prometheus fires ModelPrimaryDown for the site", fault_at, firing,
-                evidence={"rule_for_s": ctx.config.drill.detection_for_s,
-                          "scrape_interval_s": ctx.config.drill.scrape_interval_s})
-        decision = chain.wait_decision(timeout=60, since=fault_at)
-        run_id = decision["run_id"]
-        result = wait_failover_report(run_id, ctx.workdir)
-        sc.step("decide", "Decision: Alertmanager posts to drtool serve, which starts one failover of the site",
-                firing, result["started"], evidence={"run_id": run_id, "decided_at": decision.get("decided_at")})
+        dr = cfg.site(ctx.dr.name)
+        result = through_alert_chain(ctx, sc, fault_at, "one failover of the site")
+        run_id = result["run_id"]
         rows = {r["service"]: r for r in result.get("services", [])}
         bad = [n for n, r in rows.items() if r["status"] not in ("moved", "already serving")]
         error = None if result.get("status") == "done" else OperationFailed(
@@ -132,8 +125,7 @@ class RegionDown(Scenario):
                 "done" if error is None else "failed",
                 {"run_id": run_id, "moved": sorted(n for n, r in rows.items() if r["status"] == "moved")},
                 None if error is None else error.message)
-        sc.doc["split"].update(detection=round(firing - fault_at, 3), decision=round(result["started"] - firing, 3),
-                               fleet_failover=round(result.get("fleet_rto_s") or 0.0, 3))
+        sc.doc["split"].update(fleet_failover=round(result.get("fleet_rto_s") or 0.0, 3))
         return {"result": result, "rows": rows, "error": error}
 
     def expect(self, ctx, sc, fo, fault, cfg) -> dict:
