@@ -77,6 +77,7 @@ def book(state: Path) -> dict:
     return json.loads((state / "alerts" / "decisions.json").read_text())["decisions"]
 
 
+@pytest.mark.nightly   # a real failover and its failback: about 1.5 minutes
 def test_two_receivers_alertmanager_to_exactly_one_real_failover(lab, production, tmp_path, monkeypatch):
     """Two `drtool serve` receivers (each its own state dir, one DR store) get every notification; prod-west is
     really down. Exactly one failover runs, and a real one; the receiver that did not launch it records the other's

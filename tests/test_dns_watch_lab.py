@@ -42,6 +42,7 @@ def test_prepare_lowers_ttl_then_restore_puts_it_back(lab, production, state):
     assert dig_ttl() == (PRIMARY, ttl)
 
 
+@pytest.mark.nightly   # a failover and its failback: about 1.5 minutes
 def test_failover_saves_the_record_and_restore_refuses_a_dead_target(lab, production, state, back_to_production):
     power_off_primary(lab)
     report = cli_json("failover", "--site", "dr-east", "--yes", "--reason", "test: record saved")
@@ -58,6 +59,7 @@ def test_failover_saves_the_record_and_restore_refuses_a_dead_target(lab, produc
     assert dig() == STANDBY1
 
 
+@pytest.mark.nightly   # a failover and its failback: about 1.5 minutes
 def test_watch_decides_once_on_a_dead_primary(lab, lab_config, production, state, tmp_path, back_to_production):
     doc = yaml.safe_load(lab_config.path.read_text())
     doc["alerts"] = {"policy": "approve", "firing_for_s": 0, "cooldown_s": 3600, "state_dir": str(tmp_path / "alerts")}

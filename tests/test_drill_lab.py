@@ -135,6 +135,7 @@ def test_corrupt_latest_snapshot_falls_back_and_states_the_rpo(lab, lab_config, 
     assert_production_as_before(lab, result)
 
 
+@pytest.mark.nightly   # about 1 minute
 def test_interrupted_drill_still_cleans_up(lab, production, drill_state):
     env = dict(os.environ, DRTOOL_STATE_DIR=str(drill_state / "state"))
     proc = subprocess.Popen([sys.executable, "-m", "drtool", "--json", "drill", "--site", "dr-east",
