@@ -102,31 +102,30 @@ class OutageClaims:
         """(True, doc) when this call created the outage's claim; (False, the first receiver's claim) otherwise.
         ClaimsUnavailable when the store cannot be asked."""
         key = claim_key(target, outage)
-        body = json.dumps({**doc, "target": target, "outage": outage}, sort_keys=True).encode()
-        for _ in range(3):
-            if self._io(target, f"claim outage {outage}", lambda s: s.put_if_absent(key, body)):
-                # The index that finds the claim by run id; a receiver killed before writing it leaves the claim
-                # findable by listing (find_run).
-                self._io(target, f"index run {doc['run_id']}",
-                         lambda s: s.put(run_key(doc["run_id"]), json.dumps({"claim": key}).encode()))
-                return True, json.loads(body)
-            first = self._read(target, key)
-            if first is not None:
-                return False, first
-        raise ClaimsUnavailable(f"claim {key} in {self.where(target)} exists but cannot be read")
+        won, stands = self._first(target, key, {**doc, "target": target, "outage": outage}, f"claim outage {outage}")
+        if won:
+            # The index that finds the claim by run id; a receiver killed before writing it leaves the claim
+            # findable by listing (find_run).
+            self._io(target, f"index run {doc['run_id']}",
+                     lambda s: s.put(run_key(doc["run_id"]), json.dumps({"claim": key}).encode()))
+        return won, stands
 
     def settle(self, target: str, outage: str, action: str, by: str, at: float | None = None) -> dict:
         """Record how a queued failover was settled (`approved` or `cancelled`) unless it already was: the record
         that stands, ours or the earlier one."""
-        key = approval_key(target, outage)
         doc = {"action": action, "by": by, "at": time.time() if at is None else at}
+        return self._first(target, approval_key(target, outage), doc, f"settle outage {outage}")[1]
+
+    def _first(self, target: str, key: str, doc: dict, what: str) -> tuple[bool, dict]:
+        """Create `key` holding `doc` unless it exists: (True, doc) when this call created it, (False, the document
+        that was there first) otherwise. A key seen to exist but gone or unreadable at once is tried again."""
+        body = json.dumps(doc, sort_keys=True).encode()
         for _ in range(3):
-            if self._io(target, f"settle outage {outage}",
-                        lambda s: s.put_if_absent(key, json.dumps(doc, sort_keys=True).encode())):
-                return doc
+            if self._io(target, what, lambda s: s.put_if_absent(key, body)):
+                return True, json.loads(body)
             first = self._read(target, key)
             if first is not None:
-                return first
+                return False, first
         raise ClaimsUnavailable(f"{key} in {self.where(target)} exists but cannot be read")
 
     def settled(self, target: str, outage: str) -> dict | None:

@@ -106,19 +106,27 @@ def run_outcome(code: int) -> tuple[str, str]:
     return (FINISHED if code == 0 else BUSY if code == 4 else FAILED), f"exit {code}: {meaning}"
 
 
-def record_run_pid(state_dir: Path, run_id: str, pid: int) -> None:
-    """Record in its decision the pid of a launched failover's own process (the launcher's child)."""
+def _update_launched(state_dir: Path, run_id: str, **fields) -> dict | None:
+    """Update the decision that launched `run_id` (still `starting` or `started`); the decision, or None when the
+    book has no such decision."""
     path, lock = book_paths(state_dir)
     with file_lock(lock):
         try:
             book = json.loads(path.read_text())
         except FileNotFoundError:
-            return
-        for rec in book["decisions"].values():
-            if rec.get("run_id") == run_id and rec["action"] in (STARTING, STARTED):
-                rec["run_pid"] = pid
-                write_json_atomic(path, book)
-                return
+            return None
+        rec = next((r for r in book["decisions"].values()
+                    if r.get("run_id") == run_id and r["action"] in (STARTING, STARTED)), None)
+        if rec is None:
+            return None
+        rec.update(fields)
+        write_json_atomic(path, book)
+        return dict(rec)
+
+
+def record_run_pid(state_dir: Path, run_id: str, pid: int) -> None:
+    """Record in its decision the pid of a launched failover's own process (the launcher's child)."""
+    _update_launched(state_dir, run_id, run_pid=pid)
 
 
 def run_alive(rec: dict) -> bool | None:
@@ -138,20 +146,9 @@ def run_alive(rec: dict) -> bool | None:
 def record_run_end(state_dir: Path, run_id: str, code: int, at: float) -> dict | None:
     """Record in its decision how a failover the book launched ended; the decision, or None when no launched
     decision has that run id."""
-    path, lock = book_paths(state_dir)
     action, why = run_outcome(code)
-    with file_lock(lock):
-        try:
-            book = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        rec = next((r for r in book["decisions"].values()
-                    if r.get("run_id") == run_id and r["action"] in (STARTING, STARTED)), None)
-        if rec is None:
-            return None
-        rec.update(action=action, exit_code=code, ended_at=at, why=f"failover {run_id} ended at {iso(at)}, {why}")
-        write_json_atomic(path, book)
-        return dict(rec)
+    return _update_launched(state_dir, run_id, action=action, exit_code=code, ended_at=at,
+                            why=f"failover {run_id} ended at {iso(at)}, {why}")
 
 
 class DecisionBook:

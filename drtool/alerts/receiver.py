@@ -85,11 +85,14 @@ def _alert(a: dict) -> WebhookAlert:
                         site=labels.get("site"), starts_at=starts, labels=labels, annotations=notes)
 
 
-def parse_webhook(body: bytes) -> list[Alert]:
-    """Alerts from a webhook body; ValueError naming the problem when it is not a valid payload."""
-    doc = _json(body)
+def _payload(doc) -> list[Alert]:
     _check(doc, WEBHOOK_SCHEMA, "an Alertmanager v4 webhook")
     return [_alert(a) for a in doc["alerts"]]
+
+
+def parse_webhook(body: bytes) -> list[Alert]:
+    """Alerts from a webhook body; ValueError naming the problem when it is not a valid payload."""
+    return _payload(_json(body))
 
 
 def parse_alerts(body: bytes) -> list[Alert]:
@@ -98,8 +101,7 @@ def parse_alerts(body: bytes) -> list[Alert]:
     each alert); ValueError naming the problem otherwise."""
     doc = _json(body)
     if isinstance(doc, dict) and ("alerts" in doc or "version" in doc):
-        _check(doc, WEBHOOK_SCHEMA, "an Alertmanager v4 webhook")
-        return [_alert(a) for a in doc["alerts"]]
+        return _payload(doc)
     _check(doc, ALERT_SCHEMA, "an Alertmanager v4 webhook payload or one of its alerts")
     return [_alert(doc)]
 

@@ -107,13 +107,14 @@ class RegionDown(Scenario):
         """The fleet failover, the way a region outage starts one: Prometheus sees every serving instance of the
         site down, Alertmanager posts once, and `drtool serve` starts one failover of the site, which moves every
         service whose record's target does not answer."""
+        from drtool.actions.fleet import ALREADY, MOVED
         from drtool.drill.scenarios.base import through_alert_chain
 
         dr = cfg.site(ctx.dr.name)
         result = through_alert_chain(ctx, sc, fault_at, "one failover of the site")
         run_id = result["run_id"]
         rows = {r["service"]: r for r in result.get("services", [])}
-        bad = [n for n, r in rows.items() if r["status"] not in ("moved", "already serving")]
+        bad = [n for n, r in rows.items() if r["status"] not in (MOVED, ALREADY)]
         error = None if result.get("status") == "done" else OperationFailed(
             f"fleet failover {run_id} ended {result.get('status')}: {len(bad)} of {len(rows)} service(s) did not "
             f"move ({', '.join(bad)})")
@@ -123,7 +124,7 @@ class RegionDown(Scenario):
         sc.step("fleet_failover", f"drtool failover --site {dr.name} (started by drtool serve): every service "
                 "whose record's target does not answer", result["started"], result.get("ended") or time.time(),
                 "done" if error is None else "failed",
-                {"run_id": run_id, "moved": sorted(n for n, r in rows.items() if r["status"] == "moved")},
+                {"run_id": run_id, "moved": sorted(n for n, r in rows.items() if r["status"] == MOVED)},
                 None if error is None else error.message)
         sc.doc["split"].update(fleet_failover=round(result.get("fleet_rto_s") or 0.0, 3))
         return {"result": result, "rows": rows, "error": error}
