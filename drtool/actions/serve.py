@@ -12,8 +12,9 @@ from drtool.alerts.claims import OutageClaims
 from drtool.alerts.decisions import DecisionBook, alerts_state_dir
 from drtool.alerts.ladder import AlertLadder, Remedies
 from drtool.alerts.receiver import ReceiverServer
-from drtool.config import Config, Host, Site
+from drtool.config import Config, Site
 from drtool.errors import UsageError
+from drtool.ha.instances import ServingInstance
 from drtool.output import Output
 
 
@@ -85,13 +86,14 @@ def decision_book(config: Config) -> DecisionBook:
 
 
 def real_remedies(config: Config) -> Remedies:
-    """The ladder's side effects, as `drtool watch` runs them: model_server's restart action, the site's Nginx."""
+    """The ladder's side effects, as `drtool watch` runs them: model_server's restart action on the one service's
+    container (`drtool-<model>`), the site's Nginx."""
     from drtool.actions import deploy, proxy
-    from drtool.actions.failover import pick_model
+    from drtool.ha.instances import restart_model
     from drtool.providers.base import ssh_banner
 
-    def restart(site: Site, host: Host) -> None:
-        deploy.restart(config, host, pick_model(config, None))
+    def restart(site: Site, instance: ServingInstance) -> None:
+        deploy.restart(config, instance.host, restart_model(config, site, instance))
 
     return Remedies(
         restart=restart,

@@ -4,7 +4,9 @@ when the site has no healthy undrained instance left, hand ONE alert for the sit
 cooldown, policy, exactly once), the path every site-level alert takes.
 
 An alert is about one instance when its `instance` label (`ADDRESS:PORT` as Prometheus writes it, or a bare host
-name or address) names a serving host of a primary site (the port, when given, must be the site's serving port).
+name or address) names a serving host of a primary site and, by its port, one service that host serves: on a site
+with several services (`services:`, each on its own port) an instance is one service on one host
+(`drtool.ha.instances`), and a bare name means the service on the site's serving port.
 Its name says what it means for the ladder (ops/prometheus/drtool-rules.yml):
 
 - ModelInstanceDown, ModelServerNotReady: the instance does not serve: *down* (rung 1, restart);
@@ -13,7 +15,7 @@ Its name says what it means for the ladder (ops/prometheus/drtool-rules.yml):
   people to look at: draining or failing over on latency could take a whole site out on a load peak).
 
 The ladder keeps the instance alerts still firing (by fingerprint; a `resolved` one is dropped), and on every
-batch that names a site's instance it observes EVERY serving host of that site: a host with no firing alert is
+batch that names a site's instance it observes EVERY instance of that site: one with no firing alert is
 healthy (so a drained one is undrained once its alert resolves). The climb itself is `drtool.ha.executor.SiteLadder`,
 the one `drtool watch` uses: same journal (`<state>/ladder/<site>.jsonl`) and the same persisted state
 (`<state>/ladder/<site>.state.json`). The side effects are injected (`Remedies`); the alerts still firing are kept in
@@ -27,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drtool.alerts.decisions import Alert, DecisionBook
-from drtool.config import Config, Host, Site
+from drtool.config import Config, Site
 from drtool.ha.executor import Remedies, SiteLadder
+from drtool.ha.instances import ServingInstance
 from drtool.ha.ladder import InstanceHealth
 
 __all__ = ["AlertLadder", "Remedies"]
@@ -75,18 +78,20 @@ class AlertLadder:
                                                  FAILOVER_ALERT, "drtool serve ladder", fingerprint, self.clock)
         return self.ladders[site.name]
 
-    def instance_of(self, alert: Alert) -> tuple[Site, Host] | None:
-        """The primary site's serving host the alert's `instance` label names, or None (a site-level alert)."""
+    def instance_of(self, alert: Alert) -> tuple[Site, ServingInstance] | None:
+        """The primary site's serving instance the alert's `instance` label names (its host by name or address, its
+        service by port; no port: the site's serving port), or None (a site-level alert)."""
         label = alert.labels.get("instance")
         if not label:
             return None
         name, port = _split_instance(label)
         for site in self.config.sites.values():
-            if site.role != "primary" or (port is not None and port != str(site.serving_port)):
+            if site.role != "primary":
                 continue
-            for host in site.hosts:
-                if name in (host.name, host.address):
-                    return site, host
+            want = port if port is not None else str(site.serving_port)
+            for inst in self.ladder(site).instances.values():
+                if name in (inst.host.name, inst.host.address) and want == str(inst.port):
+                    return site, inst
         return None
 
     def split(self, alerts: list[Alert]) -> tuple[list[Alert], list[Alert]]:
@@ -106,19 +111,19 @@ class AlertLadder:
                 found = self.instance_of(alert)
                 if found is None:
                     continue
-                site, host = found
+                site, inst = found
                 if site.name not in sites:
                     sites.append(site.name)
-                out.append(self._observe(alert, site, host))
+                out.append(self._observe(alert, site, inst))
             for name in sites:
                 out.extend(self._climb(self.config.sites[name], now))
             return out
 
-    def _observe(self, alert: Alert, site: Site, host: Host) -> dict:
-        rec = {"fingerprint": alert.fingerprint, "alert": alert.name, "site": site.name, "instance": host.name}
+    def _observe(self, alert: Alert, site: Site, inst: ServingInstance) -> dict:
+        rec = {"fingerprint": alert.fingerprint, "alert": alert.name, "site": site.name, "instance": inst.name}
         if alert.status == "resolved":
             gone = self.firing.pop(alert.fingerprint, None)
-            return {**rec, "action": "resolved", "why": f"{host.name}: {alert.name} resolved"
+            return {**rec, "action": "resolved", "why": f"{inst.name}: {alert.name} resolved"
                     + ("" if gone else " (was not firing here)")}
         if alert.name in DOWN_ALERTS:
             healthy, reason = False, None
@@ -128,27 +133,28 @@ class AlertLadder:
         else:
             return {**rec, "action": "ignored",
                     "why": f"{alert.name} is not an instance-health alert the ladder acts on"}
-        self.firing[alert.fingerprint] = _Firing(host.name, site.name, alert.name, alert.starts_at, healthy, reason)
-        return {**rec, "action": "observed", "why": f"{host.name} {'degraded' if healthy else 'down'} "
+        self.firing[alert.fingerprint] = _Firing(inst.name, site.name, alert.name, alert.starts_at, healthy, reason)
+        return {**rec, "action": "observed", "why": f"{inst.name} {'degraded' if healthy else 'down'} "
                                                    f"({reason or alert.name})"}
 
-    def _health(self, site: Site, host: Host, now: float) -> InstanceHealth:
-        alerts = [f for f in self.firing.values() if f.site == site.name and f.instance == host.name]
+    def _health(self, site: Site, inst: ServingInstance, now: float) -> InstanceHealth:
+        alerts = [f for f in self.firing.values() if f.site == site.name and f.instance == inst.name]
         down = [f for f in alerts if not f.healthy]
         if down:
-            return InstanceHealth(host.name, site.name, False, None, now,
-                                  host_reachable=bool(self.remedies.reachable(host)))
+            return InstanceHealth(inst.name, site.name, False, None, now,
+                                  host_reachable=bool(self.remedies.reachable(inst.host)))
         if alerts:
             reasons = "; ".join(sorted({f.degraded_reason or f.name for f in alerts}))
-            return InstanceHealth(host.name, site.name, True, reasons, now)
-        return InstanceHealth(host.name, site.name, True, None, now)
+            return InstanceHealth(inst.name, site.name, True, reasons, now)
+        return InstanceHealth(inst.name, site.name, True, None, now)
 
     def _climb(self, site: Site, now: float) -> list[dict]:
         """One round of the site's ladder on what its instance alerts say; the alert of the site's first firing
         instance alert starts its outage (the failover alert's start, so repeats are one outage to the book)."""
-        observations = [self._health(site, h, now) for h in site.hosts]
+        ladder = self.ladder(site)
+        observations = [self._health(site, inst, now) for inst in ladder.instances.values()]
         since = min((f.starts_at for f in self.firing.values() if f.site == site.name), default=now)
-        result = self.ladder(site).climb(observations, now, since)
+        result = ladder.climb(observations, now, since)
         out = [{"fingerprint": d["fingerprint"], "alert": d["alert"], "site": site.name, "instance": None,
                 "action": d["action"], "why": d.get("why", "")} for d in result.resolved]
         for step in result.steps:

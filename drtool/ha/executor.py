@@ -3,6 +3,11 @@ both use. Per round of observations it asks `drtool.ha.ladder.decide` (the pure 
 remedy (restart in place, drain, undrain), journals decisions and outcomes, keeps the ladder's state, and hands the
 failover rung to the DecisionBook as one alert for the site (firing time, cooldown, policy, exactly once).
 
+An instance is one service on one host (`drtool.ha.instances`: named by its host on a one-service site, `HOST/SERVICE`
+on a site with several): a restart starts that service's container again and nothing else, a drain takes only an
+instance of the service behind the site's Nginx out of it, and the failover rung is one decision for the whole
+site, taken only when no instance of it serves.
+
 The state (restart times, drains) is saved atomically after every round to `<state>/ladder/<site>.state.json` and
 read again at the start of the next, under a per-site lock: a restarted watch or serve keeps its restart limits and
 drains, and a watch and a serve of the same site climb one ladder (no second restart of an instance the other just
@@ -22,7 +27,8 @@ from drtool.alerts.decisions import Alert, DecisionBook
 from drtool.config import Config, Host, Site
 from drtool.errors import DrtoolError
 from drtool.fsutil import file_lock, write_json_atomic
-from drtool.ha.ladder import Action, InstanceHealth, LadderJournal, LadderState, apply, decide
+from drtool.ha.instances import ServingInstance, decide_per_service, site_instances
+from drtool.ha.ladder import Action, InstanceHealth, LadderJournal, LadderState, apply
 
 log = logging.getLogger("drtool.ladder")
 STATE_SCHEMA = 1
@@ -30,11 +36,12 @@ STATE_SCHEMA = 1
 
 @dataclass(frozen=True)
 class Remedies:
-    """The ladder's side effects. restart(site, host), drain(site, instance), undrain(site, instance) raise
-    DrtoolError when they fail; reachable(host) says whether a down instance's host answers (SSH), else nothing
-    can restart its container and the ladder goes on to drain."""
+    """The ladder's side effects. restart(site, instance) starts the container of that one service on its host
+    again (a `ServingInstance`); drain(site, host name) and undrain(site, host name) take a host out of the site's
+    Nginx and put it back. Each raises DrtoolError when it fails. reachable(host) says whether a down instance's host
+    answers (SSH), else nothing can restart its container and the ladder goes on."""
 
-    restart: Callable[[Site, Host], object]
+    restart: Callable[[Site, ServingInstance], object]
     drain: Callable[[Site, str], object]
     undrain: Callable[[Site, str], object]
     reachable: Callable[[Host], bool] = lambda host: True
@@ -89,6 +96,7 @@ class SiteLadder:
         self.lock = self.path.with_name(f".{site.name}.state.lock")
         self.journal = LadderJournal(self.state_dir / "ladder" / f"{site.name}.jsonl")
         self.alert_name, self.source, self.fingerprint = alert_name, source, fingerprint
+        self.instances = {i.name: i for i in site_instances(config, site)}
         self.outage_start: float | None = None   # start of the current no-healthy-undrained-instance outage
         self.handed: Alert | None = None          # the failover alert handed to the book for that outage
 
@@ -102,7 +110,7 @@ class SiteLadder:
         with file_lock(self.lock):
             state = load_state(self.state_dir, self.site.name)
             before = state.to_dict()
-            actions = decide(state, observations, self.settings, now)
+            actions = decide_per_service(state, observations, self.instances.values(), self.settings, now)
             events = self.journal.record_decisions(actions, now)
             resolved = []
             if any(a.instance is None for a in actions):
@@ -121,12 +129,11 @@ class SiteLadder:
     def _run(self, action: Action, event: str | None, state: LadderState, now: float) -> tuple[Step, LadderState]:
         step = Step(action, event)
         if action.kind == "restart":
-            host = next(h for h in self.site.hosts if h.name == action.instance)
-            ok, step.detail = self._remedy(self.remedies.restart, host)
+            ok, step.detail = self._remedy(self.remedies.restart, self._instance(action.instance))
             state = apply(state, action, now, self.settings, ok=ok)   # an attempt, whether or not it ran
         elif action.kind in ("drain", "undrain"):
             ok, step.detail = self._remedy(self.remedies.drain if action.kind == "drain" else self.remedies.undrain,
-                                           action.instance)
+                                           self._instance(action.instance).host.name)
             if ok:   # not applied when it failed: decided again at the next round
                 state = apply(state, action, now, self.settings)
         elif action.kind == "failover":
@@ -139,6 +146,15 @@ class SiteLadder:
             self.journal.record_outcome(event, step.outcome, step.done_at, step.detail)
         log.info("ladder %s %s: %s %s (%s)", self.site.name, action.instance, action.kind, step.outcome, action.reason)
         return step, state
+
+    def _instance(self, name: str) -> ServingInstance:
+        """The site's instance of that name; one the configuration does not know (an observation of a host that
+        left the site) is its host alone, on the site's port, with no model to restart."""
+        if name in self.instances:
+            return self.instances[name]
+        host = next((h for h in self.site.hosts if h.name == name.partition("/")[0]),
+                    Host(name=name, address=name, site=self.site.name))
+        return ServingInstance(name, host, self.site.serving_port, name, None, True)
 
     def _remedy(self, fn: Callable, target) -> tuple[bool, str | None]:
         try:
