@@ -609,51 +609,65 @@ def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, appro
         return
     if ttl:
         raise UsageError("--ttl goes with --prepare")
-    from drtool.actions import failover, fleet
-
-    if not dry_run and (services or all_services or parallel or len(app.config.services) > 1
-                        or fleet.is_fleet_run(resume_run) or fleet.is_fleet_run(approve_run)):
-        if model:
-            raise UsageError("--model names one model; a fleet failover moves services (--service NAME)")
-        if planned:
-            raise UsageError("--planned moves the one service of a single-model configuration",
-                             hint="a fleet failover moves only services whose primary does not answer; name a "
-                                  "serving one with --service or --all to move it anyway (it is fenced first)")
-        if approve_run and not fleet.is_fleet_run(approve_run):
-            from drtool.alerts.decisions import approved_reason
-
-            reason = reason or approved_reason(app.config, approve_run)
-        if not yes and not resume_run and not approve_run:
-            from drtool.fleet.plan import fleet_plan
-
-            plan = fleet_plan(app.config, site, list(services) or None, parallel)
-            app.out.err.print(_fleet_plan_table(plan))
-            click.confirm(f"Move these services to {site}? Records move only for verified services", abort=True,
-                          err=True)
-        try:
-            result = fleet.run(app.config, app.out, site, list(services) or None, all_services, parallel,
-                               run_id or approve_run, reason, resume_run)
-        except DrtoolError as err:
-            if getattr(err, "result", None) and not app.out.json_mode:
-                app.out.err.print(_fleet_table(err.result))
-            raise
-        app.out.result(result, lambda c: c.print(_fleet_table(result)))
-        return
-    if all_services:
+    if model and (services or parallel):
+        raise UsageError("--model names one model; to move several services name each with --service NAME")
+    if all_services and dry_run:
         raise UsageError("--all moves services: it goes without --dry-run")
-    result = failover.run(app.config, app.out, site, model, dry_run, yes, resume_run, reason, run_id, approve_run,
-                          services=list(services) or None, parallel=parallel, planned=planned)
-    render_move, plan = _render_move(result), result.get("fleet_plan")
+    from drtool.actions import failover
+    from drtool.recovery.moves import FAILOVER, Request
 
-    def render(console):
-        render_move(console)
+    if approve_run:
+        from drtool.alerts.decisions import approved_reason
+
+        run_id, reason = approve_run, reason or approved_reason(app.config, approve_run, record=not dry_run)
+    req = Request(FAILOVER, site, failover.services_of_model(app.config, model, tuple(services) or None),
+                  everything=all_services, planned=planned, parallel=parallel, dry_run=dry_run, resume=resume_run,
+                  run_id=run_id, reason=reason)
+    _recover(app, req, yes)
+
+
+def _recover(app: App, req, yes: bool) -> None:
+    """Hand the request to the engine, asking before the first change, and print its result (or its table with
+    the error)."""
+    from drtool.actions import failover
+
+    def confirm(plan: dict) -> None:
+        if yes:
+            return
+        app.out.err.print(_plan_table(plan))
+        if not sys.stdin.isatty():
+            raise UsageError(f"{req.kind} changes things and needs confirmation",
+                             hint="re-run with --yes (non-interactive), or --dry-run to see the plan")
+        if not click.confirm(f"{req.kind.capitalize()} to {req.site}? Records move only for verified services",
+                             err=True):
+            raise UsageError(f"{req.kind} not confirmed; nothing was changed")
+
+    try:
+        result = failover.run(app.config, app.out, req, confirm)
+    except DrtoolError as err:
+        if getattr(err, "result", None) and not app.out.json_mode:
+            app.out.err.print(_fleet_table(err.result))
+        raise
+    render = _render_move(result) if "steps" in result else (lambda c: c.print(_fleet_table(result)))
+    plan = result.get("fleet_plan")
+
+    def render_all(console):
+        render(console)
         if plan:
             console.print(_fleet_plan_table(plan))
             if plan["left"]:
                 console.print(table("Left (no standby can take them)", ["service", "priority", "GPUs", "reason"],
                                     [[x["service"], x["priority"], x["gpus"], x["reason"]] for x in plan["left"]]))
 
-    app.out.result(result, render)
+    app.out.result(result, render_all)
+
+
+def _plan_table(plan: dict):
+    rows = [[r["service"], r["priority"], ", ".join(r["hosts"]), r["wave"] + 1, r["record"]] for r in plan["services"]]
+    rows += [[r["service"], r["priority"], "", "", f"{r['record']} ({r['status']}: {r['reason']})"]
+             for r in plan["left"] + plan["not_moved"]]
+    return table(f"{plan['kind'].capitalize()} plan to {plan['site']} (nothing changed yet); steps: "
+                 + ", ".join(plan["steps"]), ["service", "priority", "to", "wave", "record"], rows)
 
 
 def _fleet_plan_table(plan: dict):
@@ -669,22 +683,13 @@ def _fleet_plan_table(plan: dict):
 
 def _fleet_table(result: dict):
     rto = result.get("fleet_rto_s")
-    return table(f"Fleet failover {result['run_id']} to {result['site']}: {result['status']}"
-                 + (f", fleet RTO {rto:.1f}s" if rto is not None else ""),
-                 ["service", "priority", "standby", "status", "record", "RTO", "reason"],
-                 [[r["service"], r["priority"], r.get("standby") or "", r["status"], r["record"],
+    return table(f"{result['kind'].capitalize()} {result['run_id']} to {result['site']}: {result['status']}"
+                 + (f", RTO {rto:.1f}s" if rto is not None else ""),
+                 ["service", "priority", "to", "status", "record", "was", "RTO", "reason"],
+                 [[r["service"], r["priority"], ", ".join(r.get("hosts") or [r.get("standby") or ""]), r["status"],
+                   r["record"], ", ".join(r.get("before") or []),
                    f"{r['rto_s']:.1f}s" if r.get("rto_s") is not None else "",
                    "; ".join(filter(None, [r.get("reason"), r.get("fallback")]))]
-                  for r in result["services"]])
-
-
-def _fleet_failback_table(result: dict):
-    title = (f"Fleet failback plan to {result['site']} (dry run: nothing changed)" if result.get("dry_run") else
-             f"Fleet failback plan to {result['site']} (nothing changed yet)" if result.get("plan") else
-             f"Fleet failback {result['run_id']} to {result['site']}: {result['status']}")
-    return table(title, ["service", "priority", "record", "was", "home", "status", "seconds", "reason"],
-                 [[r["service"], r["priority"], r["record"], ", ".join(r.get("before") or []) or "(none)", r["home"],
-                   r["status"], f"{r['seconds']:.1f}" if r.get("seconds") is not None else "", r.get("reason") or ""]
                   for r in result["services"]])
 
 
@@ -726,34 +731,13 @@ def failback_cmd(app: App, site, dry_run, yes, resume_run, reason, model, servic
     on its own: verified at home before its record moves; a standby is powered off only once no record points at
     it. Run it again to retry what did not come back."""
     from drtool.actions import failover
+    from drtool.recovery.moves import FAILBACK, Request
 
-    if services or (not model and len(app.config.services) > 1):
-        if model or resume_run:
-            raise UsageError("a fleet failback takes --service NAME, not --model or --resume (run it again instead: "
-                             "what is home is kept)")
-        from drtool.actions import fleet_failback
-
-        def confirm(rows):
-            if yes:
-                return
-            app.out.err.print(_fleet_failback_table({"plan": True, "site": site, "services": rows}))
-            if not sys.stdin.isatty():
-                raise UsageError("failback changes things and needs confirmation",
-                                 hint="re-run with --yes (non-interactive), or --dry-run to see the plan")
-            click.confirm(f"Bring these services back to {site}? Records move only for verified services",
-                          abort=True, err=True)
-
-        try:
-            result = fleet_failback.run(app.config, app.out, site, list(services) or None, dry_run, confirm, reason)
-        except DrtoolError as err:
-            if getattr(err, "result", None) and not app.out.json_mode:
-                app.out.err.print(_fleet_failback_table(err.result))
-            raise
-        app.out.result(result, lambda c: c.print(_fleet_failback_table(result)))
-        return
-    result = failover.run(app.config, app.out, site, model, dry_run, yes, resume_run, reason, None, None,
-                          plan=failover.Failback)
-    app.out.result(result, _render_move(result))
+    if model and services:
+        raise UsageError("--model and --service do not go together: name services with --service NAME, not --model")
+    req = Request(FAILBACK, site, failover.services_of_model(app.config, model, tuple(services) or None),
+                  dry_run=dry_run, resume=resume_run, reason=reason)
+    _recover(app, req, yes)
 
 
 @main_group.group("agent", cls=DrtoolGroup)

@@ -65,9 +65,10 @@ FAKE_PLAN = {
 
 
 def fake_run(seen):
-    def run(config, out, site, model, dry_run, yes, resume, reason, run_id, approve, services=None, parallel=None,
-            planned=False):
-        seen.update(site=site, model=model, dry_run=dry_run, services=services, parallel=parallel)
+    def run(config, out, req, confirm=None):
+        seen.update(site=req.site, dry_run=req.dry_run, services=list(req.services) if req.services else None,
+                    parallel=req.parallel)
+        site = req.site
         return {"kind": "failover", "run_id": "fo-x", "site": site, "status": "done", "steps": [],
                 "already_serving": None, "dns": {"record": "model.example.com", "before": None, "after": None},
                 "rto_s": None, "fleet_plan": FAKE_PLAN}
@@ -81,7 +82,7 @@ def test_dry_run_prints_the_fleet_tables(fleet_config, monkeypatch):
                                               "--dry-run", "--service", "llm", "--service", "asr", "--parallel", "2"],
                              terminal_width=200)
     assert res.exit_code == 0, res.output
-    assert seen == {"site": "dr-east", "model": None, "dry_run": True, "services": ["llm", "asr"], "parallel": 2}
+    assert seen == {"site": "dr-east", "dry_run": True, "services": ["llm", "asr"], "parallel": 2}
     assert "Fleet plan" in res.output and "de-gpu1" in res.output and "0,1,2,3" in res.output
     assert "0123456789ab" in res.output and "0123456789abc" not in res.output  # snapshot: 12 characters
     assert "fefefefefefe" in res.output and "no production version of asr" in res.output
@@ -98,36 +99,23 @@ def test_dry_run_json_carries_the_fleet_plan(fleet_config, monkeypatch):
     assert json.loads(res.output)["fleet_plan"] == FAKE_PLAN
 
 
-class FakeMove:
-    """Stands in for the Failover steps (which need the lab): a dry run that did its preflight."""
-
-    kind = "failover"
-
-    def __init__(self, config, out, site, model, run_id, reason, planned=False):
-        self.model = model
-        self.journal = type("J", (), {"path": Path("/nonexistent/journal.json")})()
-
-    def steps(self):
-        return []
-
-    def run(self, dry_run):
-        return {"steps": [{"name": "preflight", "status": "done"}], "model": self.model.name, "dry_run": dry_run}
-
-
-def test_run_dry_run_attaches_the_fleet_plan(fleet_config, monkeypatch):
-    from drtool.config import load_config
+def test_run_dry_run_attaches_the_fleet_plan(tmp_path, monkeypatch):
+    """A dry run preflights every service it would move (nothing written) and carries the read-only fleet plan."""
     from drtool.fleet import plan as fleet
     from drtool.output import Output
+    from drtool.recovery.moves import FAILOVER, Request
 
+    from .engine_world import FLEET_MODELS, FLEET_SERVICES, World
+
+    world = World(tmp_path, monkeypatch, FLEET_MODELS, FLEET_SERVICES)
+    world.serve_at_home()
     calls = []
     monkeypatch.setattr(fleet, "fleet_plan", lambda *a: calls.append(a[1:]) or {"planned": True})
-    cfg = load_config(fleet_config)
-    report = failover.run(cfg, Output(), "dr-east", None, True, False, None, None, None, None, plan=FakeMove,
-                          services=["tts", "asr"], parallel=3)
+    report = failover.run(world.config, Output(), Request(FAILOVER, "dr-east", ("tts", "asr"), parallel=3,
+                                                          dry_run=True))
     assert report["fleet_plan"] == {"planned": True} and calls == [("dr-east", ["tts", "asr"], 3)]
-    assert report["model"] == "asr"  # the most important named service's model is the one preflighted
-    report = failover.run(cfg, Output(), "dr-east", None, True, False, None, None, None, None, plan=FakeMove)
-    assert report["model"] == "llm" and calls[-1] == ("dr-east", None, None)
+    assert {r["service"]: r["status"] for r in report["services"]} == {"tts": "to move", "asr": "to move"}
+    assert not (tmp_path / "state" / "runs").exists() and not world.plays and not world.flips
 
 
 def test_approving_a_fleet_failover_nobody_queued_is_refused(fleet_config, tmp_path):
@@ -144,7 +132,7 @@ def test_approving_a_fleet_failover_nobody_queued_is_refused(fleet_config, tmp_p
 @pytest.mark.parametrize("args, says", [
     (("--service", "nope"), "'nope'"),
     (("--service", "asr", "--model", "asr-model"), "--service NAME, not --model"),
-    (("--resume", "fleet-fb-x"), "not --model or --resume"),
+    (("--resume", "fb-prod-west-x"), "no journal for run fb-prod-west-x"),
 ])
 def test_fleet_failback_bad_flags_exit_2_before_anything_runs(fleet_config, args, says):
     proc = run_cli("--config", str(fleet_config), "--json", "failback", "--site", "prod-west", "--yes", *args)
@@ -153,15 +141,13 @@ def test_fleet_failback_bad_flags_exit_2_before_anything_runs(fleet_config, args
     assert out["error"] == "UsageError" and says in out["message"], out
 
 
-def test_fleet_failback_without_yes_off_a_terminal_exits_2(fleet_config, monkeypatch):
-    """Not a tty and no --yes: the plan is shown, nothing changes, exit 2 (the plan reads DNS: stubbed)."""
-    from drtool.actions import fleet_failback
-
-    monkeypatch.setattr(fleet_failback.FleetFailback, "plan", lambda self, specs: [
-        {"service": s.name, "priority": s.priority, "record": s.record, "before": ["192.0.2.1"], "home": "h:1",
-         "target": "h", "status": "to bring back", "how": "fleet failback"} for s in specs])
+def test_fleet_failback_without_yes_off_a_terminal_exits_2(fleet_config, monkeypatch, tmp_path):
+    """Not a tty and no --yes: the plan is shown (each service and the home hosts it comes back on), nothing
+    changes, exit 2."""
+    monkeypatch.setenv("DRTOOL_STATE_DIR", str(tmp_path / "state"))
     res = CliRunner().invoke(cli.main_group, ["--config", str(fleet_config), "failback", "--site", "prod-west"],
                              terminal_width=200)
     assert res.exit_code == 2, res.output
-    assert "needs confirmation" in res.output and "Fleet failback plan to prod-west (nothing changed yet)" in res.output
-    assert "rerank" in res.output and "192.0.2" in res.output
+    assert "needs confirmation" in res.output and "Failback plan to prod-west (nothing changed yet)" in res.output
+    assert "rerank" in res.output and "pw-gpu1" in res.output
+    assert not (tmp_path / "state" / "runs").exists()

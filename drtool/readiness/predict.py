@@ -26,7 +26,7 @@ when none did). Adjusted per service:
   pairwise slopes, the median intercept: robust like the median); with one size, each run's time scaled by
   bytes / its bytes, and the median of those;
 - **engine**: one service (`drtool failover`): detect + provision + max(pull, restore) (they run at the same time)
-  + start + verify + dns. Several services (the fleet engine, drtool/actions/fleet.py): waves one after the other;
+  + start + verify + dns. Several services (the recovery engine, drtool/recovery/): waves one after the other;
   within a wave every step is one play over all its hosts, so a wave takes the sum over phases of the slowest
   service's phase (pull, then restore), plus each service's record flip in turn; a service's RTO is detect + every
   wave up to its own; the fleet RTO is the last wave's end.
@@ -109,7 +109,7 @@ def sample_from_run(doc: dict) -> RunSample | None:
         return None
     ctx = doc.get("context") if isinstance(doc.get("context"), dict) else {}
     steps = {s.get("name"): s for s in doc.get("steps") or [] if isinstance(s, dict)}
-    mapping = FLEET_STEPS if "wave" in ctx else SINGLE_STEPS
+    mapping = SINGLE_STEPS if "preflight" in steps else FLEET_STEPS   # journals before one engine: no preflight
     phases = {}
     for phase, names in mapping.items():
         total = 0.0
@@ -129,7 +129,7 @@ def sample_from_run(doc: dict) -> RunSample | None:
                      image=(doc.get("production") or {}).get("image") or ctx.get("image") or pull_ev.get("image"),
                      pulled=_truthy(pull_ev.get("pulled")),
                      restore_bytes=nbytes if isinstance(nbytes, int) and nbytes > 0 else None,
-                     engine=FLEET if "wave" in ctx else SINGLE)
+                     engine=FLEET if ctx.get("fleet", "wave" in ctx) else SINGLE)
 
 
 def samples_from_drill(report: dict) -> tuple[list[RunSample], list[tuple[float, float]]]:

@@ -216,11 +216,12 @@ class Failover(Scenario):
         if ctx.chain is not None:
             fo = through_alert_chain(ctx, sc, fault_at, "the failover")
         else:
-            run_id = failover.new_run_id(ctx.dr.name)
+            run_id = failover.new_run_id(failover.FAILOVER, ctx.dr.name)
             sc.doc["split"].update(detection=0.0, decision=0.0)
             try:
-                failover.run(cfg, ctx.out, ctx.dr.name, ctx.model.name, False, True, None,
-                             f"drill {ctx.drill_id}: {self.name}", run_id, None, planned=self.planned)
+                failover.run(cfg, ctx.out, failover.Request(
+                    failover.FAILOVER, ctx.dr.name, failover.services_of_model(cfg, ctx.model.name, None),
+                    planned=self.planned, run_id=run_id, reason=f"drill {ctx.drill_id}: {self.name}"))
             except DrtoolError as exc:
                 error = exc
             fo = json.loads((state_dir() / failover.RUNS / f"{run_id}.report.json").read_text())
@@ -336,15 +337,17 @@ def failback(ctx: Context, cfg: Config) -> tuple[str, Callable[[], Any]]:
     from drtool.actions import failover
 
     return (f"fail back to {ctx.primary.name} (primary verified, record back)", lambda: failover.run(
-        cfg, ctx.out, ctx.primary.name, ctx.model.name, False, True, None, f"drill {ctx.drill_id} cleanup", None,
-        None, plan=failover.Failback)["status"])
+        cfg, ctx.out, failover.Request(failover.FAILBACK, ctx.primary.name,
+                                       failover.services_of_model(cfg, ctx.model.name, None),
+                                       reason=f"drill {ctx.drill_id} cleanup"))["status"])
 
 
 def standbys_cold(ctx: Context) -> tuple[str, Callable[[], Any]]:
     """Every DR standby the recovery powered on: its container stopped, its weights removed, powered off."""
     from drtool.actions import failover
 
-    return ("standbys cold", lambda: failover.cool_standbys(ctx.config, ctx.model))
+    return ("standbys cold", lambda: failover.cool_standbys(
+        ctx.config, [s for s in ctx.config.services.values() if s.model == ctx.model.name]))
 
 
 # -- the in-site family -----------------------------------------------------------------------------------------

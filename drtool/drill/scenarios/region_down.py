@@ -23,9 +23,7 @@ NAME = "region-down"
 
 
 def services(config, primary) -> list:
-    from drtool.actions.fleet_failback import home_services
-
-    return home_services(config, primary, None)
+    return sorted((s for s in config.services.values() if s.site == primary.name), key=lambda s: (s.priority, s.name))
 
 
 def home_address(primary, spec) -> str:
@@ -107,8 +105,8 @@ class RegionDown(Scenario):
         """The fleet failover, the way a region outage starts one: Prometheus sees every serving instance of the
         site down, Alertmanager posts once, and `drtool serve` starts one failover of the site, which moves every
         service whose record's target does not answer."""
-        from drtool.actions.fleet import ALREADY, MOVED
         from drtool.drill.scenarios.base import through_alert_chain
+        from drtool.recovery.engine import ALREADY, MOVED
 
         dr = cfg.site(ctx.dr.name)
         result = through_alert_chain(ctx, sc, fault_at, "one failover of the site")
@@ -238,10 +236,10 @@ class RegionDown(Scenario):
 
     def undo_recovery(self, ctx, cfg):
         def fleet_failback() -> str:
-            from drtool.actions import fleet_failback as ffb
+            from drtool.actions import failover
 
-            res = ffb.run(cfg, ctx.out, ctx.primary.name, None, False, lambda rows: None,
-                          f"drill {ctx.drill_id} cleanup")
+            res = failover.run(cfg, ctx.out, failover.Request(failover.FAILBACK, ctx.primary.name,
+                                                              reason=f"drill {ctx.drill_id} cleanup"))
             return f"{res['status']}: " + ", ".join(f"{r['service']} {r['status']}" for r in res["services"])
 
         return [(f"fleet failback to {ctx.primary.name} (every service verified at home, records back)",
