@@ -585,6 +585,7 @@ def cool_standby(run: Run, moves: list[Move]) -> dict:
     service's record still points there for the same model), then powered off unless a record still points at it
     (a service not failed back still serves from it)."""
     cooled = cool_standbys(run.config, [m.spec for m in moves])
+    run.doc["cooled"] = {**run.doc.get("cooled", {}), **cooled}
     return {m.name: {"cooled": cooled} for m in moves}
 
 
