@@ -557,18 +557,19 @@ def registry_verify(app: App, site, model, read_data):
 @click.option("--site", required=True, help="The DR site to fail over to.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and run read-only preflight only.")
 @click.option("--yes", is_flag=True, help="Do not ask before the first change.")
-@click.option("--resume", "resume_run", metavar="RUN", help="Finish an interrupted failover run.")
+@click.option("--resume", "resume_run", metavar="RUN", help="Finish an interrupted failover run (its run id).")
 @click.option("--reason", help="Why (recorded in the journal and report).")
 @click.option("--run-id", help="Use this run id (set by `drtool serve` so a re-launch resumes the same run).")
 @click.option("--approve", "approve_run", metavar="RUN",
               help="Start a failover that `drtool serve` queued for approval.")
-@click.option("--model", help="The model to fail over (default: the only one configured).")
+@click.option("--model", help="Only the services of this model.")
 @click.option("--prepare", is_flag=True, help="Only lower the record's TTL now (dns.prepare_ttl), ahead of a failover.")
 @click.option("--ttl", type=click.IntRange(1, 86400), help="With --prepare: the TTL to set (default dns.prepare_ttl).")
 @click.option("--service", "services", metavar="NAME", multiple=True,
               help="Move (or with --dry-run plan) only this service; repeatable (default: every service of the "
                    "failed site whose record's target does not answer).")
-@click.option("--all", "all_services", is_flag=True, help="Move every service, also those whose primary still serves.")
+@click.option("--all", "all_services", is_flag=True,
+              help="Move every service, also those whose primary still serves (as planned moves).")
 @click.option("--parallel", type=click.IntRange(min=1),
               help="Services brought up at once per wave (default failover.parallel).")
 @click.option("--planned", is_flag=True,
@@ -576,25 +577,25 @@ def registry_verify(app: App, site, model, read_data):
                    "record's TTL and stop the old primary. Without it, a failover refuses while the primary serves.")
 def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, approve_run, model, prepare, ttl,
                  services, all_services, parallel, planned):
-    """Provision a standby at SITE, restore and verify the production model, then flip DNS to it.
+    """Bring the services of a failed site up at the DR site SITE, verified, and only then point their records there.
 
-    Steps: preflight, lease, provision, pull_image, restore, start, wait_ready, verify, fence_primary,
-    flip_dns, confirm_dns; each is journaled, so `--resume RUN` finishes an interrupted run without doing
-    anything twice; a resumed run takes the site's failover lease again before any step. DNS never points at a
-    standby that has not passed verify. The record a flip replaces is saved (`drtool dns show`, `drtool dns
-    restore`).
+    One service is a fleet of one: every service that needs it (the named ones with --service, every one with
+    --all) gets a standby from the planner, in waves of at most --parallel, most important first, and the same
+    steps: preflight, lease, provision, pull_image and restore (at the same time), start, wait_ready, verify,
+    fence_primary, flip_dns, confirm_dns. Each step runs for all of a wave's services at once and is journaled per
+    service, so `--resume RUN` finishes an interrupted run without doing anything twice; a resumed run takes the
+    site's failover lease again before any step. A record never points at a standby that has not passed verify, and
+    the record a flip replaces is saved (`drtool dns show`, `drtool dns restore`). A service that fails never moves
+    its record and never stops the others; the command then exits 1 (3 when every failure was a verification) with
+    a table per service. A standby that fails to boot or whose host key does not match is never used again; its
+    services go to the next free one.
 
-    A failover is for a primary that does not serve: when the record's target still answers ready, it refuses
-    (exit 2) and names what answered. A planned move of a healthy site takes --planned: it flips and confirms
-    first, then waits out the old record's TTL (lower it ahead with --prepare) and only then stops the old
-    primary, so no client is cut off.
+    A failover is for a primary that does not serve: services whose record's target still answers ready are left
+    where they are, and when nothing else would move (or a named one answers) it refuses (exit 2) and names what
+    answered. A planned move of a healthy site takes --planned (or --all): it flips and confirms first, then waits
+    out the old record's TTL (lower it ahead with --prepare) and only then stops the old primary.
 
-    With --dry-run it also prints the fleet plan of a region outage: which standby takes which
-    service, in which wave, and what it would restore; services that fit nowhere are listed as left. With
-    several services configured (or --service/--all), the failover moves them all, most important first, at
-    most --parallel at once, each with its own journal; one that fails never flips its record and never stops
-    the others, and the command exits 1 with a table per service. `--resume RUN` moves the rest.
-
+    --dry-run runs the read-only preflight and prints where each service would go and what it would restore.
     With --prepare, nothing fails over: the record's TTL is lowered now (addresses unchanged, the old record
     saved) so that resolvers follow a later flip quickly."""
     if prepare:
@@ -720,16 +721,18 @@ def _summary(evidence: dict) -> str:
 @click.option("--yes", is_flag=True, help="Do not ask before the first change.")
 @click.option("--resume", "resume_run", metavar="RUN", help="Finish an interrupted failback run.")
 @click.option("--reason", help="Why (recorded in the journal and report).")
-@click.option("--model", help="The model (default: the only one configured).")
+@click.option("--model", help="Only the services of this model.")
 @click.option("--service", "services", multiple=True, metavar="NAME",
-              help="Bring back only this service (repeatable; a configuration with several services).")
+              help="Bring back only this service (repeatable).")
 def failback_cmd(app: App, site, dry_run, yes, resume_run, reason, model, services):
-    """Bring the primary back to the registry's production version and current weights, verify it the same way,
-    flip DNS back, and return the standby to cold.
+    """Bring the services of the primary site SITE home, verified the same way, point their records back, and return
+    the standbys to cold.
 
-    With several services configured (and no --model), every service of the site, or each --service, comes back
-    on its own: verified at home before its record moves; a standby is powered off only once no record points at
-    it. Run it again to retry what did not come back."""
+    The same engine and steps as a failover, in the other direction: every home host of every service comes back
+    in the same plays (an instance that already serves the production version correctly is kept), the site's
+    Nginx is deployed over the verified instances, each record moves home only after its service verified there
+    (the record it replaces saved first), and a standby is powered off only once no record points at it.
+    --service NAME (repeatable) brings back only those; `--resume RUN` finishes an interrupted failback."""
     from drtool.actions import failover
     from drtool.recovery.moves import FAILBACK, Request
 
@@ -833,7 +836,7 @@ def _drill_scenarios_help() -> str:
 @click.option("--live", is_flag=True, help="Flip the real record (then fail back) instead of a drill record.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False),
               help="Directory for report.json, junit.xml, report.html (default: the state dir).")
-@click.option("--model", help="The model (default: the only one configured).")
+@click.option("--model", help="Only the services of this model.")
 @json_option
 @click.pass_context
 def drill_group(ctx: click.Context, site, scenarios, live, report_dir, model):
