@@ -16,6 +16,8 @@ from drtool.execute.ansible import PlaybookResult, TaskEvent
 from drtool.execute.dns import ARecord
 from drtool.snapshot.stores import lease_key
 
+from .test_config import FLEET
+
 SINGLE = """\
 version: 1
 sites:
@@ -44,15 +46,7 @@ models:
 {models}
 """
 FLEET_MODELS = ("asr", "llm", "embed", "rerank", "tts", "ocr")
-FLEET_SERVICES = """\
-services:
-  asr: {model: asr, priority: 10}
-  llm: {model: llm, record: llm.example.com, port: 8081, priority: 0, gpus: 4}
-  embed: {model: embed, record: embed.example.com, port: 8082, priority: 20}
-  rerank: {model: rerank, record: rerank.example.com, port: 8083, priority: 30, gpus: 2}
-  tts: {model: tts, record: tts.example.com, port: 8084, priority: 50}
-  ocr: {model: ocr, record: ocr.example.com, port: 8085}
-"""
+FLEET_SERVICES = FLEET[FLEET.index("services:"):]   # the six services of tests/test_config.py's FLEET
 
 
 @dataclasses.dataclass(frozen=True)

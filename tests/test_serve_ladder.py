@@ -19,7 +19,7 @@ from drtool.ha.ladder import LadderJournal
 
 TOKEN = "t0ken-" + "y" * 32
 
-CONFIG = """\
+SITES = """\
 version: 1
 sites:
   prod-west:
@@ -41,6 +41,8 @@ sites:
     dns: {{provider: rfc2136, record: model.example.com, server: 10.0.0.53, zone: example.com, tsig_key_file: /k}}
     serving: {{port: 8080}}
 models:
+"""  # a two-instance primary behind Nginx and one DR host; each test adds its models
+CONFIG = SITES + """\
   asr: {{weights_path: /srv/models/asr, image: asr}}
 alerts:
   policy: auto

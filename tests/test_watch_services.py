@@ -18,31 +18,10 @@ from drtool.ha.instances import decide_per_service, site_instances
 from drtool.ha.ladder import InstanceHealth, LadderState
 from drtool.output import Output
 
-from .test_serve_ladder import TOKEN, Fakes, batch
+from .test_serve_ladder import SITES, TOKEN, Fakes, batch
 from .test_serve_ladder import alert as instance_alert
 
-CONFIG = """\
-version: 1
-sites:
-  prod-west:
-    role: primary
-    hosts:
-      - {{name: pw-gpu1, address: 10.0.1.11}}
-      - {{name: pw-gpu2, address: 10.0.1.12}}
-    proxy: {{name: pw-lb, address: 10.0.1.13}}
-    container_registry: {{url: "r.example"}}
-    object_stores: [{{url: "s3://ok-bucket/x"}}]
-    dns: {{provider: rfc2136, record: model.example.com, server: 10.0.0.53, zone: example.com, tsig_key_file: /k}}
-    serving: {{port: 8080}}
-  dr-east:
-    role: dr
-    hosts:
-      - {{name: de-gpu1, address: 10.0.2.21}}
-    container_registry: {{url: "r.example"}}
-    object_stores: [{{url: "s3://ok-bucket/x"}}]
-    dns: {{provider: rfc2136, record: model.example.com, server: 10.0.0.53, zone: example.com, tsig_key_file: /k}}
-    serving: {{port: 8080}}
-models:
+CONFIG = SITES + """\
   asr-demo: {{weights_path: /srv/models/asr, image: asr}}
   tts-demo: {{weights_path: /srv/models/tts, image: asr}}
   llm-small: {{weights_path: /srv/models/llm, image: asr}}

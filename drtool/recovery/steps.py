@@ -584,12 +584,15 @@ def cool_standby(run: Run, moves: list[Move]) -> dict:
     """Every DR standby that is on: these services' containers stopped and their weights removed (unless another
     service's record still points there for the same model), then powered off unless a record still points at it
     (a service not failed back still serves from it)."""
-    cooled = cool_standbys(run.config, [m.spec for m in moves])
+    cooled = cool_standbys(run.config, [m.spec for m in moves],
+                           {m.name: set((m.ctx.get("dns_before") or {}).get("addresses") or []) for m in moves})
     run.doc["cooled"] = {**run.doc.get("cooled", {}), **cooled}
     return {m.name: {"cooled": cooled} for m in moves}
 
 
-def cool_standbys(config: Config, specs: list[ServiceSpec]) -> dict:
+def cool_standbys(config: Config, specs: list[ServiceSpec], served_from: dict[str, set[str]] | None = None) -> dict:
+    """`served_from`: each service's standby addresses (where its record pointed before the failback): only there
+    are its container and weights removed; without it, on every standby that is on."""
     mine = {s.name for s in specs}
     in_use = dnsrecord.standbys_in_use(config, exclude=mine)
     users = {a: {config.services[n].model for n in names} for a, names in in_use.items()}
@@ -598,7 +601,8 @@ def cool_standbys(config: Config, specs: list[ServiceSpec]) -> dict:
         provider = get_provider(config, dr)
         on = [h for h in dr.hosts if provider.state(h) == "on"]
         up = [h for h in on if ssh_banner(h.address, h.port, timeout=3)]
-        work = [(s, h) for s in specs for h in up if s.model not in users.get(h.address, set())]
+        work = [(s, h) for s in specs for h in up if s.model not in users.get(h.address, set())
+                and (served_from is None or h.address in served_from.get(s.name, set()))]
         done: dict[str, list[str]] = {}
 
         def clean(rnd: list[tuple[ServiceSpec, Host]], done: dict = done) -> None:
