@@ -25,7 +25,7 @@ from drtool.recovery.engine import (
     snapshot_age,
 )
 from drtool.recovery.moves import FAILBACK, FAILOVER, PrimaryServing, Request
-from drtool.recovery.steps import cool_standbys, served_entry, snapshot_candidates
+from drtool.recovery.steps import cool_standbys, failed_verifying, served_entry, snapshot_candidates
 
 __all__ = ["ALREADY", "BACK", "FAILBACK", "FAILED_S", "FAILOVER", "HOME", "LEFT", "MOVED", "PRIMARY_UP", "RUNS",
            "PrimaryServing", "Request", "cool_standbys", "new_run_id", "pick_model", "run", "served_entry",
@@ -98,9 +98,8 @@ def check(rec: Recovery, report: dict) -> dict:
             hint=f"if this is a planned move of a healthy site, run `drtool failover --site {rec.site.name} "
                  "--planned` (it flips first, then drains and stops the old primary); a failing instance behind a "
                  "serving site is cured in the site (drtool watch)", details=refused[1:])
-    verification = bool(failed) and all(
-        step.name in VERIFYING or "(exit 3)" in (step.error or "")
-        or step.error_class in ("VerificationError", "HostKeyError") for _m, step in failed)
+    verification = bool(failed) and all(step.name in VERIFYING or failed_verifying(step.error_class, step.error)
+                                        for _m, step in failed)
     cls = VerificationError if verification else OperationFailed
     resume = f"`drtool {rec.kind} --site {rec.site.name} --resume {rec.run_id}`"
     if rec.single:

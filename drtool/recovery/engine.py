@@ -18,6 +18,7 @@ several keep `runs/RUN/SERVICE.json` and `runs/RUN.fleet.json`).
 
 from __future__ import annotations  # PEP 563 (public)
 
+import json
 import threading
 import time
 import uuid
@@ -229,8 +230,6 @@ class Recovery:
             registry.store.close()
         old = self.report_path
         if not self.single and old.exists():
-            import json
-
             prev = json.loads(old.read_text())
             self.doc.update({k: prev[k] for k in ("started", "reason", "not_moved", "left") if k in prev})
             self.doc["failed_standbys"].update(prev.get("failed_standbys") or {})

@@ -67,7 +67,12 @@ def entry_for(m: Move, host: Host, site: Site):
 
 def is_verification(exc: DrtoolError) -> bool:
     """A remote drtool that exited 3 (verification) surfaces through Ansible as a failed task naming the code."""
-    return isinstance(exc, VerificationError) or "(exit 3)" in exc.message
+    return isinstance(exc, VerificationError) or failed_verifying(None, exc.message)
+
+
+def failed_verifying(error_class: str | None, message: str | None) -> bool:
+    """A journaled failure that is a verification (exit 3): its class, or a remote drtool's exit 3 in its text."""
+    return error_class in ("VerificationError", "HostKeyError") or "(exit 3)" in (message or "")
 
 
 def threads(fn: Callable, items: list) -> list:
