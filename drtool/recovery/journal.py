@@ -82,10 +82,6 @@ class Journal:
     def record(self, name: str) -> StepRecord:
         return next(s for s in self.steps if s.name == name)
 
-    def seconds_until(self, step_name: str) -> float | None:
-        rec = self.record(step_name)
-        return None if rec.ended is None else round(rec.ended - self.started, 3)
-
 
 def crash_point(step_name: str) -> None:
     """Fault injection for drills and tests: die like a crashed host right after `step_name` finished (journaled),

@@ -114,15 +114,14 @@ def play(run: Run, playbook: str, work: list[tuple[Move, Host]], host_vars: Call
     return out
 
 
-def outcome(run: Run, moves: list[Move], results: dict, evidence: Callable[[Move, dict], dict],
-            kept: str = KEPT) -> dict:
+def outcome(run: Run, moves: list[Move], results: dict, evidence: Callable[[Move, dict], dict]) -> dict:
     """Each move's outcome from its hosts' results: done when every host is; failed when none is; else the
     failed hosts are drained (a site with several instances serves through the others) and it goes on."""
     out = {}
     for m in moves:
         got = {h: results[(m.name, h)] for (name, h) in results if name == m.name}
         if not got:
-            out[m.name] = {"skipped": kept}
+            out[m.name] = {"skipped": KEPT}
             continue
         bad = {h: str(data) for h, (ok, data) in got.items() if not ok}
         if len(bad) == len(got):
