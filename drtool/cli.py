@@ -649,18 +649,7 @@ def _recover(app: App, req, yes: bool) -> None:
         if getattr(err, "result", None) and not app.out.json_mode:
             app.out.err.print(_fleet_table(err.result))
         raise
-    render = _render_move(result) if "steps" in result else (lambda c: c.print(_fleet_table(result)))
-    plan = result.get("fleet_plan")
-
-    def render_all(console):
-        render(console)
-        if plan:
-            console.print(_fleet_plan_table(plan))
-            if plan["left"]:
-                console.print(table("Left (no standby can take them)", ["service", "priority", "GPUs", "reason"],
-                                    [[x["service"], x["priority"], x["gpus"], x["reason"]] for x in plan["left"]]))
-
-    app.out.result(result, render_all)
+    app.out.result(result, _render_move(result) if "steps" in result else lambda c: c.print(_fleet_table(result)))
 
 
 def _plan_table(plan: dict):
@@ -671,24 +660,16 @@ def _plan_table(plan: dict):
                  + ", ".join(plan["steps"]), ["service", "priority", "to", "wave", "record"], rows)
 
 
-def _fleet_plan_table(plan: dict):
-    return table(
-        f"Fleet plan: {', '.join(plan['from'])} -> {plan['site']} ({plan['waves']} wave(s) of at most "
-        f"{plan['parallel']}; {plan['changes']})",
-        ["service", "priority", "standby", "GPUs", "wave", "snapshot", "image digest", "record"],
-        [[r["service"], r["priority"], r["standby"], ",".join(map(str, r["gpus"])), r["wave"],
-          (r["snapshot"] or "")[:12] or r["problem"],
-          r["image"].rsplit("@", 1)[-1].removeprefix("sha256:")[:12] if r["image"] else "",
-          f"{r['record']}:{r['port']}"] for r in plan["services"]])
-
-
 def _fleet_table(result: dict):
     rto = result.get("fleet_rto_s")
     return table(f"{result['kind'].capitalize()} {result['run_id']} to {result['site']}: {result['status']}"
                  + (f", RTO {rto:.1f}s" if rto is not None else ""),
-                 ["service", "priority", "to", "status", "record", "was", "RTO", "reason"],
-                 [[r["service"], r["priority"], ", ".join(r.get("hosts") or [r.get("standby") or ""]), r["status"],
-                   r["record"], ", ".join(r.get("before") or []),
+                 ["service", "priority", "to", "wave", "status", "record", "was", "version / snapshot", "RTO",
+                  "reason"],
+                 [[r["service"], r["priority"], ", ".join(r.get("hosts") or [r.get("standby") or ""]),
+                   r["wave"] + 1 if r.get("wave") is not None else "", r["status"], r["record"],
+                   ", ".join(r.get("before") or []),
+                   " / ".join(filter(None, [r.get("version"), (r.get("snapshot") or "")[:12]])),
                    f"{r['rto_s']:.1f}s" if r.get("rto_s") is not None else "",
                    "; ".join(filter(None, [r.get("reason"), r.get("fallback")]))]
                   for r in result["services"]])
@@ -696,7 +677,8 @@ def _fleet_table(result: dict):
 
 def _render_move(result: dict):
     def render(console):
-        console.print(table(f"{result['kind'].capitalize()} {result['run_id']} to {result['site']}: {result['status']}",
+        console.print(table(f"{result['kind'].capitalize()} {result['run_id']} to {result['site']} "
+                            f"({result['standby']}): {result['status']}",
                             ["step", "status", "seconds", "evidence"],
                             [[s["name"], s["status"], f"{s['seconds']:.2f}" if s["seconds"] is not None else "",
                               _summary(s["evidence"])] for s in result["steps"]]))

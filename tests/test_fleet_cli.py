@@ -1,4 +1,4 @@
-"""`drtool failover --service/--parallel` (issue #16) without the lab: option checks, unknown names and the
+"""`drtool failover --service/--parallel` without the lab: option checks, unknown names and the
 ones that do not go together are refused before anything is contacted; the fleet tables render."""
 
 from __future__ import annotations
@@ -50,17 +50,15 @@ def test_fleet_flags_that_do_not_go_together_are_refused_before_anything_runs(fl
     assert out["error"] == "UsageError" and says in out["message"]
 
 
-FAKE_PLAN = {
-    "site": "dr-east", "from": ["prod-west"], "parallel": 2, "waves": 1, "changes": "none (dry run)",
-    "services": [{"service": "llm", "site": "prod-west", "priority": 0, "model": "llm", "alias": "production",
-                  "version": "v3", "standby": "de-gpu1", "address": "10.0.2.21", "gpus": [0, 1, 2, 3], "wave": 0,
-                  "snapshot": "0123456789abcdef" * 4, "image": "reg/llm@sha256:" + "fe" * 32,
-                  "record": "llm.example.com", "port": 8081, "problem": None},
-                 {"service": "asr", "site": "prod-west", "priority": 10, "model": "asr", "alias": "production",
-                  "version": None, "standby": "de-gpu3", "address": "10.0.2.23", "gpus": [0], "wave": 0,
-                  "snapshot": None, "image": None, "record": "model.example.com", "port": 8080,
-                  "problem": "no production version of asr in dr-east's registry"}],
-    "left": [{"service": "ocr", "priority": 100, "gpus": 1, "reason": "no standby left at dr-east (1 GPUs needed)"}],
+DRY_RUN = {
+    "kind": "failover", "run_id": "fo-x", "site": "dr-east", "status": "planned", "dry_run": True, "journal": None,
+    "parallel": 2, "waves": 1, "fleet_rto_s": None,
+    "services": [{"service": "llm", "priority": 0, "standby": "de-gpu1", "hosts": ["de-gpu1"], "wave": 0,
+                  "status": "to move", "record": "llm.example.com", "before": ["10.0.1.11"], "after": None,
+                  "model": "llm", "version": "v3", "image": "reg/llm@sha256:" + "fe" * 32,
+                  "snapshot": "0123456789abcdef" * 4, "reason": None, "fallback": None, "rto_s": None},
+                 {"service": "ocr", "priority": 100, "standby": None, "status": "left", "record": "ocr.example.com",
+                  "reason": "no standby left at dr-east (1 GPUs needed)"}],
 }
 
 
@@ -68,54 +66,32 @@ def fake_run(seen):
     def run(config, out, req, confirm=None):
         seen.update(site=req.site, dry_run=req.dry_run, services=list(req.services) if req.services else None,
                     parallel=req.parallel)
-        site = req.site
-        return {"kind": "failover", "run_id": "fo-x", "site": site, "status": "done", "steps": [],
-                "already_serving": None, "dns": {"record": "model.example.com", "before": None, "after": None},
-                "rto_s": None, "fleet_plan": FAKE_PLAN}
+        return DRY_RUN
     return run
 
 
-def test_dry_run_prints_the_fleet_tables(fleet_config, monkeypatch):
+def test_dry_run_prints_where_each_service_would_go_and_what_it_would_restore(fleet_config, monkeypatch):
     seen: dict = {}
     monkeypatch.setattr(failover, "run", fake_run(seen))
     res = CliRunner().invoke(cli.main_group, ["--config", str(fleet_config), "failover", "--site", "dr-east",
-                                              "--dry-run", "--service", "llm", "--service", "asr", "--parallel", "2"],
-                             terminal_width=200)
+                                              "--dry-run", "--service", "llm", "--service", "ocr", "--parallel", "2"],
+                             terminal_width=250)
     assert res.exit_code == 0, res.output
-    assert seen == {"site": "dr-east", "dry_run": True, "services": ["llm", "asr"], "parallel": 2}
-    assert "Fleet plan" in res.output and "de-gpu1" in res.output and "0,1,2,3" in res.output
-    assert "0123456789ab" in res.output and "0123456789abc" not in res.output  # snapshot: 12 characters
-    assert "fefefefefefe" in res.output and "no production version of asr" in res.output
-    assert "Left" in res.output and "ocr" in res.output and "no standby left at dr-east" in res.output
+    assert seen == {"site": "dr-east", "dry_run": True, "services": ["llm", "ocr"], "parallel": 2}
+    llm = next(line for line in res.output.splitlines() if "llm.example.com" in line)
+    assert "de-gpu1" in llm and "to move" in llm and "v3 / 0123456789ab " in llm   # snapshot: 12 characters
+    ocr = next(line for line in res.output.splitlines() if "ocr.example.com" in line)
+    assert "left" in ocr and "no standby left at dr-east" in ocr
 
 
-def test_dry_run_json_carries_the_fleet_plan(fleet_config, monkeypatch):
+def test_dry_run_json_is_the_engine_report(fleet_config, monkeypatch):
     seen: dict = {}
     monkeypatch.setattr(failover, "run", fake_run(seen))
     res = CliRunner().invoke(cli.main_group, ["--config", str(fleet_config), "--json", "failover", "--site",
                                               "dr-east", "--dry-run"])
     assert res.exit_code == 0, res.output
     assert seen["services"] is None and seen["parallel"] is None
-    assert json.loads(res.output)["fleet_plan"] == FAKE_PLAN
-
-
-def test_run_dry_run_attaches_the_fleet_plan(tmp_path, monkeypatch):
-    """A dry run preflights every service it would move (nothing written) and carries the read-only fleet plan."""
-    from drtool.fleet import plan as fleet
-    from drtool.output import Output
-    from drtool.recovery.moves import FAILOVER, Request
-
-    from .engine_world import FLEET_MODELS, FLEET_SERVICES, World
-
-    world = World(tmp_path, monkeypatch, FLEET_MODELS, FLEET_SERVICES)
-    world.serve_at_home()
-    calls = []
-    monkeypatch.setattr(fleet, "fleet_plan", lambda *a: calls.append(a[1:]) or {"planned": True})
-    report = failover.run(world.config, Output(), Request(FAILOVER, "dr-east", ("tts", "asr"), parallel=3,
-                                                          dry_run=True))
-    assert report["fleet_plan"] == {"planned": True} and calls == [("dr-east", ["tts", "asr"], 3)]
-    assert {r["service"]: r["status"] for r in report["services"]} == {"tts": "to move", "asr": "to move"}
-    assert not (tmp_path / "state" / "runs").exists() and not world.plays and not world.flips
+    assert json.loads(res.output) == DRY_RUN
 
 
 def test_approving_a_fleet_failover_nobody_queued_is_refused(fleet_config, tmp_path):

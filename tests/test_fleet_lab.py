@@ -72,12 +72,11 @@ def test_fleet_dry_run_prints_the_whole_plan_and_changes_nothing(lab, fleet, sta
     before = _world(lab, state)
     out = cli_json("--config", str(fleet["path"]), "failover", "--site", "dr-east", "--dry-run")
     assert _world(lab, state) == before
-    plan = out["fleet_plan"]
-    assert plan["changes"] == "none (dry run)" and plan["left"] == []
-    assert [r["service"] for r in plan["services"]] == [s.name for s in FLEET_SERVICES]   # priority order
-    assert {r["standby"] for r in plan["services"]} == set(STANDBYS)
-    for r in plan["services"]:
-        assert r["version"] == PROD_VERSION and r["image"] and r["snapshot"] and r["problem"] is None
+    assert out["status"] == "planned" and out["dry_run"] and out["journal"] is None
+    assert [r["service"] for r in out["services"]] == [s.name for s in FLEET_SERVICES]   # priority order
+    assert {r["standby"] for r in out["services"]} == set(STANDBYS)
+    for r in out["services"]:
+        assert r["status"] == "to move" and r["version"] == PROD_VERSION and r["image"] and r["snapshot"]
         if r["service"] in fleet["snapshots"]:
             assert r["snapshot"] == fleet["snapshots"][r["service"]]
 

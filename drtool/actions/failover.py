@@ -65,13 +65,7 @@ def run(config: Config, out: Output, req: Request, confirm: Callable[[dict], Non
              f"journal {rec.journal_path(next(iter(rec.moves), '')) if rec.single else rec.report_path}")
     if confirm and not req.dry_run and not req.resume:
         confirm(plan_view(rec))
-    report = rec.execute()
-    if req.dry_run and req.kind == FAILOVER:   # also where each service would go, and what it would restore
-        from drtool.fleet.plan import fleet_plan
-
-        report["fleet_plan"] = fleet_plan(config, rec.site.name, list(req.services) if req.services else None,
-                                          req.parallel)
-    return check(rec, report)
+    return check(rec, rec.execute())
 
 
 def plan_view(rec: Recovery) -> dict:

@@ -1,16 +1,10 @@
-"""The fleet plan of a region outage, read-only: which standby of a DR site takes which service, in
-which wave, and what each would restore (the production version in the DR site's own registry, its image digest
-and its registered snapshot). Nothing is changed; `drtool failover --dry-run` prints it.
-
-The allocation itself is `drtool.fleet.planner.plan` (pure); this module only turns the configuration into its
-inputs and resolves each assigned service against the DR registry.
+"""Which services a site's recovery concerns, from the configuration alone (no I/O): the services that fail over
+to a DR site, the hosts that serve a service at home, a named subset in priority order. The recovery engine
+(drtool/recovery/) plans with them, and so do readiness, backup and the watch.
 """
-
-from collections.abc import Callable
 
 from drtool.config import Config, ServiceSpec, Site
 from drtool.errors import UsageError
-from drtool.fleet import planner
 
 
 def home_hosts(site: Site, spec: ServiceSpec) -> tuple:
@@ -49,65 +43,3 @@ def pick_named(mine: dict[str, ServiceSpec], names: list[str] | None, where: str
                              hint=f"{listing}: {', '.join(sorted(mine)) or 'none'}")
         mine = {n: mine[n] for n in names}
     return sorted(mine.values(), key=lambda s: (s.priority, s.name))
-
-
-def fleet_plan(config: Config, dr_site_name: str, services: list[str] | None, parallel: int | None,
-               production: Callable[[str], object | None] | None = None) -> dict:
-    """The read-only fleet plan of a failover to `dr_site_name` (see the module docstring).
-
-    `production(model)` returns the DR registry's production entry of a model, or None (default: read from the
-    DR site's own registry copy; injectable so the plan is testable without a store)."""
-    chosen = select_services(config, dr_site_name, services)
-    dr = config.site(dr_site_name)
-    parallel = config.failover.parallel if parallel is None else parallel
-    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
-        raise UsageError(f"--parallel must be an integer >= 1, got {parallel!r}")
-    # the planner takes one failed site; several sources that fail over to the same DR site share its pool
-    sources = sorted({s.site for s in chosen})
-    failed = "+".join(sources) or "(none)"
-    specs = {s.name: s for s in chosen}
-    result = planner.plan(
-        [planner.Service(s.name, failed, s.model, s.record, s.port, s.priority, s.gpus, s.alias) for s in chosen],
-        [planner.StandbyHost(h.name, dr.name, h.gpus, h.address) for h in dr.hosts],
-        failed_site=failed, target_site=dr.name, parallel=parallel,
-    )
-
-    registry = None
-    if production is None:
-        from drtool.actions.registry import site_registry
-
-        registry = site_registry(config, dr)
-        production = registry.production
-    entries: dict[str, object | None] = {}
-    try:
-        rows = []
-        for a in result.assignments:
-            spec = specs[a.service.name]
-            if spec.model not in entries:
-                entries[spec.model] = production(spec.model)
-            entry = entries[spec.model]
-            rows.append({
-                "service": spec.name, "site": spec.site, "priority": spec.priority, "model": spec.model,
-                "alias": spec.alias,
-                "version": getattr(entry, "version", None),
-                "standby": a.host.name, "address": a.host.address, "gpus": list(a.gpu_indices), "wave": a.wave,
-                "snapshot": getattr(entry, "snapshot_id", None),
-                "image": entry.image.at(dr.registry_url) if entry is not None else None,
-                "record": spec.record, "port": spec.port,
-                "problem": None if entry is not None else
-                f"no production version of {spec.model} in {dr.name}'s registry",
-            })
-    finally:
-        if registry is not None:
-            registry.store.close()
-    return {
-        "site": dr.name,
-        "from": sources,
-        "parallel": parallel,
-        "waves": result.waves,
-        "services": rows,
-        "left": [{"service": x.service.name, "priority": x.service.priority, "gpus": x.service.gpus,
-                  "reason": x.reason} for x in result.left],
-        "changes": "none (dry run)",
-    }
-

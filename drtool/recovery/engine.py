@@ -393,7 +393,8 @@ class Recovery:
             "standbys_tried": tried,
             "fallback": ("; ".join(f"{t['host']} refused ({t['error']})" for t in refused)
                          + (f"; moved to {m.host.name}" if not failed else "")) if refused else None,
-            "snapshot": m.ctx.get("snapshot_id"), "version": m.ctx.get("version"),
+            "model": m.spec.model, "version": m.ctx.get("version"), "image": m.ctx.get("image"),
+            "snapshot": m.ctx.get("snapshot_id"),
             "before": (m.ctx.get("dns_before") or {}).get("addresses"), "after": flip.get("after"),
             "previous_saved": flip.get("previous_saved"),
             "rto_s": round(last.ended - self.doc["started"], 3) if last and last.ended else None,
