@@ -102,7 +102,3 @@ def table(title: str, columns: list[str], rows: list[list]):
     for row in rows:
         t.add_row(*[escape(str(v)) if v is not None else "" for v in row])
     return t
-
-
-def updown(up: bool) -> str:
-    return "up" if up else "down"

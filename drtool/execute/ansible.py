@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -44,9 +44,6 @@ class PlaybookResult:
     results: dict[str, dict] = field(default_factory=dict)   # host -> data from `drtool_result` tasks
     unreachable: dict[str, str] = field(default_factory=dict)  # host -> message
     failed: list[TaskEvent] = field(default_factory=list)
-
-    def timings(self) -> list[dict]:
-        return [asdict(e) for e in self.events]
 
     def per_host(self, hosts: list[str]) -> dict[str, tuple[bool, object]]:
         """Per host of one play: (True, its drtool_result) or (False, what failed). A host counts as done only when

@@ -78,10 +78,6 @@ class SeaweedS3:
     workdir: Path
     ports: dict[str, int]
 
-    @property
-    def log_dir(self) -> Path:
-        return self.workdir / "logs"
-
     def stop(self, graceful: bool = True, grace: float = STOP_GRACE_S) -> None:
         """SIGTERM and wait up to `grace` seconds, then SIGKILL; graceful=False kills at once (throwaway data: a
         graceful stop takes ~10 s)."""

@@ -96,15 +96,15 @@ def pairs(moves: list[Move], skip_kept: bool = True) -> list[tuple[Move, Host]]:
     return [(m, h) for m in moves for h in m.live() if not (skip_kept and h.name in m.ctx.get("kept", []))]
 
 
-def play(run: Run, playbook: str, work: list[tuple[Move, Host]], host_vars: Callable[[Move, Host], dict],
+def play(config: Config, playbook: str, work: list[tuple], host_vars: Callable[[object, Host], dict],
          extravars: dict | None = None) -> dict[tuple[str, str], tuple[bool, object]]:
-    """One play of `playbook` per round of (move, host) pairs, the rounds at the same time: {(service, host): (ok,
-    its drtool_result or what failed)}."""
+    """One play of `playbook` per round of (move or service, host) pairs, the rounds at the same time: {(service,
+    host): (ok, its drtool_result or what failed)}."""
     out: dict[tuple[str, str], tuple[bool, object]] = {}
 
-    def one(rnd: list[tuple[Move, Host]]) -> None:
+    def one(rnd: list[tuple]) -> None:
         hv = {h.name: host_vars(m, h) for m, h in rnd}
-        res = run_playbook(run.config, playbook, raise_on_failure=False, forks=max(1, len(hv)),
+        res = run_playbook(config, playbook, raise_on_failure=False, forks=max(1, len(hv)),
                            extravars={"drtool_targets": ",".join(hv), **(extravars or {})}, host_vars=hv)
         per = res.per_host(list(hv))
         for m, h in rnd:
@@ -112,6 +112,12 @@ def play(run: Run, playbook: str, work: list[tuple[Move, Host]], host_vars: Call
 
     threads(one, split_rounds(work, key=lambda p: p[1].name))
     return out
+
+
+def container_vars(config: Config, spec: ServiceSpec) -> dict:
+    """A service's serving container and weights directory, as the stop and remove actions name them."""
+    return {"model_server_model": spec.model, "model_server_container": f"drtool-{spec.model}",
+            "model_weights_dest": config.model(spec.model).weights_path}
 
 
 def outcome(run: Run, moves: list[Move], results: dict, evidence: Callable[[Move, dict], dict]) -> dict:
@@ -356,7 +362,7 @@ def pull_image(run: Run, moves: list[Move]) -> dict:
     first: dict[tuple[str, str], tuple[Move, Host]] = {}
     for m, h in work:
         first.setdefault((h.name, m.ctx["image"]), (m, h))
-    got = play(run, "pull_image.yml", list(first.values()), lambda m, h: {"serving_image_ref": m.ctx["image"]})
+    got = play(run.config, "pull_image.yml", list(first.values()), lambda m, h: {"serving_image_ref": m.ctx["image"]})
     by_image = {(h.name, m.ctx["image"]): got[(m.name, h.name)] for m, h in first.values()}
     results = {(m.name, h.name): by_image[(h.name, m.ctx["image"])] for m, h in work}
     return outcome(run, moves, results, lambda m, data: {
@@ -377,7 +383,7 @@ def restore(run: Run, moves: list[Move]) -> dict:
         for m in todo:
             refused = {r["id"] for r in m.ctx["snapshots_refused"]}
             m.ctx["snapshot_id"] = next(c["id"] for c in m.ctx["snapshot_candidates"] if c["id"] not in refused)
-        got = play(run, "restore_weights.yml", pairs(todo), lambda m, h: {
+        got = play(run.config, "restore_weights.yml", pairs(todo), lambda m, h: {
             "model_weights_snapshot_id": m.ctx["snapshot_id"],
             "model_weights_dest": run.config.model(m.spec.model).weights_path},
             extravars=store_vars(run.site, "model_weights"))
@@ -425,7 +431,7 @@ def start(run: Run, moves: list[Move]) -> dict:
         return deploy.server_vars(view(run, m, h), run.config.model(m.spec.model), m.ctx["image"], m.ctx["version"],
                                   m.ctx["snapshot_id"], port=m.spec.port, service=m.spec.name)
 
-    got = play(run, "model_server.yml", pairs(moves), host_vars)
+    got = play(run.config, "model_server.yml", pairs(moves), host_vars)
     return outcome(run, moves, got, lambda m, data: {
         "started": data, "gpu_requested": view(run, m).gpu})
 
@@ -512,16 +518,8 @@ def fence_primary(run: Run, moves: list[Move]) -> dict:
     drained = drain_old_records(run, moves) if run.planned and any(up.values()) else None
     fenced = {m.name: {h.name: "unreachable: not fenced (down or partitioned); DNS moves anyway"
                        for h in homes[m.name] if not up[h.name]} for m in moves}
-    work = [(m, h) for m in moves for h in homes[m.name] if up[h.name]]
-    got = {}
-    for rnd in split_rounds(work, key=lambda p: p[1].name):   # one container per host per play
-        res = run_playbook(run.config, "model_server.yml", raise_on_failure=False, forks=max(1, len(rnd)),
-                           extravars={"drtool_targets": ",".join(h.name for _, h in rnd),
-                                      "model_server_action": "stop"},
-                           host_vars={h.name: {"model_server_model": m.spec.model,
-                                               "model_server_container": f"drtool-{m.spec.model}"} for m, h in rnd})
-        per = res.per_host([h.name for _, h in rnd])
-        got.update({(m.name, h.name): per[h.name] for m, h in rnd})
+    got = play(run.config, "model_server.yml", [(m, h) for m in moves for h in homes[m.name] if up[h.name]],
+               lambda m, h: container_vars(run.config, m.spec), extravars={"model_server_action": "stop"})
     for (name, host), (ok, data) in got.items():
         fenced[name][host] = "serving container stopped" if ok else f"fencing failed: {data}"
     for m in moves:
@@ -607,20 +605,12 @@ def cool_standbys(config: Config, specs: list[ServiceSpec], served_from: dict[st
         up = [h for h in on if ssh_banner(h.address, h.port, timeout=3)]
         work = [(s, h) for s in specs for h in up if s.model not in users.get(h.address, set())
                 and (served_from is None or h.address in served_from.get(s.name, set()))]
+        play(config, "model_server.yml", work, lambda s, h: container_vars(config, s), {"model_server_action": "stop"})
+        play(config, "restore_weights.yml", work, lambda s, h: container_vars(config, s),
+             {"model_weights_action": "remove"})
         done: dict[str, list[str]] = {}
-
-        def clean(rnd: list[tuple[ServiceSpec, Host]], done: dict = done) -> None:
-            hv = {h.name: {"model_server_model": s.model, "model_server_container": f"drtool-{s.model}",
-                           "model_weights_dest": config.model(s.model).weights_path} for s, h in rnd}
-            targets = ",".join(hv)
-            run_playbook(config, "model_server.yml", raise_on_failure=False, forks=max(1, len(hv)),
-                         extravars={"drtool_targets": targets, "model_server_action": "stop"}, host_vars=hv)
-            run_playbook(config, "restore_weights.yml", raise_on_failure=False, forks=max(1, len(hv)),
-                         extravars={"drtool_targets": targets, "model_weights_action": "remove"}, host_vars=hv)
-            for s, h in rnd:
-                done.setdefault(h.name, []).append(s.name)
-
-        threads(clean, split_rounds(work, key=lambda p: p[1].name))
+        for s, h in work:
+            done.setdefault(h.name, []).append(s.name)
         for h in on:
             what = [f"{', '.join(sorted(done[h.name]))}: container stopped, weights removed"] if h.name in done else []
             if h.address in in_use:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from drtool.errors import VerificationError
 from drtool.snapshot.manifest import TensorRef
 
-SUFFIX = ".safetensors"
 MAX_HEADER_BYTES = 100 << 20  # the limit the safetensors library itself enforces
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "C64": 8, "I64": 8, "U64": 8, "F64": 8}
@@ -28,10 +27,6 @@ class TensorSpan:
 class SafetensorsLayout:
     data_start: int  # file offset of the data region: 8 + header length
     tensors: tuple[TensorSpan, ...]  # in data order
-
-
-def is_safetensors(path: str) -> bool:
-    return path.endswith(SUFFIX)
 
 
 def read_layout(fd: int, file_size: int, name: str) -> tuple[SafetensorsLayout, int]:

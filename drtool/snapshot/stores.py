@@ -143,12 +143,6 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_all(fd: int, data: memoryview | bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 class FileStore(BlobStore):
     """A directory tree: one file per object. Writes go to a temp file in the same directory, are fsynced,
     then renamed (or hard-linked, for a conditional create) into place. Paths are plain strings (no pathlib:
