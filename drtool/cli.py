@@ -596,17 +596,18 @@ def failover_cmd(app: App, site, dry_run, yes, resume_run, reason, run_id, appro
     out the old record's TTL (lower it ahead with --prepare) and only then stops the old primary.
 
     --dry-run runs the read-only preflight and prints where each service would go and what it would restore.
-    With --prepare, nothing fails over: the record's TTL is lowered now (addresses unchanged, the old record
-    saved) so that resolvers follow a later flip quickly."""
+    With --prepare, nothing fails over: the TTL of the record of every service that would fail over to SITE (or
+    of each --service) is lowered now (addresses unchanged, each old record saved) so that resolvers follow a
+    later flip quickly."""
     if prepare:
         from drtool.actions import dnsrecord
 
         if any([resume_run, run_id, approve_run]):
             raise UsageError("--prepare only lowers the TTL; it takes no --resume, --run-id or --approve")
-        result = dnsrecord.prepare(app.config, app.out, site, ttl, dry_run)
-        ttl_now = result["ttl_after"] if result["changed"] else result["ttl_before"]
-        app.out.result(result, lambda c: c.print(f"{result['record']}: TTL {result['ttl_before']} -> {ttl_now}"
-                                                  f"{' (dry run)' if dry_run else ''}"))
+        result = dnsrecord.prepare(app.config, app.out, site, ttl, dry_run, list(services) or None)
+        app.out.result(result, lambda c: c.print("\n".join(
+            f"{r['record']}: TTL {r['ttl_before']} -> {r['ttl_after'] if r['changed'] else r['ttl_before']}"
+            f"{' (dry run)' if dry_run else ''}" for r in result["records"])))
         return
     if ttl:
         raise UsageError("--ttl goes with --prepare")
@@ -751,11 +752,12 @@ def dns_group():
 
 @command(dns_group, "show")
 @click.option("--site", required=True, help="Site whose DNS target to read.")
-def dns_show(app: App, site):
+@click.option("--service", metavar="NAME", help="This service's record (default: the site's own record).")
+def dns_show(app: App, site, service):
     """The record as the authoritative server answers it now, and every saved previous record."""
     from drtool.actions import dnsrecord
 
-    result = dnsrecord.show(app.config, site)
+    result = dnsrecord.show(app.config, site, service)
 
     def render(console):
         console.print(f"{result['record']}: {result['current']['addresses']} TTL {result['current']['ttl']}")
@@ -771,14 +773,19 @@ def dns_show(app: App, site):
 @click.option("--index", type=click.IntRange(min=0), default=0, show_default=True,
               help="Which saved record (0 = the newest; see `drtool dns show`).")
 @click.option("--model", help="The model that must be served there (default: the only one configured).")
+@click.option("--service", metavar="NAME",
+              help="This service's record, checked for its model at its port (default: the site's own record).")
 @click.option("--dry-run", is_flag=True, help="Check the saved record's target serves; change nothing.")
-def dns_restore(app: App, site, index, model, dry_run):
+def dns_restore(app: App, site, index, model, service, dry_run):
     """Put a saved previous record back. Refused (exit 3) unless every address in it serves the production
     version and canary correctly: the record never points where no site would be serving."""
     from drtool.actions import dnsrecord
     from drtool.actions.failover import pick_model
 
-    result = dnsrecord.restore(app.config, app.out, site, pick_model(app.config, model).name, index, dry_run)
+    if model and service:
+        raise UsageError("--service names the record and its model: give --service or --model, not both")
+    result = dnsrecord.restore(app.config, app.out, site, None if service else pick_model(app.config, model).name,
+                               index, dry_run, service)
     app.out.result(result, lambda c: c.print(
         f"{result['record']}: {result['current']['addresses']} -> {result['restoring']['addresses']} "
         f"({'changed' if result['changed'] else 'nothing changed'})"))

@@ -81,7 +81,8 @@ class World:
         monkeypatch.setenv("DRTOOL_STATE_DIR", str(tmp_path / "state"))
         self.address = {h.name: h.address for s in self.config.sites.values() for h in s.hosts}
         self.records = {s.record: ["10.0.1.11"] for s in self.config.services.values()}
-        self.ttl = 60
+        self.ttl = 60                                          # every record's TTL until one is replaced
+        self.ttls: dict[str, int] = {}
         self.powered = {h: h.startswith("pw-") for h in self.address}
         self.containers: dict[tuple[str, str], dict] = {}    # (host, model) -> {"running", "snapshot", "port"}
         self.broken: dict[str, str] = {}                      # host -> why its status play fails
@@ -138,7 +139,7 @@ class World:
 
             def read_a(self, record=None):
                 name = record or self.target.record
-                return ARecord(name, list(world.records.get(name, [])), world.ttl)
+                return ARecord(name, list(world.records.get(name, [])), world.ttls.get(name, world.ttl))
 
             def check_credentials(self):
                 return None
@@ -150,6 +151,8 @@ class World:
                 world.flips.append((name, list(addresses), time.time()))
                 world.events.append(f"flip {name}")
                 world.records[name] = list(addresses)
+                if ttl is not None:
+                    world.ttls[name] = ttl
 
         class Provider:
             def power_on(self, host):

@@ -1,5 +1,6 @@
-"""The service record around a failover: lower its TTL ahead of time (`--prepare`), keep every record a flip
-replaced, and put a saved record back (`drtool dns restore`) only when the address it names serves correctly."""
+"""The service records around a failover: lower their TTL ahead of time (`--prepare`), keep every record a flip
+replaced, and put a saved record back (`drtool dns restore`) only when the address it names serves correctly.
+Each service has its own record (`services:`); without `--service` these act on the site's own record."""
 
 import dataclasses
 import json
@@ -7,10 +8,11 @@ import time
 
 from drtool.actions import deploy
 from drtool.actions.registry import site_registry
-from drtool.config import Config, Host, Site
+from drtool.config import Config, Host, ServiceSpec, Site
 from drtool.errors import DrtoolError, UsageError, VerificationError
 from drtool.execute.dns import ARecord, dns_for
 from drtool.execute.serving import base_url, version
+from drtool.fleet.plan import select_services
 from drtool.fsutil import write_json_atomic
 from drtool.output import Output
 from drtool.paths import state_dir
@@ -21,6 +23,22 @@ PREFIX = "dns"
 
 def _key(record: str) -> str:
     return f"{PREFIX}/{record.rstrip('.')}"
+
+
+def record_view(site: Site, spec: ServiceSpec) -> Site:
+    """`site` as one service's record sees it: that record and the service's port (same DNS server, zone, key)."""
+    return dataclasses.replace(site, serving_port=spec.port, dns=dataclasses.replace(site.dns, record=spec.record))
+
+
+def for_service(config: Config, site_name: str, service: str | None) -> tuple[Site, ServiceSpec | None]:
+    """The site as the named service's record sees it, and the service; without one, the site and its own record."""
+    site = config.site(site_name)
+    if not service:
+        return site, None
+    spec = config.services.get(service)
+    if spec is None:
+        raise UsageError(f"unknown service {service!r}", hint=f"services: {', '.join(sorted(config.services))}")
+    return record_view(site, spec), spec
 
 
 def save_previous(site: Site, store: BlobStore, before: ARecord, run_id: str) -> str:
@@ -46,24 +64,34 @@ def saved(config: Config, site: Site) -> list[dict]:
     return sorted(docs, key=lambda d: d["saved_at"], reverse=True)
 
 
-def show(config: Config, site_name: str) -> dict:
-    site = config.site(site_name)
+def show(config: Config, site_name: str, service: str | None = None) -> dict:
+    site, _spec = for_service(config, site_name, service)
     current = dns_for(site.dns).read_a()
     return {"site": site.name, "record": site.dns.record,
             "current": {"addresses": current.addresses, "ttl": current.ttl},
             "configured_ttl": site.dns.ttl, "prepare_ttl": site.dns.prepare_ttl, "saved": saved(config, site)}
 
 
-def prepare(config: Config, out: Output, site_name: str, ttl: int | None, dry_run: bool) -> dict:
-    """Lower the record's TTL now, so resolvers drop the old answer quickly when a failover flips it later.
-    The addresses stay exactly as they are; the record as it was is saved first."""
-    site = config.site(site_name)
-    ttl = ttl or site.dns.prepare_ttl
-    dns = dns_for(site.dns)
-    current = dns.read_a()
-    if not current.addresses:
-        raise UsageError(f"{site.dns.record} has no A record at {site.dns.server or site.dns.zone_id}",
-                         hint="nothing to prepare; check dns.record in the configuration")
+def prepare(config: Config, out: Output, site_name: str, ttl: int | None, dry_run: bool,
+            services: list[str] | None = None) -> dict:
+    """Lower the TTL of the record of every service that fails over to the site (or of the named ones) now, so
+    resolvers drop the old answer quickly when a failover flips it later. The addresses stay exactly as they are;
+    each record as it was is saved first. Every record is read before any changes: one without an address stops
+    it with nothing changed. The result is the site's own record's (when it is one of them), with `records`."""
+    dr = config.site(site_name)
+    ttl = ttl or dr.dns.prepare_ttl
+    views = [record_view(dr, s) for s in select_services(config, dr.name, services)]
+    current = [dns_for(site.dns).read_a() for site in views]
+    empty = [site.dns.record for site, now in zip(views, current, strict=True) if not now.addresses]
+    if empty:
+        raise UsageError(f"{', '.join(empty)}: no A record at {dr.dns.server or dr.dns.zone_id}; nothing changed",
+                         hint="check the service records (dns.record, services.*.record) in the configuration")
+    results = [_prepare_record(site, now, out, ttl, dry_run) for site, now in zip(views, current, strict=True)]
+    mine = next((r for r in results if r["record"] == dr.dns.record), results[0])
+    return {**mine, "site": dr.name, "changed": any(r["changed"] for r in results), "records": results}
+
+
+def _prepare_record(site: Site, current: ARecord, out: Output, ttl: int, dry_run: bool) -> dict:
     result = {"site": site.name, "record": site.dns.record, "addresses": current.addresses,
               "ttl_before": current.ttl, "ttl_after": ttl, "dry_run": dry_run, "changed": False}
     if current.ttl is not None and current.ttl <= ttl:
@@ -72,6 +100,7 @@ def prepare(config: Config, out: Output, site_name: str, ttl: int | None, dry_ru
     if dry_run:
         out.info(f"would lower the TTL of {site.dns.record} from {current.ttl}s to {ttl}s (addresses unchanged)")
         return result
+    dns = dns_for(site.dns)
     dns.check_credentials()
     store = open_store(site.object_stores[0])
     try:
@@ -99,9 +128,9 @@ def host_at(config: Config, address: str) -> tuple[Site, Host] | None:
     return None
 
 
-def serving_check(config: Config, addresses: list[str], model: str) -> dict:
-    """Every address must be a configured host serving the production version and canary correctly: a record
-    is never pointed where no site would be serving."""
+def serving_check(config: Config, addresses: list[str], model: str, port: int | None = None) -> dict:
+    """Every address must be a configured host serving the production version and canary correctly (at `port`,
+    default its site's serving port): a record is never pointed where no site would be serving."""
     evidence = {}
     for addr in addresses:
         found = host_at(config, addr)
@@ -109,6 +138,7 @@ def serving_check(config: Config, addresses: list[str], model: str) -> dict:
             raise VerificationError(f"{addr} is not a host of any configured site",
                                     hint="refusing to point the record at an address drtool cannot verify")
         site, host = found
+        site = dataclasses.replace(site, serving_port=port or site.serving_port)
         try:
             entry = site_registry(config, site).production(model)
             if entry is None:
@@ -126,9 +156,12 @@ def serving_check(config: Config, addresses: list[str], model: str) -> dict:
     return evidence
 
 
-def restore(config: Config, out: Output, site_name: str, model: str, index: int, dry_run: bool) -> dict:
-    """Put back a saved record (the newest by default): refused unless its addresses serve correctly."""
-    site = config.site(site_name)
+def restore(config: Config, out: Output, site_name: str, model: str | None, index: int, dry_run: bool,
+            service: str | None = None) -> dict:
+    """Put back a saved record (the newest by default): refused unless its addresses serve correctly. With a
+    service, its own record, checked for its model at its port."""
+    site, spec = for_service(config, site_name, service)
+    model = spec.model if spec else model
     docs = saved(config, site)
     if not docs:
         raise UsageError(f"no saved record for {site.dns.record} in {site.object_stores[0].url}",
@@ -140,7 +173,7 @@ def restore(config: Config, out: Output, site_name: str, model: str, index: int,
     current = dns.read_a()
     result = {"site": site.name, "record": site.dns.record, "restoring": doc,
               "current": {"addresses": current.addresses, "ttl": current.ttl}, "dry_run": dry_run, "changed": False}
-    result["serving"] = serving_check(config, doc["addresses"], model)
+    result["serving"] = serving_check(config, doc["addresses"], model, spec.port if spec else None)
     if dry_run or (current.addresses == doc["addresses"] and current.ttl == doc["ttl"]):
         return result
     dns.check_credentials()

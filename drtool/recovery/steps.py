@@ -39,8 +39,7 @@ KEPT = "the primary already serves the production version correctly"
 # -- views and helpers --------------------------------------------------------------------------------------------
 def view(run: Run, m: Move, host: Host | None = None) -> Site:
     """The target site as this service sees it: its host(s), its port, its record, no proxy."""
-    return dataclasses.replace(run.site, hosts=(host,) if host else m.hosts, serving_port=m.spec.port, proxy=None,
-                               dns=dataclasses.replace(run.site.dns, record=m.spec.record))
+    return dataclasses.replace(dnsrecord.record_view(run.site, m.spec), hosts=(host,) if host else m.hosts, proxy=None)
 
 
 def behind_proxy(run: Run, m: Move) -> bool:
