@@ -61,6 +61,9 @@ def test_the_dry_run_places_every_service_and_names_what_it_would_restore(tmp_pa
         assert (r["model"], r["version"], r["snapshot"]) == (r["service"], "1.0.0", "s-" + r["service"])
         assert r["image"] == f"reg.de/{r['service']}@sha256:" + "a" * 64
         assert r["before"] == ["10.0.1.11"] and r["after"] is None
+        # it says what a real run would do with a primary that still answers
+        assert r["reason"] == (f"10.0.1.11:{world.config.services[r['service']].port} answers /readyz 200: an "
+                               "unplanned failover would be refused (--planned moves it)"), r
     nothing_changed(world)
 
 
@@ -80,6 +83,7 @@ def test_waves_hold_at_most_parallel_services_most_important_first(tmp_path, mon
     world = World(tmp_path, monkeypatch, FLEET_MODELS, FLEET_SERVICES)
     default = dry(world)
     assert world.config.failover.parallel == 4 and default["parallel"] == 4 and default["waves"] == 2
+    assert {r["reason"] for r in default["services"]} == {None}   # the primary is down: nothing to say
     two = dry(world, parallel=2)
     assert two["waves"] == 3
     assert [r["wave"] for r in sorted(two["services"], key=lambda r: PRIORITY_ORDER.index(r["service"]))] == [

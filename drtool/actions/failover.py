@@ -61,8 +61,10 @@ def run(config: Config, out: Output, req: Request, confirm: Callable[[dict], Non
         rec.plan()
         if not rec.moves and not rec.doc["left"]:
             raise UsageError(f"nothing to {req.kind} at {rec.site.name}", hint="check the service names")
+    where = "dry run: nothing is written" if req.dry_run else \
+        f"journal {rec.journal_path(next(iter(rec.moves), '')) if rec.single else rec.report_path}"
     out.info(f"{rec.kind} run [bold]{rec.run_id}[/] to {rec.site.name} ({', '.join(rec.moves) or 'no service'}); "
-             f"journal {rec.journal_path(next(iter(rec.moves), '')) if rec.single else rec.report_path}")
+             f"{where}")
     if confirm and not req.dry_run and not req.resume:
         confirm(plan_view(rec))
     return check(rec, rec.execute())

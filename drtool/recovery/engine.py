@@ -389,7 +389,8 @@ class Recovery:
         return {
             "service": m.name, "priority": m.spec.priority, "standby": m.host.name, "hosts": [h.name for h in m.hosts],
             "wave": m.wave, "status": self.status_of(m), "record": m.spec.record,
-            "reason": f"{failed.name}: {failed.error}" if failed else m.ctx.get("already_serving"),
+            "reason": f"{failed.name}: {failed.error}" if failed else m.ctx.get("already_serving") or (
+                m.rec("preflight").evidence.get("primary_serving") if self.req.dry_run else None),
             "standbys_tried": tried,
             "fallback": ("; ".join(f"{t['host']} refused ({t['error']})" for t in refused)
                          + (f"; moved to {m.host.name}" if not failed else "")) if refused else None,
