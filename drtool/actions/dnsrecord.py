@@ -86,27 +86,31 @@ def prepare(config: Config, out: Output, site_name: str, ttl: int | None, dry_ru
     if empty:
         raise UsageError(f"{', '.join(empty)}: no A record at {dr.dns.server or dr.dns.zone_id}; nothing changed",
                          hint="check the service records (dns.record, services.*.record) in the configuration")
-    results = [_prepare_record(site, now, out, ttl, dry_run) for site, now in zip(views, current, strict=True)]
+    store = None
+    if not dry_run and any(now.ttl is None or now.ttl > ttl for now in current):
+        dns_for(dr.dns).check_credentials()   # one server and key for every record: checked once, before any change
+        store = open_store(dr.object_stores[0])
+    try:
+        results = [_prepare_record(site, now, out, ttl, store) for site, now in zip(views, current, strict=True)]
+    finally:
+        if store is not None:
+            store.close()
     mine = next((r for r in results if r["record"] == dr.dns.record), results[0])
     return {**mine, "site": dr.name, "changed": any(r["changed"] for r in results), "records": results}
 
 
-def _prepare_record(site: Site, current: ARecord, out: Output, ttl: int, dry_run: bool) -> dict:
+def _prepare_record(site: Site, current: ARecord, out: Output, ttl: int, store: BlobStore | None) -> dict:
+    """One record's TTL lowered (its old record saved in `store` first); `store` None: a dry run."""
     result = {"site": site.name, "record": site.dns.record, "addresses": current.addresses,
-              "ttl_before": current.ttl, "ttl_after": ttl, "dry_run": dry_run, "changed": False}
+              "ttl_before": current.ttl, "ttl_after": ttl, "dry_run": store is None, "changed": False}
     if current.ttl is not None and current.ttl <= ttl:
         out.info(f"{site.dns.record} already has TTL {current.ttl}s (<= {ttl}s): nothing to change")
         return result
-    if dry_run:
+    if store is None:
         out.info(f"would lower the TTL of {site.dns.record} from {current.ttl}s to {ttl}s (addresses unchanged)")
         return result
     dns = dns_for(site.dns)
-    dns.check_credentials()
-    store = open_store(site.object_stores[0])
-    try:
-        result["previous_saved"] = save_previous(site, store, current, f"prepare-{int(time.time())}")
-    finally:
-        store.close()
+    result["previous_saved"] = save_previous(site, store, current, f"prepare-{int(time.time())}")
     dns.replace_a(current.addresses, ttl)
     after = dns.read_a()
     if after.addresses != current.addresses or after.ttl != ttl:

@@ -176,11 +176,11 @@ def preflight(run: Run, moves: list[Move]) -> dict:
         def one(m: Move) -> dict:
             dns = dns_for(view(run, m).dns)
             record = dns.read_a()
-            with run.lock:
-                checked = run.cache.setdefault(("dns", m.spec.record), None)
-            if checked is None:
-                dns.check_credentials()
-                run.cache[("dns", m.spec.record)] = True
+            zone = ("dns", dataclasses.replace(dns.target, record=""))
+            with run.lock:   # once per DNS server and key for the whole run, not once per record
+                if zone not in run.cache:
+                    dns.check_credentials()
+                    run.cache[zone] = True
             info = registry_verify(run.config, run.out, run.site.name, m.spec.model,
                                    read_data=False)["models"][m.spec.model]
             m.entry = registry.require_version(m.spec.model, info["version"])
