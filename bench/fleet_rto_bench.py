@@ -122,13 +122,13 @@ def main() -> int:
             "--reason", f"fleet bench run {i + 1}: fleet")
         put_back()
         moved = [r for r in fleet["services"] if r["status"] == "moved"]
-        row = {"run": i + 1, "single_rto_s": single["rto_s"], "fleet_rto_s": fleet["fleet_rto_s"],
-               "services_moved": len(moved), "ratio": round(fleet["fleet_rto_s"] / single["rto_s"], 3),
+        row = {"run": i + 1, "single_rto_s": single["rto_s"], "fleet_rto_s": fleet["rto_s"],
+               "services_moved": len(moved), "ratio": round(fleet["rto_s"] / single["rto_s"], 3),
                "per_service_rto_s": {r["service"]: r["rto_s"] for r in moved},
                # the machine's CPU during each command (every lab host shares its cores)
                "single_cpu_s": single_cpu_s, "single_cpu_busy_pct": single_busy,
                "fleet_cpu_s": fleet_cpu_s, "fleet_cpu_busy_pct": fleet_busy,
-               "single_steps": {s["name"]: s["seconds"] for s in single["steps"]}}
+               "single_steps": {s["name"]: s["seconds"] for s in single["services"][0]["steps"]}}
         runs.append(row)
         print(f"run {i + 1}: single {row['single_rto_s']:.1f}s ({single_cpu_s} CPU-s, {single_busy}% busy), "
               f"fleet of {row['services_moved']} {row['fleet_rto_s']:.1f}s ({fleet_cpu_s} CPU-s, {fleet_busy}% "

@@ -23,8 +23,8 @@ def run_doc(i: int) -> dict:
     ev = {"pull_image": {"image": f"reg/img{i % 7}@sha256:{i:064x}", "pulled": i % 2 == 0},
           "restore": {"restore": {"bytes": (1 + i % 4) * 10**9}}}
     return {"run_id": f"fo-{i}", "kind": "failover", "status": "done", "ended": NOW - i * 3600,
-            "standby": f"de-{i % 125}", "steps": [{"name": n, "status": "done", "seconds": s, "evidence": ev.get(n, {})}
-                                                  for n, s in secs.items()]}
+            "context": {"host": f"de-{i % 125}", "fleet": True},
+            "steps": [{"name": n, "status": "done", "seconds": s, "evidence": ev.get(n, {})} for n, s in secs.items()]}
 
 
 def site_and_services(n: int) -> tuple[rules.SiteEvidence, list[rules.ServiceEvidence]]:

@@ -86,7 +86,7 @@ def main() -> int:
         lab.power_off("pw-gpu1")
         report = cli("failover", "--site", "dr-east", "--yes", "--reason", f"rto bench run {i + 1}")
         answer = dig()
-        steps = {s["name"]: s["seconds"] for s in report["steps"]}
+        steps = {s["name"]: s["seconds"] for s in report["services"][0]["steps"]}
         runs.append({"run": i + 1, "rto_s": report["rto_s"], "dig": answer, "steps": steps})
         print(f"run {i + 1}: RTO {report['rto_s']:.1f}s  dig {answer}  " +
               "  ".join(f"{k} {v:.1f}" for k, v in steps.items() if v), flush=True)

@@ -650,7 +650,7 @@ def _recover(app: App, req, yes: bool) -> None:
         if getattr(err, "result", None) and not app.out.json_mode:
             app.out.err.print(_fleet_table(err.result))
         raise
-    app.out.result(result, _render_move(result) if "steps" in result else lambda c: c.print(_fleet_table(result)))
+    app.out.result(result, _render_run(result))
 
 
 def _plan_table(plan: dict):
@@ -662,33 +662,30 @@ def _plan_table(plan: dict):
 
 
 def _fleet_table(result: dict):
-    rto = result.get("fleet_rto_s")
+    rto = result.get("rto_s")
     return table(f"{result['kind'].capitalize()} {result['run_id']} to {result['site']}: {result['status']}"
                  + (f", RTO {rto:.1f}s" if rto is not None else ""),
                  ["service", "priority", "to", "wave", "status", "record", "was", "version / snapshot", "RTO",
                   "reason"],
-                 [[r["service"], r["priority"], ", ".join(r.get("hosts") or [r.get("standby") or ""]),
+                 [[r["service"], r["priority"], ", ".join(r.get("hosts") or []),
                    r["wave"] + 1 if r.get("wave") is not None else "", r["status"], r["record"],
-                   ", ".join(r.get("before") or []),
-                   " / ".join(filter(None, [r.get("version"), (r.get("snapshot") or "")[:12]])),
+                   ", ".join(((r.get("dns") or {}).get("before") or {}).get("addresses") or []),
+                   " / ".join(filter(None, [(r.get("production") or {}).get("version"),
+                                            ((r.get("production") or {}).get("snapshot_id") or "")[:12]])),
                    f"{r['rto_s']:.1f}s" if r.get("rto_s") is not None else "",
                    "; ".join(filter(None, [r.get("reason"), r.get("fallback")]))]
                   for r in result["services"]])
 
 
-def _render_move(result: dict):
+def _render_run(result: dict):
+    """The table of every service; for a run of one service, its steps and their evidence too."""
     def render(console):
-        console.print(table(f"{result['kind'].capitalize()} {result['run_id']} to {result['site']} "
-                            f"({result['standby']}): {result['status']}",
-                            ["step", "status", "seconds", "evidence"],
-                            [[s["name"], s["status"], f"{s['seconds']:.2f}" if s["seconds"] is not None else "",
-                              _summary(s["evidence"])] for s in result["steps"]]))
-        if result["already_serving"]:
-            console.print(f"[bold]nothing changed[/]: {result['already_serving']}")
-        dns = result["dns"]
-        console.print(f"DNS {dns['record']}: {(dns['before'] or {}).get('addresses')} -> {dns['after']}")
-        if result["rto_s"] is not None:
-            console.print(f"[bold]RTO {result['rto_s']:.1f}s[/] (command start to DNS confirmed)")
+        console.print(_fleet_table(result))
+        if len(result["services"]) == 1 and result["services"][0].get("steps"):
+            r = result["services"][0]
+            console.print(table(f"{r['service']} on {r['standby']}", ["step", "status", "seconds", "evidence"],
+                                [[s["name"], s["status"], f"{s['seconds']:.2f}" if s["seconds"] is not None else "",
+                                  _summary(s["evidence"])] for s in r["steps"]]))
 
     return render
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -211,6 +212,14 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition", poll: floa
             return value
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def ended_report(path: Path, timeout: float) -> dict:
+    """A run's report (`runs/RUN.report.json`, written when the run starts and again when it ends) once it ended."""
+    def ended():
+        doc = json.loads(path.read_text()) if path.exists() else {}
+        return doc if doc.get("ended") else None
+    return wait_for(ended, timeout=timeout, poll=1, what=f"{path.name} to say the run ended")
 
 
 @dataclass

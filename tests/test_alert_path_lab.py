@@ -18,7 +18,7 @@ import yaml
 
 from drtool.drill.alertchain import free_port
 
-from .conftest import PW_HOSTS, REPO, power_off_primary, run_cli
+from .conftest import PW_HOSTS, REPO, ended_report, power_off_primary, run_cli
 
 pytestmark = pytest.mark.lab
 TOKEN = "alert-token-" + "z" * 32
@@ -109,11 +109,7 @@ def test_two_receivers_alertmanager_to_exactly_one_real_failover(lab, production
         assert first["action"] == "started" and first["count"] > 1, (rec_a, rec_b)
         assert other["action"] == "duplicate" and other["run_id"] == first["run_id"], other
         # The failover it started is real: wait for its report, then DNS points at the standby.
-        report_path = tmp_path / "state" / "runs" / f"{first['run_id']}.report.json"
-        deadline = time.monotonic() + 300
-        while not report_path.exists() and time.monotonic() < deadline:
-            time.sleep(1)
-        report = json.loads(report_path.read_text())
+        report = ended_report(tmp_path / "state" / "runs" / f"{first['run_id']}.report.json", timeout=300)
         assert report["status"] == "done", launched[0].read_text()[-3000:]
         assert "ModelPrimaryDown" in report["reason"]
         dig = subprocess.run(["dig", "@10.77.0.2", "model.drlab.test", "+short"], capture_output=True, text=True)

@@ -160,7 +160,7 @@ def test_the_resume_command_resumes_a_journaled_run_and_restarts_one_that_journa
     argv = resume_command(cfg, "dr-east", "fo-dr-east-1", "why")
     assert argv[argv.index("failover"):] == ["failover", "--site", "dr-east", "--yes", "--run-id", "fo-dr-east-1",
                                              "--reason", "why"]
-    (tmp_path / "state" / "runs").mkdir(parents=True)
-    (tmp_path / "state" / "runs" / "fo-dr-east-1.json").write_text("{}")
+    (tmp_path / "state" / "runs" / "fo-dr-east-1").mkdir(parents=True)
+    (tmp_path / "state" / "runs" / "fo-dr-east-1" / "asr-demo.json").write_text("{}")
     argv = resume_command(cfg, "dr-east", "fo-dr-east-1", "why")
     assert argv[argv.index("failover"):] == ["failover", "--site", "dr-east", "--resume", "fo-dr-east-1", "--yes"]

@@ -46,7 +46,7 @@ def test_prepare_lowers_ttl_then_restore_puts_it_back(lab, production, state):
 def test_failover_saves_the_record_and_restore_refuses_a_dead_target(lab, production, state, back_to_production):
     power_off_primary(lab)
     report = cli_json("failover", "--site", "dr-east", "--yes", "--reason", "test: record saved")
-    flip = next(s for s in report["steps"] if s["name"] == "flip_dns")
+    flip = next(s for s in report["services"][0]["steps"] if s["name"] == "flip_dns")
     assert flip["evidence"]["previous_saved"].startswith("dns/model.drlab.test/")
     assert dig() == STANDBY1
     saved = cli_json("dns", "show", "--site", "dr-east")["saved"][0]

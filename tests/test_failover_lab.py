@@ -26,10 +26,11 @@ def serves_canary(address: str, entry) -> bool:
 def test_primary_down_failover_then_failback(lab, production, state, back_to_production):
     entry = production["entry"]
     power_off_primary(lab)  # both GPU hosts: with one left, its Nginx keeps the site serving
-    report = cli_json("failover", "--site", "dr-east", "--yes", "--reason", "test: prod-west down")
+    run = cli_json("failover", "--site", "dr-east", "--yes", "--reason", "test: prod-west down")
+    report = run["services"][0]   # the one service's row: its steps, production, record and RTO
     assert dig() == STANDBY1
     assert serves_canary(STANDBY1, entry)
-    assert report["status"] == "done" and report["standby"] == "de-gpu1"
+    assert run["status"] == "done" and report["status"] == "moved" and report["standby"] == "de-gpu1"
     assert report["production"]["version"] == entry.version
     assert report["dns"]["before"]["addresses"] == [PRIMARY] and report["dns"]["after"] == [STANDBY1]
     steps = report["steps"]
@@ -47,12 +48,12 @@ def test_primary_down_failover_then_failback(lab, production, state, back_to_pro
     assert sum(e - b for b, e, _ in spans) <= report["rto_s"] + 0.5
     pull, restore = (next(s for s in steps if s["name"] == n) for n in ("pull_image", "restore"))
     assert pull["group"] == restore["group"] == "fetch" and restore["start"] < pull["end"]  # they overlapped
-    assert steps[-1]["end"] - report["started"] == pytest.approx(report["rto_s"], abs=0.01)
+    assert steps[-1]["end"] - run["started"] == pytest.approx(report["rto_s"], abs=0.01) == run["rto_s"]
     assert "unreachable" in json.dumps(next(s for s in steps if s["name"] == "fence_primary")["evidence"])
-    assert (state / "runs" / f"{report['run_id']}.report.json").exists()
+    assert (state / "runs" / f"{run['run_id']}.report.json").exists()
 
     # A second failover to a site already serving reports that and changes nothing.
-    again = cli_json("failover", "--site", "dr-east", "--yes")
+    again = cli_json("failover", "--site", "dr-east", "--yes")["services"][0]
     assert again["already_serving"] and dig() == STANDBY1
     assert [s["status"] for s in again["steps"][1:]] == ["skipped"] * (len(again["steps"]) - 1)
 
@@ -74,14 +75,14 @@ def test_crash_after_a_step_and_resume(lab, lab_config, production, state, back_
     power_off_primary(lab)  # both GPU hosts: with one left, its Nginx keeps the site serving
     proc = run_cli("failover", "--site", "dr-east", "--yes", env={"DRTOOL_FAULT_KILL_AFTER_STEP": crash_after})
     assert proc.returncode == -9, proc.stderr  # SIGKILL, like a crashed controller
-    journal_path = next((state / "runs").glob("fo-*.json"))
-    run_id = journal_path.stem
+    journal_path = next((state / "runs").glob("fo-*/*.json"))
+    run_id = journal_path.parent.name
     journal = json.loads(journal_path.read_text())
     done = [s["name"] for s in journal["steps"] if s["status"] == "done"]
     assert done[-1] == crash_after
     report = cli_json("failover", "--site", "dr-east", "--resume", run_id)
     assert report["status"] == "done" and dig() == STANDBY1
-    by_name = {s["name"]: s for s in report["steps"]}
+    by_name = {s["name"]: s for s in report["services"][0]["steps"]}
     assert by_name["flip_dns"]["attempts"] == 1  # no second DNS change
     # The resumed run took the site's lease again (over the killed holder) before any further step ...
     assert by_name["lease"]["attempts"] == 2 and by_name["lease"]["status"] == "done"
@@ -100,7 +101,7 @@ def test_crash_after_a_step_and_resume(lab, lab_config, production, state, back_
 def test_first_standby_broken_second_serves(lab, production, state, back_to_production):
     lab.break_engine("de-gpu1")
     power_off_primary(lab)  # both GPU hosts: with one left, its Nginx keeps the site serving
-    report = cli_json("failover", "--site", "dr-east", "--yes")
+    report = cli_json("failover", "--site", "dr-east", "--yes")["services"][0]
     assert report["standby"] == "de-gpu2" and dig() == STANDBY2
     tried = report["standbys_tried"]
     assert tried[0]["host"] == "de-gpu1" and not tried[0]["ok"] and tried[1] == {**tried[1], "host": "de-gpu2",
@@ -118,7 +119,7 @@ def test_corrupt_blob_in_dr_store_no_flip_exit_3(lab, lab_config, production, st
         err = json.loads(proc.stdout)
         assert "stopped at step restore" in err["message"] and "NOT changed" in err["hint"]
         assert dig() == PRIMARY
-        report = json.loads(next((state / "runs").glob("*.report.json")).read_text())
+        report = json.loads(next((state / "runs").glob("*.report.json")).read_text())["services"][0]
         failed = [s for s in report["steps"] if s["status"] == "failed"]
         assert [s["name"] for s in failed] == ["restore"]
         assert "safetensors: sha256 mismatch: expected" in failed[0]["error"] and "actual" in failed[0]["error"]
@@ -165,8 +166,9 @@ def test_dry_run_changes_nothing(lab, production, state):
     proc = run_cli("--json", "failover", "--site", "dr-east", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["steps"][0]["status"] == "done"
-    assert {s["status"] for s in report["steps"][1:]} == {"skipped"}
+    steps = report["services"][0]["steps"]
+    assert steps[0]["status"] == "done"
+    assert {s["status"] for s in steps[1:]} == {"skipped"}
     assert dig() == PRIMARY and not lab.is_powered("de-gpu1")
     runs = state / "runs"
     assert report["journal"] is None and not (runs.exists() and any(runs.iterdir()))  # not even its own journal
@@ -227,14 +229,15 @@ def test_planned_failover_of_a_serving_primary_fails_no_request_under_load(lab, 
     thread = threading.Thread(target=loader)
     thread.start()
     try:
-        report = cli_json("failover", "--site", "dr-east", "--yes", "--planned", "--reason", "test: planned move")
+        run = cli_json("failover", "--site", "dr-east", "--yes", "--planned", "--reason", "test: planned move")
     finally:
         thread.join(timeout=200)
     assert "error" not in load, load.get("error")
     result = load["result"]
     assert result["requests"] > 0 and result["error_rate"] == 0, result
     assert result["canary_checked"] > 0 and result["canary_mismatches"] == 0, result
-    assert report["status"] == "done" and dig() == STANDBY1
+    assert run["status"] == "done" and dig() == STANDBY1
+    report = run["services"][0]
     names = [s["name"] for s in report["steps"]]
     assert names.index("confirm_dns") < names.index("fence_primary")        # flip and confirm first, then fence
     fence = next(s for s in report["steps"] if s["name"] == "fence_primary")

@@ -52,11 +52,13 @@ def test_fleet_flags_that_do_not_go_together_are_refused_before_anything_runs(fl
 
 DRY_RUN = {
     "kind": "failover", "run_id": "fo-x", "site": "dr-east", "status": "planned", "dry_run": True, "journal": None,
-    "parallel": 2, "waves": 1, "fleet_rto_s": None,
+    "parallel": 2, "waves": 1, "rto_s": None,
     "services": [{"service": "llm", "priority": 0, "standby": "de-gpu1", "hosts": ["de-gpu1"], "wave": 0,
-                  "status": "to move", "record": "llm.example.com", "before": ["10.0.1.11"], "after": None,
-                  "model": "llm", "version": "v3", "image": "reg/llm@sha256:" + "fe" * 32,
-                  "snapshot": "0123456789abcdef" * 4, "reason": None, "fallback": None, "rto_s": None},
+                  "status": "to move", "record": "llm.example.com", "model": "llm",
+                  "dns": {"record": "llm.example.com", "before": {"addresses": ["10.0.1.11"]}, "after": None},
+                  "production": {"version": "v3", "image": "reg/llm@sha256:" + "fe" * 32,
+                                 "snapshot_id": "0123456789abcdef" * 4},
+                  "reason": None, "fallback": None, "rto_s": None, "steps": []},
                  {"service": "ocr", "priority": 100, "standby": None, "status": "left", "record": "ocr.example.com",
                   "reason": "no standby left at dr-east (1 GPUs needed)"}],
 }

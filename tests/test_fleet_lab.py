@@ -76,9 +76,10 @@ def test_fleet_dry_run_prints_the_whole_plan_and_changes_nothing(lab, fleet, sta
     assert [r["service"] for r in out["services"]] == [s.name for s in FLEET_SERVICES]   # priority order
     assert {r["standby"] for r in out["services"]} == set(STANDBYS)
     for r in out["services"]:
-        assert r["status"] == "to move" and r["version"] == PROD_VERSION and r["image"] and r["snapshot"]
+        prod = r["production"]
+        assert r["status"] == "to move" and prod["version"] == PROD_VERSION and prod["image"] and prod["snapshot_id"]
         if r["service"] in fleet["snapshots"]:
-            assert r["snapshot"] == fleet["snapshots"][r["service"]]
+            assert prod["snapshot_id"] == fleet["snapshots"][r["service"]]
 
 
 def test_region_outage_one_of_six_fails_verification_the_others_move_then_resume_moves_it(
@@ -103,7 +104,7 @@ def test_region_outage_one_of_six_fails_verification_the_others_move_then_resume
         for svc in FLEET_SERVICES:
             if svc.name in moved:
                 assert dig(svc.record) in standby_addresses, svc.name
-        assert err["result"]["fleet_rto_s"] > 0 and "--resume" in err["hint"]
+        assert err["result"]["rto_s"] > 0 and "--resume" in err["hint"]
         run_id = err["result"]["run_id"]
         flip = next(st for st in json.loads((state / "runs" / run_id / "tts.json").read_text())["steps"]
                     if st["name"] == "flip_dns")
@@ -138,7 +139,7 @@ def test_a_standby_that_fails_mid_fleet_hands_its_services_to_the_next_free_stan
         assert rows[n]["standby"] != "de-gpu1"
         assert rows[n]["fallback"].startswith("de-gpu1 refused (") and f"moved to {rows[n]['standby']}" in \
             rows[n]["fallback"]
-    fleet_doc = json.loads((state / "runs" / f"{result['run_id']}.fleet.json").read_text())
+    fleet_doc = json.loads((state / "runs" / f"{result['run_id']}.report.json").read_text())
     assert list(fleet_doc["failed_standbys"]) == ["de-gpu1"]
     assert {a["service"]: a["standby"] for a in fleet_doc["assignments"]} == {n: rows[n]["standby"] for n in names}
     assert not lab.is_powered("de-gpu1")
@@ -208,7 +209,7 @@ def test_failback_one_service_then_the_whole_site(lab, fleet, state, fleet_back)
 
     store = open_store(cfg.site("prod-west").object_stores[0])
     try:
-        saved = json.loads(store.get(one["services"][0]["previous_saved"]))
+        saved = json.loads(store.get(one["services"][0]["dns"]["previous_saved"]))
     finally:
         store.close()
     assert saved["record"] == "tts.drlab.test" and saved["addresses"] == [HOSTS[at["tts"]].address]
@@ -348,8 +349,8 @@ def test_a_region_failover_killed_after_each_step_resumes_without_redoing_anythi
         proc = run_cli("--config", str(fleet["path"]), "--json", "failover", "--site", "dr-east", "--yes", "--all",
                        env={"DRTOOL_FAULT_KILL_AFTER_STEP": crash_after})
         assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-2000:]
-        (fleet_doc,) = (state / "runs").glob("*.fleet.json")
-        run_id = fleet_doc.name.removesuffix(".fleet.json")
+        (fleet_doc,) = (state / "runs").glob("*.report.json")
+        run_id = fleet_doc.name.removesuffix(".report.json")
         killed = {p.stem: {s["name"]: s["status"] for s in json.loads(p.read_text())["steps"]}
                   for p in (state / "runs" / run_id).glob("*.json")}
         assert any(steps.get(crash_after) == "done" for steps in killed.values()), killed
@@ -399,8 +400,8 @@ def test_a_site_failback_killed_after_each_step_resumes_without_redoing_anything
         proc = run_cli("--config", str(fleet["path"]), "--json", "failback", "--site", "prod-west", "--yes",
                        env={"DRTOOL_FAULT_KILL_AFTER_STEP": crash_after})
         assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-2000:]
-        (doc,) = (state / "runs").glob("fb-*.fleet.json")
-        run_id = doc.name.removesuffix(".fleet.json")
+        (doc,) = (state / "runs").glob("fb-*.report.json")
+        run_id = doc.name.removesuffix(".report.json")
         again = cli_json("--config", str(fleet["path"]), "failback", "--site", "prod-west", "--resume", run_id)
     assert again["status"] == "done", again
     from drtool.actions.registry import site_registry
@@ -501,7 +502,7 @@ def test_serve_killed_mid_region_failover_resumes_the_same_run_once(lab, fleet, 
                   for p in (state / "runs" / run_id).glob("*.json")}
         assert not all(steps["confirm_dns"] == "done" for steps in killed.values()), killed   # really midway
         serve = start_receiver(cfg, port, log)                          # resumes the dead run on start
-        fleet_doc = state / "runs" / f"{run_id}.fleet.json"
+        fleet_doc = state / "runs" / f"{run_id}.report.json"
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             done = json.loads(fleet_doc.read_text())
@@ -512,7 +513,7 @@ def test_serve_killed_mid_region_failover_resumes_the_same_run_once(lab, fleet, 
     finally:
         os.killpg(serve.pid, signal.SIGTERM)
         log.close()
-    assert len([p for p in (state / "runs").glob("fo-*.fleet.json")]) == 1          # one run for the outage
+    assert len([p for p in (state / "runs").glob("fo-*.report.json")]) == 1          # one run for the outage
     assert decision()["run_id"] == run_id
     for svc in FLEET_SERVICES:
         steps = {s["name"]: s for s in json.loads((state / "runs" / run_id / f"{svc.name}.json").read_text())[

@@ -12,7 +12,7 @@ from drtool.actions import watch
 from drtool.config import load_config
 from drtool.output import Output
 
-from .conftest import FRONT, PW_HOSTS, dig, run_cli, wait_for
+from .conftest import FRONT, PW_HOSTS, dig, ended_report, run_cli
 
 pytestmark = pytest.mark.lab
 STANDBY1 = "10.77.0.21"
@@ -79,9 +79,9 @@ def test_both_instances_degraded_the_ladder_ends_in_the_cross_site_failover(lab,
         result = watch.run(cfg, Output(json_mode=True), "prod-west", failures=2, interval=0.5, exit_on_trigger=True,
                            max_probes=120)
         decisions = result["decisions"]
-        reports = [state / "runs" / f"{d['run_id']}.report.json" for d in decisions if d.get("run_id")]
-        for r in reports:
-            wait_for(r.exists, timeout=600, poll=1, what=f"failover {r.name} to report")
+        for d in decisions:
+            if d.get("run_id"):
+                ended_report(state / "runs" / f"{d['run_id']}.report.json", timeout=600)
     finally:
         for f in files:
             f.unlink(missing_ok=True)
@@ -94,6 +94,6 @@ def test_both_instances_degraded_the_ladder_ends_in_the_cross_site_failover(lab,
     (site_failover,) = ladder["sites"]["prod-west"]["failovers"]
     assert site_failover["kind"] == "failover" and "no healthy undrained instance" in site_failover["reason"]
     report_path = tmp_path / "alerts" / "runs" / f"{decision['run_id']}.log"
-    report = json.loads((state / "runs" / f"{decision['run_id']}.report.json").read_text())
+    report = ended_report(state / "runs" / f"{decision['run_id']}.report.json", timeout=1)
     assert report["status"] == "done", report_path.read_text()[-3000:] if report_path.exists() else report
     assert dig() == STANDBY1   # back_to_production fails back to pw-lb afterwards

@@ -21,12 +21,13 @@ TARGETS = rules.Targets(rto_s=300, rpo_s=26 * 3600, drill_max_age_s=35 * DAY)
 
 def run_doc(run_id: str, ended: float, *, pull=10.0, restore=6.0, pulled=True, nbytes=20_000_000,
             host="de-gpu1", image="reg.dr:5000/" + IMAGE) -> dict:
-    """A finished failover report as `drtool failover` writes it (only the fields the predictor reads)."""
+    """One service's journal of a finished failover as the recovery engine writes it (only the fields the predictor
+    reads)."""
     secs = {"preflight": 1.0, "lease": 0.2, "provision": 10.0, "pull_image": pull, "restore": restore, "start": 2.0,
             "wait_ready": 3.0, "verify": 4.0, "fence_primary": 0.5, "flip_dns": 0.1, "confirm_dns": 0.1}
     ev = {"pull_image": {"image": image, "pulled": pulled}, "restore": {"restore": {"bytes": nbytes}}}
-    return {"run_id": run_id, "kind": "failover", "status": "done", "ended": ended, "standby": host,
-            "production": {"image": image},
+    return {"run_id": run_id, "kind": "failover", "status": "done", "ended": ended,
+            "context": {"service": "asr-demo", "host": host, "image": image, "fleet": False},
             "steps": [{"name": n, "status": "done", "seconds": s, "evidence": ev.get(n, {})} for n, s in secs.items()]}
 
 
@@ -189,24 +190,24 @@ def test_image_already_on_the_standby_costs_the_present_time():
     assert "already on de-gpu1" in " ".join(cached.services["s"].notes)
 
 
-def test_fleet_rto_is_the_sum_over_waves_of_the_slowest_phases():
+def test_fleet_rto_is_the_sum_over_waves_of_each_step_of_the_slowest_service():
     runs = samples(run_doc("a", 1, pull=10.0, restore=6.0, nbytes=1000))
     needs = [predict.Need("s1", "h1", 0, "x", 1000), predict.Need("s2", "h2", 0, "x", 3000),
              predict.Need("s3", "h1", 1, "x", 1000), predict.Need("left", None, None, "x", 1000)]
     p = predict.predict(needs, runs, [(1, 5.0)], predict.FLEET)
-    # a wave: provision 11.2 + pull 10 + restore (max: 18 for 3000 bytes) + start 2 + verify 7 + each flip 0.7
-    assert p.wave_seconds == [pytest.approx(11.2 + 10 + 18 + 2 + 7 + 1.4), pytest.approx(11.2 + 10 + 6 + 2 + 7 + 0.7)]
+    # a wave: provision 11.2 + max(pull 10, restore: 18 for 3000 bytes) (at the same time) + start 2 + verify 7
+    # + dns 0.7 (every record of the wave at once)
+    assert p.wave_seconds == [pytest.approx(11.2 + 18 + 2 + 7 + 0.7), pytest.approx(11.2 + 10 + 2 + 7 + 0.7)]
     assert p.services["s1"].rto_s == p.services["s2"].rto_s == pytest.approx(5 + p.wave_seconds[0])
     assert p.fleet_rto_s == p.services["s3"].rto_s == pytest.approx(5 + sum(p.wave_seconds))
     assert "left" not in p.services
 
 
 def fleet_run_doc(run_id: str, ended: float, seconds: float) -> dict:
-    """One service's journal of a fleet run: every step `seconds` long."""
+    """One service's journal of a run over several services: every step `seconds` long."""
     return {"run_id": run_id, "kind": "failover", "status": "done", "ended": ended,
-            "context": {"service": "tts", "host": "de-gpu2", "image": "img", "wave": 0},
-            "steps": [{"name": n, "status": "done", "seconds": seconds, "evidence": {}}
-                      for n in ("provision", "pull_image", "restore", "start", "verify", "flip_dns")]}
+            "context": {"service": "tts", "host": "de-gpu2", "image": "img", "wave": 0, "fleet": True},
+            "steps": [{**st, "seconds": seconds, "evidence": {}} for st in run_doc(run_id, ended)["steps"]]}
 
 
 def test_each_engine_is_predicted_from_its_own_runs():
@@ -230,21 +231,20 @@ def test_samples_from_documents():
     already = run_doc("x", 1)
     already["steps"][3]["status"] = "skipped"
     assert predict.sample_from_run(already) is None
-    fleet_journal = {"run_id": "f.tts", "kind": "failover", "status": "done", "ended": 5.0,
-                     "context": {"service": "tts", "host": "de-gpu2", "image": "img", "wave": 0},
-                     "steps": [{"name": n, "status": "done", "seconds": 1.0,
-                                "evidence": {"pulled": "False"} if n == "pull_image" else {}}
-                               for n, _ in (("provision", 0), ("pull_image", 0), ("restore", 0), ("start", 0),
-                                            ("verify", 0), ("flip_dns", 0))]}
+    fleet_journal = fleet_run_doc("f.tts", 5.0, 1.0)
+    fleet_journal["steps"][3]["evidence"] = {"pulled": "False"}   # pull_image
     s = predict.sample_from_run(fleet_journal)
-    assert s.phases == dict.fromkeys(predict.PHASES, 1.0) and s.pulled is False and s.host == "de-gpu2"
+    # each phase the sum of its steps' seconds (provision: preflight, lease, provision; verify: wait_ready, verify)
+    assert s.phases == {"provision": 3.0, "pull": 1.0, "restore": 1.0, "start": 1.0, "verify": 2.0, "dns": 3.0}
+    assert s.pulled is False and s.host == "de-gpu2"
     assert s.engine == predict.FLEET and predict.sample_from_run(run_doc("x", 1)).engine == predict.SINGLE
     report = {"ended": 9.0, "scenarios": [{"passed": True, "split": {"detection": 4.0, "decision": 1.0},
-                                           "failover": {"run_id": "x", "status": "done", "standby": "de-gpu1"},
+                                           "failover": {"run_id": "x", "service": "asr-demo", "status": "done",
+                                                        "standby": "de-gpu1"},
                                            "steps": [{**st, "outcome": "done"} for st in run_doc("x", 1)["steps"]]}]}
     got, det = predict.samples_from_drill(report)
-    assert [g.run_id for g in got] == ["x"] and det == [(9.0, 5.0)]
-    assert len(predict.dedupe(got + samples(run_doc("x", 1)))) == 1
+    assert [g.run_id for g in got] == ["x.asr-demo"] and det == [(9.0, 5.0)]
+    assert len(predict.dedupe(got + samples(run_doc("x.asr-demo", 1)))) == 1   # the run's journal: one sample
 
 
 # -- metrics ------------------------------------------------------------------------------------------------------

@@ -37,10 +37,13 @@ def go(world, kind=FAILOVER, site="dr-east", **kw) -> dict:
     return failover.run(world.config, Output(json_mode=True), Request(kind, site, **kw))
 
 
-def journal(world, run_id: str, service: str | None = None) -> dict:
-    runs = world.root / "state" / "runs"
-    path = runs / f"{run_id}.json" if service is None else runs / run_id / f"{service}.json"
-    return json.loads(path.read_text())
+def journal(world, run_id: str, service: str = "m") -> dict:
+    return json.loads((world.root / "state" / "runs" / run_id / f"{service}.json").read_text())
+
+
+def run_id_of(world, pattern: str = "fo-*") -> str:
+    """The run id of the one run under the state dir (its report is written when it starts)."""
+    return next((world.root / "state" / "runs").glob(f"{pattern}.report.json")).name.removesuffix(".report.json")
 
 
 def region_down(world) -> None:
@@ -65,7 +68,7 @@ def test_a_fleet_of_one_has_the_same_journal_shape_as_a_single_failover(single_w
     single_world.serve_at_home()
     region_down(single_world)
     one = go(single_world)
-    assert one["status"] == "done" and [s["name"] for s in one["steps"]] == FAILOVER_STEPS
+    assert one["status"] == "done" and [s["name"] for s in one["services"][0]["steps"]] == FAILOVER_STEPS
     single = journal(single_world, one["run_id"])
 
     fleet = World(tmp_path / "fleet", monkeypatch, FLEET_MODELS, FLEET_SERVICES)
@@ -123,7 +126,7 @@ def test_a_fleet_failover_killed_after_any_step_resumes_without_redoing_anything
     fleet_world.crash_after = crash_after
     with pytest.raises(Crash):
         go(fleet_world)
-    run_id = next((fleet_world.root / "state" / "runs").glob("*.fleet.json")).name.removesuffix(".fleet.json")
+    run_id = run_id_of(fleet_world)
     fleet_world.leave_dead_lease()
     killed = {spec.name: journal(fleet_world, run_id, spec.name) for spec in fleet_world.config.services.values()}
     status = {n: {s["name"]: s["status"] for s in doc["steps"]} for n, doc in killed.items()}
@@ -162,8 +165,7 @@ def test_a_resumed_single_failover_holds_the_lease_while_it_runs(single_world, m
     single_world.crash_after = "restore"
     with pytest.raises(Crash):
         go(single_world)
-    run_id = next(p for p in (single_world.root / "state" / "runs").glob("fo-*.json")
-                  if not p.name.endswith(".report.json")).stem
+    run_id = run_id_of(single_world)
     single_world.leave_dead_lease()
     single_world.crash_after = None
     held = []
@@ -181,10 +183,11 @@ def test_a_resumed_single_failover_holds_the_lease_while_it_runs(single_world, m
 def test_work_found_done_is_reported_already_done_and_nothing_is_redone(single_world):
     single_world.serve_at_home()
     region_down(single_world)
-    first = go(single_world)
+    first = go(single_world)["services"][0]
     plays, flips = len(single_world.plays), len(single_world.flips)
-    again = go(single_world)
-    assert again["status"] == "done" and again["already_serving"]
+    report = go(single_world)
+    again = report["services"][0]
+    assert report["status"] == "done" and again["status"] == "already serving" and again["already_serving"]
     assert f"already points at {first['standby']}" in again["already_serving"]
     assert [s["status"] for s in again["steps"][1:]] == ["skipped"] * (len(again["steps"]) - 1)
     assert len(single_world.plays) == plays and len(single_world.flips) == flips
@@ -206,7 +209,7 @@ def test_a_planned_move_flips_and_confirms_before_it_stops_the_old_primary(singl
     single_world.serve_at_home()
     single_world.ttl = 1
     report = go(single_world, planned=True)
-    names = [s["name"] for s in report["steps"]]
+    names = [s["name"] for s in report["services"][0]["steps"]]
     assert names.index("confirm_dns") < names.index("fence_primary")
     assert single_world.events.index("flip model.example.com") < single_world.events.index("stop m@pw-gpu1")
 
@@ -223,7 +226,7 @@ def test_a_failed_standby_hands_its_services_to_the_next_free_one_and_a_resume_n
     assert len(handed) == 2 and all(rows[n]["fallback"].startswith("de-gpu3 refused (engine: host key mismatch")
                                     for n in handed)
     assert not fleet_world.powered["de-gpu3"]
-    doc = json.loads((fleet_world.root / "state" / "runs" / f"{res['run_id']}.fleet.json").read_text())
+    doc = json.loads((fleet_world.root / "state" / "runs" / f"{res['run_id']}.report.json").read_text())
     assert list(doc["failed_standbys"]) == ["de-gpu3"]
     assert {a["service"]: a["standby"] for a in doc["assignments"]} == {n: r["standby"] for n, r in rows.items()}
 
@@ -258,7 +261,7 @@ def test_a_fleet_failback_journals_saves_each_record_it_replaces_and_resumes(fle
     with pytest.raises(Crash):
         go(fleet_world, FAILBACK, "prod-west")
     fleet_world.crash_after = None
-    run_id = next((fleet_world.root / "state" / "runs").glob("fb-*.fleet.json")).name.removesuffix(".fleet.json")
+    run_id = run_id_of(fleet_world, "fb-*")
     back = go(fleet_world, FAILBACK, "prod-west", resume=run_id)
     assert back["status"] == "done" and {r["status"] for r in back["services"]} == {"back"}
     for spec in fleet_world.config.services.values():
@@ -268,7 +271,7 @@ def test_a_fleet_failback_journals_saves_each_record_it_replaces_and_resumes(fle
         assert all(s["attempts"] == 1 for s in doc["steps"] if s["name"] != "lease")
         row = next(r for r in back["services"] if r["service"] == spec.name)
         store = open_store(fleet_world.config.site("prod-west").object_stores[0])
-        saved = json.loads(store.get(row["previous_saved"]))
+        saved = json.loads(store.get(row["dns"]["previous_saved"]))
         store.close()
         standby = next(r["standby"] for r in moved["services"] if r["service"] == spec.name)
         assert saved["record"] == spec.record and saved["addresses"] == [fleet_world.address[standby]]

@@ -58,9 +58,10 @@ def test_the_dry_run_places_every_service_and_names_what_it_would_restore(tmp_pa
     assert placements(report) == [("llm", "de-gpu1", 0), ("asr", "de-gpu3", 0), ("embed", "de-gpu3", 0),
                                   ("rerank", "de-gpu4", 0), ("tts", "de-gpu2", 1), ("ocr", "de-gpu2", 1)]
     for r in report["services"]:
-        assert (r["model"], r["version"], r["snapshot"]) == (r["service"], "1.0.0", "s-" + r["service"])
-        assert r["image"] == f"reg.de/{r['service']}@sha256:" + "a" * 64
-        assert r["before"] == ["10.0.1.11"] and r["after"] is None
+        prod = r["production"]
+        assert (r["model"], prod["version"], prod["snapshot_id"]) == (r["service"], "1.0.0", "s-" + r["service"])
+        assert prod["image"] == f"reg.de/{r['service']}@sha256:" + "a" * 64
+        assert r["dns"]["before"]["addresses"] == ["10.0.1.11"] and r["dns"]["after"] is None
         # it says what a real run would do with a primary that still answers
         assert r["reason"] == (f"10.0.1.11:{world.config.services[r['service']].port} answers /readyz 200: an "
                                "unplanned failover would be refused (--planned moves it)"), r

@@ -61,8 +61,7 @@ def run(config: Config, out: Output, req: Request, confirm: Callable[[dict], Non
         rec.plan()
         if not rec.moves and not rec.doc["left"]:
             raise UsageError(f"nothing to {req.kind} at {rec.site.name}", hint="check the service names")
-    where = "dry run: nothing is written" if req.dry_run else \
-        f"journal {rec.journal_path(next(iter(rec.moves), '')) if rec.single else rec.report_path}"
+    where = "dry run: nothing is written" if req.dry_run else f"report {rec.report_path}"
     out.info(f"{rec.kind} run [bold]{rec.run_id}[/] to {rec.site.name} ({', '.join(rec.moves) or 'no service'}); "
              f"{where}")
     if confirm and not req.dry_run and not req.resume:
@@ -97,17 +96,14 @@ def check(rec: Recovery, report: dict) -> dict:
     verification = bool(failed) and all(step.name in VERIFYING or failed_verifying(step.error_class, step.error)
                                         for _m, step in failed)
     cls = VerificationError if verification else OperationFailed
-    resume = f"`drtool {rec.kind} --site {rec.site.name} --resume {rec.run_id}`"
-    if rec.single:
-        (m, step), = failed
-        changed = m.rec("flip_dns").status == "done" and m.rec("flip_dns").evidence.get("changed")
-        raise cls(f"{rec.kind} {rec.run_id} stopped at step {step.name}: {step.error}",
-                  hint=f"DNS was {'changed' if changed else 'NOT changed'}; fix the cause and run {resume}",
-                  details=[f"report: {rec.report_path}"])
     bad = [r for r in report["services"] if r["status"] in (FAILED_S, LEFT)]
+    changed = [m.name for m, _ in failed if m.rec("flip_dns").status == "done" and m.rec("flip_dns").evidence.get(
+        "changed")]
+    first = f"; {failed[0][0].name} stopped at step {failed[0][1].name}: {failed[0][1].error}" if failed else ""
     raise cls(f"{rec.kind} {rec.run_id}: {len(bad)} of {len(report['services'])} service(s) did not "
-              f"{'move' if rec.kind == FAILOVER else 'come back'}",
-              hint=f"each of their records is unchanged; fix the cause and run {resume} (only what did not finish "
-                   "runs again)",
+              f"{'move' if rec.kind == FAILOVER else 'come back'}{first}",
+              hint=(f"DNS was changed for {', '.join(changed)}, NOT for the others" if changed else
+                    "DNS was NOT changed for them") + f"; fix the cause and run `drtool {rec.kind} --site "
+                   f"{rec.site.name} --resume {rec.run_id}` (only what did not finish runs again)",
               details=[f"{r['service']}: {r['status']}: {r['reason']}" for r in bad] + [f"report: {rec.report_path}"],
               result=report)

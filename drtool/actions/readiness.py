@@ -155,17 +155,11 @@ class Gather:
 
 
 def local_samples(limit: int) -> list[predict.RunSample]:
-    """Finished failovers in this controller's state dir: reports of `drtool failover` and the per-service journals
-    of fleet runs (newest first, `limit` of each)."""
+    """Finished failovers in this controller's state dir: the per-service journals of its runs (the newest
+    `limit`)."""
     runs = state_dir() / RUNS
-    if not runs.is_dir():
-        return []
-
-    def newest(paths) -> list[Path]:
-        return sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
-
     out = []
-    for path in newest(runs.glob("*.report.json")) + newest(runs.glob("*/*.json")):
+    for path in sorted(runs.glob("*/*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[:limit]:
         try:
             s = predict.sample_from_run(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError):

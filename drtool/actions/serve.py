@@ -48,7 +48,7 @@ def resume_command(config: Config, site: str, run_id: str, reason: str) -> list[
     from drtool.paths import state_dir
 
     runs = state_dir() / RUNS
-    if not ((runs / f"{run_id}.json").exists() or (runs / f"{run_id}.fleet.json").exists()):
+    if not any((runs / run_id).glob("*.json")):
         return failover_command(config, site, run_id, reason)
     return [sys.executable, "-m", "drtool", "--config", str(config.path), "failover", "--site", site, "--resume",
             run_id, "--yes"]

@@ -2,19 +2,19 @@
 site's fleet out. Pure: no I/O, no clock.
 
 The statistic is the **median of the last N runs** (`readiness.history_runs`, default 10) of each phase, of runs
-of the same engine (one service alone, or a fleet run's per-service journals: in a fleet every step shares the DR
-site with the other services, so its phases are longer; the other engine's runs count only while there are none):
-one slow run (a cold cache, a busy host) moves a mean but not a median, and N bounds how far back a changed site
-still counts. Phases (a failover's steps, grouped the same way for `drtool failover` and the fleet engine):
+of the same kind (a configuration with one service, or a service's journal of a run over several: there every
+step shares the DR site with the other services, so its phases are longer; the other kind's runs count only while
+there are none): one slow run (a cold cache, a busy host) moves a mean but not a median, and N bounds how far back
+a changed site still counts. Phases (a failover's steps, as the recovery engine journals them per service):
 
-| phase | single failover steps | fleet engine steps |
-|---|---|---|
-| provision | preflight, lease, provision | provision |
-| pull | pull_image | pull_image |
-| restore | restore | restore |
-| start | start | start |
-| verify | wait_ready, verify | verify |
-| dns | fence_primary, flip_dns, confirm_dns | flip_dns |
+| phase | steps |
+|---|---|
+| provision | preflight, lease, provision |
+| pull | pull_image |
+| restore | restore |
+| start | start |
+| verify | wait_ready, verify |
+| dns | fence_primary, flip_dns, confirm_dns |
 
 plus `detect`: fault to failover started (detection and decision of drills that went through the alert chain; 0
 when none did). Adjusted per service:
@@ -25,11 +25,10 @@ when none did). Adjusted per service:
 - **restore** scales with the snapshot's bytes: with runs of at least two sizes, a Theil-Sen line (the median of the
   pairwise slopes, the median intercept: robust like the median); with one size, each run's time scaled by
   bytes / its bytes, and the median of those;
-- **engine**: one service (`drtool failover`): detect + provision + max(pull, restore) (they run at the same time)
-  + start + verify + dns. Several services (the recovery engine, drtool/recovery/): waves one after the other;
-  within a wave every step is one play over all its hosts, so a wave takes the sum over phases of the slowest
-  service's phase (pull, then restore), plus each service's record flip in turn; a service's RTO is detect + every
-  wave up to its own; the fleet RTO is the last wave's end.
+- **waves** (drtool/recovery/): waves run one after the other; within a wave every step runs for all its services
+  at once, and the pull and the restore at the same time, so a wave takes provision + max(pull, restore) + start +
+  verify + dns, each the slowest service's; a service's RTO is detect + every wave up to its own; the fleet RTO is
+  the last wave's end. One service is a wave of one.
 """
 
 from __future__ import annotations  # PEP 563 (public), for RunSample in its own class
@@ -40,11 +39,8 @@ from statistics import median
 SINGLE, FLEET = "single", "fleet"
 DEFAULT_RUNS = 10
 PHASES = ("provision", "pull", "restore", "start", "verify", "dns")
-SINGLE_STEPS = {"provision": ("preflight", "lease", "provision"), "pull": ("pull_image",), "restore": ("restore",),
-                "start": ("start",), "verify": ("wait_ready", "verify"),
-                "dns": ("fence_primary", "flip_dns", "confirm_dns")}
-FLEET_STEPS = {"provision": ("provision",), "pull": ("pull_image",), "restore": ("restore",), "start": ("start",),
-               "verify": ("verify",), "dns": ("flip_dns",)}
+STEPS = {"provision": ("preflight", "lease", "provision"), "pull": ("pull_image",), "restore": ("restore",),
+         "start": ("start",), "verify": ("wait_ready", "verify"), "dns": ("fence_primary", "flip_dns", "confirm_dns")}
 
 
 @dataclass(frozen=True)
@@ -102,16 +98,15 @@ def _truthy(value) -> bool | None:
 
 
 def sample_from_run(doc: dict) -> RunSample | None:
-    """A finished failover as one sample: a failover report (state dir `runs/<id>.report.json`), its journal (the
-    DR store's `runs/<id>.json`), or one service's journal of a fleet run (`runs/<fleet run>/<service>.json`).
-    None for anything else (failbacks, failed or unfinished runs, a run that found the site already serving)."""
+    """One service's journal of a finished failover (`runs/<run>/<service>.json`, under the state dir and in the DR
+    store) as one sample. None for anything else (failbacks, failed or unfinished runs, a run that found the
+    service already serving)."""
     if not isinstance(doc, dict) or doc.get("kind") != "failover" or doc.get("status") != "done":
         return None
     ctx = doc.get("context") if isinstance(doc.get("context"), dict) else {}
     steps = {s.get("name"): s for s in doc.get("steps") or [] if isinstance(s, dict)}
-    mapping = SINGLE_STEPS if "preflight" in steps else FLEET_STEPS   # journals before one engine: no preflight
     phases = {}
-    for phase, names in mapping.items():
+    for phase, names in STEPS.items():
         total = 0.0
         for n in names:
             s = steps.get(n)
@@ -124,12 +119,11 @@ def sample_from_run(doc: dict) -> RunSample | None:
     restore_ev = steps["restore"].get("evidence") or {}
     nbytes = (restore_ev.get("restore") or {}).get("bytes") if isinstance(restore_ev.get("restore"), dict) else None
     ended = doc.get("ended") or max((s.get("end") or s.get("ended") or 0) for s in steps.values())
-    return RunSample(str(doc.get("run_id")), float(ended or 0), phases,
-                     host=doc.get("standby") or ctx.get("host"),
-                     image=(doc.get("production") or {}).get("image") or ctx.get("image") or pull_ev.get("image"),
+    return RunSample(str(doc.get("run_id")), float(ended or 0), phases, host=ctx.get("host"),
+                     image=ctx.get("image") or pull_ev.get("image"),
                      pulled=_truthy(pull_ev.get("pulled")),
                      restore_bytes=nbytes if isinstance(nbytes, int) and nbytes > 0 else None,
-                     engine=FLEET if ctx.get("fleet", "wave" in ctx) else SINGLE)
+                     engine=FLEET if ctx.get("fleet") else SINGLE)
 
 
 def samples_from_drill(report: dict) -> tuple[list[RunSample], list[tuple[float, float]]]:
@@ -140,8 +134,9 @@ def samples_from_drill(report: dict) -> tuple[list[RunSample], list[tuple[float,
     for sc in report.get("scenarios") or []:
         fo = sc.get("failover") if isinstance(sc.get("failover"), dict) else {}
         if fo.get("run_id") and fo.get("status") == "done":
-            doc = {"run_id": fo["run_id"], "kind": "failover", "status": "done", "ended": ended,
-                   "standby": fo.get("standby"), "production": {},
+            doc = {"run_id": fo["run_id"] + (f".{fo['service']}" if fo.get("service") else ""), "kind": "failover",
+                   "status": "done",
+                   "ended": ended, "context": {"host": fo.get("standby")},
                    "steps": [{**s, "status": s.get("outcome")} for s in sc.get("steps") or []]}
             s = sample_from_run(doc)
             if s is not None:
@@ -228,20 +223,12 @@ def predict(needs: list[Need], samples: list[RunSample], detections: list[tuple[
         per[n.service] = ServicePrediction(None, phases, tuple(own))
 
     placed = [n for n in needs if n.wave is not None]
-    if engine == SINGLE:
-        for n in placed:
-            p = per[n.service].phases
-            rto = p["detect"] + p["provision"] + max(p["pull"], p["restore"]) + p["start"] + p["verify"] + p["dns"]
-            per[n.service] = ServicePrediction(round(rto, 3), p, per[n.service].notes)
-        waves = [round(max((per[n.service].rto_s - detection for n in placed), default=0.0), 3)] if placed else []
-        fleet = max((per[n.service].rto_s for n in placed), default=None)
-        return Prediction(engine, statistic, len(recent), detection, base, per, waves, fleet, tuple(notes))
-
     waves: list[float] = []
     clock = detection
     for w in sorted({n.wave for n in placed}):
-        members = [per[n.service].phases for n in placed if n.wave == w]
-        took = sum(max(m[p] for m in members) for p in PHASES if p != "dns") + sum(m["dns"] for m in members)
+        slowest = {p: max(per[n.service].phases[p] for n in placed if n.wave == w) for p in PHASES}
+        took = sum(slowest[p] for p in PHASES if p not in ("pull", "restore")) + max(slowest["pull"],
+                                                                                    slowest["restore"])
         waves.append(round(took, 3))
         clock += took
         for n in placed:

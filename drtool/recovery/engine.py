@@ -11,9 +11,8 @@ does the fan-out), and the step's outcome is journaled per service before the ne
 
 A service that fails never stops the others and never moves its record. A run killed at any step boundary is
 finished by `--resume RUN`: a finished step never runs again, the lease is taken again before any step, and a
-standby that failed is never used again. One service is a fleet of one: the same plan, steps and journal; only
-where the files go differs (a configuration with one service keeps `runs/RUN.json` and `runs/RUN.report.json`,
-several keep `runs/RUN/SERVICE.json` and `runs/RUN.fleet.json`).
+standby that failed is never used again. One service is a fleet of one: the same plan, steps, journals
+(`runs/RUN/SERVICE.json`) and report (`runs/RUN.report.json`: the run, and one row per service with its steps).
 """
 
 from __future__ import annotations  # PEP 563 (public)
@@ -73,7 +72,6 @@ class Recovery:
         self.config, self.out, self.req, self.kind = config, out, req, req.kind
         self.site = config.site(req.site)
         check_site(self.kind, self.site)
-        self.single = len(config.services) == 1
         self.run_id = req.resume or req.run_id or new_run_id(self.kind, self.site.name)
         self.parallel = req.parallel or config.failover.parallel
         self.planned = req.planned or req.everything
@@ -92,11 +90,11 @@ class Recovery:
         return state_dir() / RUNS
 
     def journal_path(self, service: str) -> Path:
-        return self.runs / f"{self.run_id}.json" if self.single else self.runs / self.run_id / f"{service}.json"
+        return self.runs / self.run_id / f"{service}.json"
 
     @property
     def report_path(self) -> Path:
-        return self.runs / (f"{self.run_id}.report.json" if self.single else f"{self.run_id}.fleet.json")
+        return self.runs / f"{self.run_id}.report.json"
 
     def steps(self) -> list[StepDef]:
         head = [StepDef("preflight", "Preflight: registry verified, store and DNS credentials checked", S.preflight,
@@ -171,12 +169,12 @@ class Recovery:
                     move.ctx["primary_serving"] = refused[spec.name]
 
     def add(self, spec: ServiceSpec, hosts: tuple, wave: int) -> Move:
-        journal = Journal(self.run_id if self.single else f"{self.run_id}.{spec.name}", self.kind, self.site.name,
+        journal = Journal(f"{self.run_id}.{spec.name}", self.kind, self.site.name,
                           self.doc["started"], reason=self.req.reason, path=self.journal_path(spec.name),
                           context={"service": spec.name, "model": spec.model, "record": spec.record,
                                    "port": spec.port, "wave": wave, "host": hosts[0].name,
                                    "hosts": [h.name for h in hosts], "planned": self.planned, "tried": [],
-                                   "fleet": not self.single})
+                                   "fleet": len(self.config.services) > 1})
         journal.steps = [StepRecord(s.name, s.title) for s in self.steps()]
         self.mirror(journal)
         self.moves[spec.name] = move = Move(spec, tuple(hosts), wave, journal)
@@ -190,8 +188,7 @@ class Recovery:
     def load(self) -> None:
         """The moves of an interrupted run, from its journals: the failed step and every later one run again; the
         lease is taken again; a standby that failed stays refused."""
-        paths = [self.journal_path("")] if self.single else sorted((self.runs / self.run_id).glob("*.json"))
-        paths = [p for p in paths if p.exists()]
+        paths = sorted((self.runs / self.run_id).glob("*.json"))
         if not paths:
             raise UsageError(f"no journal for run {self.run_id} in {self.runs}",
                              hint=f"give the run id printed by the interrupted {self.kind}")
@@ -229,7 +226,7 @@ class Recovery:
         finally:
             registry.store.close()
         old = self.report_path
-        if not self.single and old.exists():
+        if old.exists():
             prev = json.loads(old.read_text())
             self.doc.update({k: prev[k] for k in ("started", "reason", "not_moved", "left") if k in prev})
             self.doc["failed_standbys"].update(prev.get("failed_standbys") or {})
@@ -247,7 +244,7 @@ class Recovery:
         try:
             for wave in sorted({m.wave for m in self.moves.values()}):
                 todo = [m for m in self.moves.values() if m.wave == wave and m.journal.status != DONE]
-                if todo and not self.single:
+                if todo and len(self.moves) > 1:
                     self.out.step(f"wave {wave + 1}: " + ", ".join(m.name for m in todo))
                 for batch in self.batches():
                     self.run_batch(batch, todo)
@@ -283,7 +280,7 @@ class Recovery:
         if not work:
             return
         for step, todo in work:
-            self.out.step(step.title + ("" if self.single else f" ({', '.join(m.name for m in todo)})"))
+            self.out.step(f"{step.title} ({', '.join(m.name for m in todo)})")
             for m in todo:
                 self.begin(m, step.name)
         if len(work) == 1:
@@ -328,11 +325,10 @@ class Recovery:
             else:
                 rec.error = f"{type(outcome).__name__}: {outcome}"
             m.journal.status, m.journal.ended = FAILED, rec.ended
-            self.out.info(f"  [red]failed[/] {'' if self.single else m.name + ' at '}{step}: {rec.error}")
+            self.out.info(f"  [red]failed[/] {m.name} at {step}: {rec.error}")
         else:
             rec.status, rec.evidence = DONE, outcome or {}
-            if self.single:
-                self.out.info(f"  [green]done[/] {step} [dim]{rec.seconds:.1f}s[/]")
+            self.out.info(f"  [green]done[/] {m.name} {step} [dim]{rec.seconds:.1f}s[/]")
         if not self.req.dry_run and all(s.status in (DONE, SKIPPED) for s in m.journal.steps):
             m.journal.status, m.journal.ended = DONE, m.journal.ended or rec.ended
         self.save(m)
@@ -342,7 +338,7 @@ class Recovery:
             m.journal.save()
 
     def save_doc(self) -> None:
-        if not self.single and not self.req.dry_run:
+        if not self.req.dry_run:
             with self.lock:
                 write_json_atomic(self.report_path, {**self.doc, "assignments": self.assignments()})
 
@@ -352,18 +348,17 @@ class Recovery:
 
     # -- the report -----------------------------------------------------------------------------------------
     def report(self) -> dict:
-        if self.single and len(self.moves) == 1:
-            return self.service_report(next(iter(self.moves.values())))
+        """The run and one row per service: every moved one with its steps and their evidence, the production it
+        serves, its record before and after, its RTO and its snapshot's age; then those left or not moved."""
         rows = [self.row(m) for m in sorted(self.moves.values(), key=lambda x: (x.spec.priority, x.name))]
         rows += self.doc["left"] + self.doc["not_moved"]
         ok = {MOVED, ALREADY, PRIMARY_UP, BACK, HOME}
         moved = [r for r in rows if r["status"] in (MOVED, BACK)]
-        self.doc.update(ended=time.time(), services=rows, assignments=self.assignments(),
-                        waves=len({m.wave for m in self.moves.values()}),
-                        status=("planned" if self.req.dry_run else
-                                DONE if all(r["status"] in ok for r in rows) else "partial"),
-                        fleet_rto_s=max((r["rto_s"] for r in moved if r.get("rto_s") is not None), default=None),
-                        dry_run=self.req.dry_run)
+        status = ("planned" if self.req.dry_run else DONE if all(r["status"] in ok for r in rows) else
+                  "partial" if any(r["status"] in ok for r in rows) else FAILED)
+        self.doc.update(ended=time.time(), services=rows, assignments=self.assignments(), status=status,
+                        waves=len({m.wave for m in self.moves.values()}), dry_run=self.req.dry_run,
+                        rto_s=max((r["rto_s"] for r in moved if r.get("rto_s") is not None), default=None))
         return {**self.doc, "journal": None if self.req.dry_run else str(self.report_path)}
 
     def status_of(self, m: Move) -> str:
@@ -381,55 +376,36 @@ class Recovery:
         return MOVED
 
     def row(self, m: Move) -> dict:
-        failed = next((s for s in m.journal.steps if s.status == FAILED), None)
-        last = next((m.rec(n) for n in ("confirm_dns", "flip_dns") if m.rec(n).status == DONE), None)
-        flip = m.rec("flip_dns").evidence
-        tried = m.ctx.get("tried", [])
-        refused = [t for t in tried if not t["ok"]]
-        return {
-            "service": m.name, "priority": m.spec.priority, "standby": m.host.name, "hosts": [h.name for h in m.hosts],
-            "wave": m.wave, "status": self.status_of(m), "record": m.spec.record,
-            "reason": f"{failed.name}: {failed.error}" if failed else m.ctx.get("already_serving") or (
-                m.rec("preflight").evidence.get("primary_serving") if self.req.dry_run else None),
-            "standbys_tried": tried,
-            "fallback": ("; ".join(f"{t['host']} refused ({t['error']})" for t in refused)
-                         + (f"; moved to {m.host.name}" if not failed else "")) if refused else None,
-            "model": m.spec.model, "version": m.ctx.get("version"), "image": m.ctx.get("image"),
-            "snapshot": m.ctx.get("snapshot_id"),
-            "before": (m.ctx.get("dns_before") or {}).get("addresses"), "after": flip.get("after"),
-            "previous_saved": flip.get("previous_saved"),
-            "rto_s": round(last.ended - self.doc["started"], 3) if last and last.ended else None,
-            "journal": str(m.journal.path) if m.journal.path else None}
-
-    def service_report(self, m: Move) -> dict:
-        """One service's run as `drtool failover`/`failback` has always reported it: its steps and their
-        evidence, the production it serves, the record before and after, RTO and the snapshot's age."""
         j = m.journal
-        groups = {s.name: s.group for s in self.steps()}
-        steps = [{"name": s.name, "title": s.title, "group": groups.get(s.name), "status": s.status,
-                  "start": s.started, "end": s.ended, "seconds": s.seconds, "evidence": s.evidence, "error": s.error,
-                  "error_class": s.error_class, "attempts": s.attempts} for s in j.steps]
-        confirm = m.rec("confirm_dns")
+        failed = next((s for s in j.steps if s.status == FAILED), None)
+        last = next((m.rec(n) for n in ("confirm_dns", "flip_dns") if m.rec(n).status == DONE), None)
         flip = m.rec("flip_dns")
         restored = m.rec("restore").status == DONE and not m.rec("restore").evidence.get("skipped")
+        refused = [t for t in m.ctx.get("tried", []) if not t["ok"]]
+        groups = {s.name: s.group for s in self.steps()}
         return {
-            "run_id": self.run_id, "kind": self.kind, "site": self.site.name, "model": m.spec.model,
-            "service": m.name, "status": j.status, "dry_run": self.req.dry_run,
-            "reason": j.reason, "started": j.started, "ended": j.ended,
-            "already_serving": m.ctx.get("already_serving"),
+            "service": m.name, "priority": m.spec.priority, "model": m.spec.model, "standby": m.host.name,
+            "hosts": [h.name for h in m.hosts], "wave": m.wave, "status": self.status_of(m), "record": m.spec.record,
+            "reason": f"{failed.name}: {failed.error}" if failed else m.ctx.get("already_serving") or (
+                m.rec("preflight").evidence.get("primary_serving") if self.req.dry_run else None),
+            "already_serving": m.ctx.get("already_serving"), "standbys_tried": m.ctx.get("tried", []),
+            "fallback": ("; ".join(f"{t['host']} refused ({t['error']})" for t in refused)
+                         + (f"; moved to {m.host.name}" if not failed else "")) if refused else None,
             "production": {"version": m.ctx.get("version"), "image": m.ctx.get("image"),
                            "snapshot_id": m.ctx.get("snapshot_id")},
-            "standby": m.host.name, "standbys_tried": m.ctx.get("tried", []),
             "dns": {"record": m.spec.record, "before": m.ctx.get("dns_before"),
-                    "after": flip.evidence.get("after") if flip.status == DONE else None},
-            "rto_s": round(confirm.ended - j.started, 3) if confirm.status == DONE and confirm.ended else None,
+                    "after": flip.evidence.get("after") if flip.status == DONE else None,
+                    "previous_saved": flip.evidence.get("previous_saved")},
+            "rto_s": round(last.ended - self.doc["started"], 3) if last and last.ended else None,
             "snapshot": {"restored": m.ctx.get("snapshot_id") if restored else None,
                          "created": m.ctx.get("snapshot_created"),
                          "registered": m.ctx.get("registered_snapshot_id"),
                          "refused": m.ctx.get("snapshots_refused", []),
                          "age_at_start_s": snapshot_age(m.ctx.get("snapshot_created"), j.started)},
-            "steps": steps, "journal": str(j.path) if j.path else None, "journal_mirror_error": j.mirror_error,
-        }
+            "steps": [{"name": s.name, "title": s.title, "group": groups.get(s.name), "status": s.status,
+                       "start": s.started, "end": s.ended, "seconds": s.seconds, "evidence": s.evidence,
+                       "error": s.error, "error_class": s.error_class, "attempts": s.attempts} for s in j.steps],
+            "journal": str(j.path) if j.path else None, "journal_mirror_error": j.mirror_error}
 
 
 def check_site(kind: str, site: Site) -> None:

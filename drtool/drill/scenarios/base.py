@@ -163,19 +163,16 @@ def primary_steady(ctx: Context) -> Steady:
 
 
 def wait_failover_report(run_id: str, workdir: Path) -> dict:
-    """The report of failover `run_id` (started by `drtool serve`), once it has written one: a single service's
-    report (runs/RUN.report.json), or a fleet run's document (runs/RUN.fleet.json) once the run has ended."""
+    """The report of failover `run_id` (started by `drtool serve`, runs/RUN.report.json) once the run has ended."""
     from drtool.actions import failover
     from drtool.paths import state_dir
 
     runs = state_dir() / failover.RUNS
-    single, fleet = runs / f"{run_id}.report.json", runs / f"{run_id}.fleet.json"
+    path = runs / f"{run_id}.report.json"
     deadline = time.monotonic() + FAILOVER_TIMEOUT_S
     while time.monotonic() < deadline:
-        if single.exists():
-            return json.loads(single.read_text())
-        if fleet.exists():
-            doc = json.loads(fleet.read_text())
+        if path.exists():
+            doc = json.loads(path.read_text())
             if doc.get("ended"):
                 return doc
         time.sleep(0.5)
@@ -208,7 +205,8 @@ class Failover(Scenario):
     `expect_moved`."""
 
     def recover(self, ctx, sc, cfg, fault, fault_at) -> dict:
-        """Run the failover the way it would happen; returns the failover's report."""
+        """Run the failover the way it would happen; returns the drilled service's row of the failover's report,
+        with the run's id, status and start."""
         from drtool.actions import failover
         from drtool.paths import state_dir
 
@@ -225,7 +223,9 @@ class Failover(Scenario):
             except DrtoolError as exc:
                 error = exc
             fo = json.loads((state_dir() / failover.RUNS / f"{run_id}.report.json").read_text())
-        fo["error"] = None if error is None else {"message": error.message, "exit_code": error.exit_code}
+        row = next((r for r in fo["services"] if r.get("steps")), {"steps": [], **(fo["services"] or [{}])[0]})
+        fo = {**row, "run_id": fo["run_id"], "status": fo["status"], "started": fo["started"],
+              "error": None if error is None else {"message": error.message, "exit_code": error.exit_code}}
         for s in fo["steps"]:
             if s["start"] is not None:
                 outcome = {"done": "done", "failed": "failed", "skipped": "skipped"}.get(s["status"], "pending")
@@ -236,7 +236,8 @@ class Failover(Scenario):
             image_pull=secs.get("pull_image", 0.0), restore=secs.get("restore", 0.0),
             verify=round(secs.get("start", 0) + secs.get("wait_ready", 0) + secs.get("verify", 0), 3),
             dns=round(secs.get("fence_primary", 0) + secs.get("flip_dns", 0) + secs.get("confirm_dns", 0), 3))
-        sc.doc["failover"] = {"run_id": fo["run_id"], "status": fo["status"], "error": fo["error"],
+        sc.doc["failover"] = {"run_id": fo["run_id"], "service": fo.get("service"), "status": fo["status"],
+                              "error": fo["error"],
                               "snapshot": fo.get("snapshot"), "standby": fo.get("standby"),
                               "standbys_tried": fo.get("standbys_tried"), "dns": fo.get("dns")}
         return fo

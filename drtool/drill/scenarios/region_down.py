@@ -124,7 +124,7 @@ class RegionDown(Scenario):
                 "done" if error is None else "failed",
                 {"run_id": run_id, "moved": sorted(n for n, r in rows.items() if r["status"] == MOVED)},
                 None if error is None else error.message)
-        sc.doc["split"].update(fleet_failover=round(result.get("fleet_rto_s") or 0.0, 3))
+        sc.doc["split"].update(fleet_failover=round(result.get("rto_s") or 0.0, 3))
         return {"result": result, "rows": rows, "error": error}
 
     def expect(self, ctx, sc, fo, fault, cfg) -> dict:
@@ -155,7 +155,8 @@ class RegionDown(Scenario):
                 row = rows.get(spec.name, {})
                 out = per[spec.name] = {"status": row.get("status"), "standby": row.get("standby"),
                                         "record": spec.record, "moved_s": None, "rto_s": None, "rpo_s": None,
-                                        "snapshot": row.get("snapshot"), "capacity": None, "error": row.get("reason"),
+                                        "snapshot": (row.get("production") or {}).get("snapshot_id"),
+                                        "capacity": None, "error": row.get("reason"),
                                         "standbys_tried": row.get("standbys_tried") or [],
                                         "fallback": row.get("fallback")}
                 if row.get("status") != "moved":
@@ -176,7 +177,7 @@ class RegionDown(Scenario):
                         raise OperationFailed(f"canary through {spec.record}: {evidence}")
                     out["rto_s"] = round(time.time() - fault_at, 3)                       # fault -> canary served
                     served.append(out["rto_s"])
-                    manifest, _raw = catalog.load(store, catalog.resolve(store, row["snapshot"]))
+                    manifest, _raw = catalog.load(store, catalog.resolve(store, out["snapshot"]))
                     out["rpo_s"] = snapshot_age(manifest.created, fault_at)
                 except DrtoolError as exc:
                     out["error"] = exc.message
