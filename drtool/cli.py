@@ -636,7 +636,7 @@ def _recover(app: App, req, yes: bool) -> None:
     def confirm(plan: dict) -> None:
         if yes:
             return
-        app.out.err.print(_plan_table(plan))
+        app.out.err.print(_fleet_table(plan))
         if not sys.stdin.isatty():
             raise UsageError(f"{req.kind} changes things and needs confirmation",
                              hint="re-run with --yes (non-interactive), or --dry-run to see the plan")
@@ -653,28 +653,21 @@ def _recover(app: App, req, yes: bool) -> None:
     app.out.result(result, _render_run(result))
 
 
-def _plan_table(plan: dict):
-    rows = [[r["service"], r["priority"], ", ".join(r["hosts"]), r["wave"] + 1, r["record"]] for r in plan["services"]]
-    rows += [[r["service"], r["priority"], "", "", f"{r['record']} ({r['status']}: {r['reason']})"]
-             for r in plan["left"] + plan["not_moved"]]
-    return table(f"{plan['kind'].capitalize()} plan to {plan['site']} (nothing changed yet); steps: "
-                 + ", ".join(plan["steps"]), ["service", "priority", "to", "wave", "record"], rows)
-
-
 def _fleet_table(result: dict):
+    """Every service of a run (a plan, a dry run or a result) in one table; a column empty in every row is left out."""
     rto = result.get("rto_s")
+    columns = ["service", "priority", "to", "wave", "status", "record", "was", "version / snapshot", "RTO", "reason"]
+    rows = [[r["service"], r["priority"], ", ".join(r.get("hosts") or []),
+             r["wave"] + 1 if r.get("wave") is not None else "", r["status"], r["record"],
+             ", ".join(((r.get("dns") or {}).get("before") or {}).get("addresses") or []),
+             " / ".join(filter(None, [(r.get("production") or {}).get("version"),
+                                      ((r.get("production") or {}).get("snapshot_id") or "")[:12]])),
+             f"{r['rto_s']:.1f}s" if r.get("rto_s") is not None else "",
+             "; ".join(filter(None, [r.get("reason"), r.get("fallback")]))] for r in result["services"]]
+    keep = [i for i in range(len(columns)) if any(row[i] not in ("", None) for row in rows)]
     return table(f"{result['kind'].capitalize()} {result['run_id']} to {result['site']}: {result['status']}"
-                 + (f", RTO {rto:.1f}s" if rto is not None else ""),
-                 ["service", "priority", "to", "wave", "status", "record", "was", "version / snapshot", "RTO",
-                  "reason"],
-                 [[r["service"], r["priority"], ", ".join(r.get("hosts") or []),
-                   r["wave"] + 1 if r.get("wave") is not None else "", r["status"], r["record"],
-                   ", ".join(((r.get("dns") or {}).get("before") or {}).get("addresses") or []),
-                   " / ".join(filter(None, [(r.get("production") or {}).get("version"),
-                                            ((r.get("production") or {}).get("snapshot_id") or "")[:12]])),
-                   f"{r['rto_s']:.1f}s" if r.get("rto_s") is not None else "",
-                   "; ".join(filter(None, [r.get("reason"), r.get("fallback")]))]
-                  for r in result["services"]])
+                 + (f", RTO {rto:.1f}s" if rto is not None else ""), [columns[i] for i in keep],
+                 [[row[i] for i in keep] for row in rows])
 
 
 def _render_run(result: dict):

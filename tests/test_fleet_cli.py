@@ -126,6 +126,6 @@ def test_fleet_failback_without_yes_off_a_terminal_exits_2(fleet_config, monkeyp
     res = CliRunner().invoke(cli.main_group, ["--config", str(fleet_config), "failback", "--site", "prod-west"],
                              terminal_width=200)
     assert res.exit_code == 2, res.output
-    assert "needs confirmation" in res.output and "Failback plan to prod-west (nothing changed yet)" in res.output
+    assert "needs confirmation" in res.output and "to prod-west: plan, nothing changed yet" in res.output
     assert "rerank" in res.output and "pw-gpu1" in res.output
     assert not (tmp_path / "state" / "runs").exists()

@@ -65,18 +65,8 @@ def run(config: Config, out: Output, req: Request, confirm: Callable[[dict], Non
     out.info(f"{rec.kind} run [bold]{rec.run_id}[/] to {rec.site.name} ({', '.join(rec.moves) or 'no service'}); "
              f"{where}")
     if confirm and not req.dry_run and not req.resume:
-        confirm(plan_view(rec))
+        confirm({**rec.doc, "status": "plan, nothing changed yet", "services": rec.rows()})
     return check(rec, rec.execute())
-
-
-def plan_view(rec: Recovery) -> dict:
-    """What is about to change, shown before the first change: each service's target and wave, the steps."""
-    return {"kind": rec.kind, "site": rec.site.name, "run_id": rec.run_id,
-            "steps": [s.title for s in rec.steps()],
-            "services": [{"service": m.name, "priority": m.spec.priority, "record": m.spec.record,
-                          "hosts": [h.name for h in m.hosts], "wave": m.wave} for m in
-                         sorted(rec.moves.values(), key=lambda x: (x.wave, x.spec.priority, x.name))],
-            "left": rec.doc["left"], "not_moved": rec.doc["not_moved"]}
 
 
 def check(rec: Recovery, report: dict) -> dict:

@@ -81,6 +81,7 @@ class Recovery:
                           "planned": self.planned, "not_moved": [], "left": [], "failed_standbys": {}}
         self.store = open_store(self.site.object_stores[0])   # lease, journal copies, saved records
         self.lease = None
+        self.started = False                                   # execute() has begun: a move is no longer "to move"
         self.lock = threading.Lock()
         self.cache: dict = {}                                  # per run: registry reads, DNS credential checks
 
@@ -233,7 +234,7 @@ class Recovery:
 
     # -- running --------------------------------------------------------------------------------------------
     def execute(self) -> dict:
-        dry = self.req.dry_run
+        dry, self.started = self.req.dry_run, True
         if dry:   # a dry run changes nothing, its own journals included: they stay in memory
             for m in self.moves.values():
                 m.journal.path, m.journal.mirror = None, None
@@ -350,8 +351,7 @@ class Recovery:
     def report(self) -> dict:
         """The run and one row per service: every moved one with its steps and their evidence, the production it
         serves, its record before and after, its RTO and its snapshot's age; then those left or not moved."""
-        rows = [self.row(m) for m in sorted(self.moves.values(), key=lambda x: (x.spec.priority, x.name))]
-        rows += self.doc["left"] + self.doc["not_moved"]
+        rows = self.rows()
         ok = {MOVED, ALREADY, PRIMARY_UP, BACK, HOME}
         moved = [r for r in rows if r["status"] in (MOVED, BACK)]
         status = ("planned" if self.req.dry_run else DONE if all(r["status"] in ok for r in rows) else
@@ -361,10 +361,16 @@ class Recovery:
                         rto_s=max((r["rto_s"] for r in moved if r.get("rto_s") is not None), default=None))
         return {**self.doc, "journal": None if self.req.dry_run else str(self.report_path)}
 
+    def rows(self) -> list[dict]:
+        """One row per service: the moves in priority order, then those left or not moved. Before the first change
+        (the plan a user confirms), the moves are "to move"."""
+        return [self.row(m) for m in sorted(self.moves.values(), key=lambda x: (x.spec.priority, x.name))] + \
+            self.doc["left"] + self.doc["not_moved"]
+
     def status_of(self, m: Move) -> str:
         if m.failed():
             return FAILED_S
-        if self.req.dry_run:
+        if self.req.dry_run or not self.started:
             return "to bring back" if self.kind == FAILBACK else "to move"
         if m.journal.status != DONE:
             return "interrupted"
