@@ -559,7 +559,7 @@ def flip_dns(run: Run, moves: list[Move]) -> dict:
                     "fenced": m.ctx.get("fenced", {})}
         if before.addresses == [target]:
             return {**evidence, "changed": False}
-        saved = dnsrecord.save_previous(site, run.store, before, m.journal.run_id)
+        saved = dnsrecord.save_previous(site, run.store, before, run.run_id)
         dns.replace_a([target], site.dns.ttl)
         return {**evidence, "changed": True, "previous_saved": saved}
     return each(moves, one)
