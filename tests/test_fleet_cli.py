@@ -86,6 +86,32 @@ def test_dry_run_prints_where_each_service_would_go_and_what_it_would_restore(fl
     assert "left" in ocr and "no standby left at dr-east" in ocr
 
 
+ONE = {
+    "kind": "failover", "run_id": "fo-y", "site": "dr-east", "status": "done", "dry_run": False, "rto_s": 21.5,
+    "journal": "/state/runs/fo-y.report.json",
+    "services": [{"service": "llm", "priority": 0, "standby": "de-gpu1", "hosts": ["de-gpu1"], "wave": 0,
+                  "status": "moved", "record": "llm.example.com", "model": "llm",
+                  "dns": {"record": "llm.example.com", "before": {"addresses": ["10.0.1.11"]}, "after": ["10.0.2.21"]},
+                  "production": {"version": "v3", "image": "reg/llm@sha256:" + "fe" * 32, "snapshot_id": "ab" * 32},
+                  "reason": None, "fallback": None, "rto_s": 21.5,
+                  "steps": [{"name": "restore", "status": "done", "seconds": 3.25,
+                             "evidence": {"snapshot_id": "abab", "bytes": 1024}}]}],
+}
+
+
+def test_a_run_of_one_service_prints_its_row_and_its_steps_a_run_of_several_only_the_rows(fleet_config,
+                                                                                           monkeypatch):
+    for result, steps_shown in ((ONE, True), (DRY_RUN, False)):
+        monkeypatch.setattr(failover, "run", lambda config, out, req, confirm=None, r=result: r)
+        res = CliRunner().invoke(cli.main_group, ["--config", str(fleet_config), "failover", "--site", "dr-east",
+                                                  "--yes"], terminal_width=250)
+        assert res.exit_code == 0, res.output
+        assert "llm.example.com" in res.output
+        assert ("llm on de-gpu1" in res.output) is steps_shown                      # the step table's title
+        assert ("snapshot_id=abab, bytes=1024" in res.output) is steps_shown        # and each step's evidence
+        assert ("fo-y to dr-east: done, RTO 21.5s" in res.output) is steps_shown
+
+
 def test_dry_run_json_is_the_engine_report(fleet_config, monkeypatch):
     seen: dict = {}
     monkeypatch.setattr(failover, "run", fake_run(seen))
