@@ -114,13 +114,18 @@ def test_fault_scenarios(lab, production, drill_state, scenario):
 @pytest.mark.nightly
 def test_corrupt_latest_snapshot_falls_back_and_states_the_rpo(lab, lab_config, production, drill_state):
     # A newer nightly snapshot of the same version, with one file of its own (so an older one can still verify).
-    extra = production["weights"] / "NOTES.txt"
-    extra.write_text(f"drill {time.time()}\n")
+    # The backup snapshots both GPU hosts at once: each gets a file of its own, and the newer of the two (by its
+    # `created`, as the fault picks it) is the one damaged.
+    extras = [production["weights"].parents[3] / h / "srv" / "models" / MODEL / "NOTES.txt"
+              for h in ("pw-gpu1", "pw-gpu2")]
+    for extra in extras:
+        extra.write_text(f"drill {time.time()} {extra.parts[-5]}\n")
     try:
         backup = cli_json("backup")
     finally:
-        extra.unlink()
-    newest = backup["snapshots"][0]["id"]
+        for extra in extras:
+            extra.unlink()
+    newest = max(backup["snapshots"], key=lambda s: s["created"])["id"]
     code, result = run_drill(drill_state, "corrupt-latest-snapshot")
     sc = result["scenarios"][0]
     checks = {c["name"]: c for c in sc["checks"]}
