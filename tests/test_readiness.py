@@ -181,6 +181,18 @@ def test_restore_scales_with_bytes():
     assert predict.restore_seconds(one_size, None)[1].startswith("restore: the median, unscaled")
 
 
+def test_snapshots_a_few_bytes_apart_are_one_size_not_a_slope():
+    """Seen on the lab: four services' snapshots of 8390841 to 8390844 bytes restored in 17.693 to 17.698 s. As two
+    sizes, their slope (5 ms over 3 bytes) times 8 MB predicted a restore of hours; they are one size."""
+    runs = samples(*(run_doc(f"r{i}", i, restore=t, nbytes=b)
+                     for i, (b, t) in enumerate(((8390841, 17.693), (8390842, 17.695), (8390844, 17.698)))))
+    seconds, note = predict.restore_seconds(runs, 8390842)
+    assert seconds == pytest.approx(17.695, abs=0.01) and note is None
+    # a size 10 % away still makes a line, and the close pairs do not bend it
+    runs += samples(run_doc("big", 9, restore=35.4, nbytes=2 * 8390842))
+    assert predict.restore_seconds(runs, 4 * 8390842)[0] == pytest.approx(4 * 17.7, rel=0.05)
+
+
 def test_image_already_on_the_standby_costs_the_present_time():
     runs = samples(run_doc("a", 1, pull=30.0, pulled=True, host="de-gpu1", image="img"),
                    run_doc("b", 2, pull=1.0, pulled=False, host="de-gpu2", image="img"))

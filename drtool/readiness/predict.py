@@ -22,9 +22,9 @@ when none did). Adjusted per service:
 - **pull**: a standby that already holds the image (a past run pulled or found that exact reference there) costs
   the median of the runs that found it present (~0: the play only checks); otherwise the median of the runs that
   really pulled it;
-- **restore** scales with the snapshot's bytes: with runs of at least two sizes, a Theil-Sen line (the median of the
-  pairwise slopes, the median intercept: robust like the median); with one size, each run's time scaled by
-  bytes / its bytes, and the median of those;
+- **restore** scales with the snapshot's bytes: with runs of at least two sizes (10 % apart or more; closer pairs
+  are left out of the slopes), a Theil-Sen line (the median of the pairwise slopes, the median intercept: robust
+  like the median); with one size, each run's time scaled by bytes / its bytes, and the median of those;
 - **waves** (drtool/recovery/): waves run one after the other; within a wave every step runs for all its services
   at once, and the pull and the restore at the same time, so a wave takes provision + max(pull, restore) + start +
   verify + dns, each the slowest service's; a service's RTO is detect + every wave up to its own; the fleet RTO is
@@ -38,6 +38,7 @@ from statistics import median
 
 SINGLE, FLEET = "single", "fleet"
 DEFAULT_RUNS = 10
+SIZE_STEP = 0.1                         # runs' snapshot sizes at least this share apart count as two sizes
 PHASES = ("provision", "pull", "restore", "start", "verify", "dns")
 STEPS = {"provision": ("preflight", "lease", "provision"), "pull": ("pull_image",), "restore": ("restore",),
          "start": ("start",), "verify": ("wait_ready", "verify"), "dns": ("fence_primary", "flip_dns", "confirm_dns")}
@@ -172,8 +173,11 @@ def restore_seconds(samples: list[RunSample], nbytes: int | None) -> tuple[float
         return None, None
     if not nbytes or not sized:
         return _med(times), "restore: the median, unscaled (snapshot size or run sizes unknown)"
-    if len({b for b, _ in sized}) >= 2:
-        slopes = [(t2 - t1) / (b2 - b1) for i, (b1, t1) in enumerate(sized) for b2, t2 in sized[i + 1:] if b2 != b1]
+    # Two sizes are two only when they differ by SIZE_STEP: snapshots a few bytes apart (a changed config file)
+    # give a slope of noise over nothing, which times a snapshot's bytes would predict hours.
+    slopes = [(t2 - t1) / (b2 - b1) for i, (b1, t1) in enumerate(sized) for b2, t2 in sized[i + 1:]
+              if abs(b2 - b1) >= SIZE_STEP * max(b1, b2)]
+    if slopes:
         slope = max(0.0, median(slopes))
         intercept = max(0.0, median(t - slope * b for b, t in sized))
         return round(intercept + slope * nbytes, 3), None
