@@ -135,9 +135,9 @@ def samples_from_drill(report: dict) -> tuple[list[RunSample], list[tuple[float,
     for sc in report.get("scenarios") or []:
         fo = sc.get("failover") if isinstance(sc.get("failover"), dict) else {}
         if fo.get("run_id") and fo.get("status") == "done":
-            doc = {"run_id": fo["run_id"] + (f".{fo['service']}" if fo.get("service") else ""), "kind": "failover",
-                   "status": "done",
-                   "ended": ended, "context": {"host": fo.get("standby")},
+            run_id = fo["run_id"] + (f".{fo['service']}" if fo.get("service") else "")   # its journal's id
+            doc = {"run_id": run_id, "kind": "failover", "status": "done", "ended": ended,
+                   "context": {"host": fo.get("standby")},
                    "steps": [{**s, "status": s.get("outcome")} for s in sc.get("steps") or []]}
             s = sample_from_run(doc)
             if s is not None:

@@ -134,8 +134,6 @@ class RegionDown(Scenario):
         from drtool.execute.dns import dns_for
         from drtool.execute.serving import base_url, predict
         from drtool.model_registry.entries import compare_output
-        from drtool.snapshot import catalog
-        from drtool.snapshot.stores import open_store
 
         result, rows, error, fault_at = fo["result"], fo["rows"], fo["error"], sc.doc["fault_at"]
         dr = cfg.site(ctx.dr.name)
@@ -147,7 +145,7 @@ class RegionDown(Scenario):
                  summary=f"all {len(specs)} services moved to {dr.name}" if moved_all else
                  f"not moved: {', '.join(not_moved) or 'none'}" + (f" (the fleet failover: {error.message})"
                                                                   if error is not None else ""))
-        registry, store = site_registry(cfg, dr), open_store(dr.object_stores[0])
+        registry = site_registry(cfg, dr)
         hosts = {h.name: h for h in dr.hosts}
         per, served, entries = {}, [], {}
         try:
@@ -177,13 +175,12 @@ class RegionDown(Scenario):
                         raise OperationFailed(f"canary through {spec.record}: {evidence}")
                     out["rto_s"] = round(time.time() - fault_at, 3)                       # fault -> canary served
                     served.append(out["rto_s"])
-                    manifest, _raw = catalog.load(store, catalog.resolve(store, out["snapshot"]))
-                    out["rpo_s"] = snapshot_age(manifest.created, fault_at)
+                    # the restored snapshot's `created`, as the failover read it from the DR store's manifest
+                    out["rpo_s"] = snapshot_age((row.get("snapshot") or {}).get("created"), fault_at)
                 except DrtoolError as exc:
                     out["error"] = exc.message
         finally:
             registry.store.close()
-            store.close()
         sc.doc["services"] = per
         t = ctx.config.drill
         moved = [p for p in per.values() if p["status"] == "moved"]
