@@ -87,7 +87,8 @@ def run(config: Config, out: Output, site_name: str | None, model: str | None, d
             **store_vars(site, "weights_backup")},
             host_vars={h: {"weights_backup_models": [labelled[m["name"]] | {"port": m["port"]} for m in ms]}
                        for h, ms in p["per_host"].items()})
-    snapshots = [dict(s, host=h, drtool=data.get("drtool")) for h, data in res.results.items()
+    # sorted by host name, not in the order the hosts' plays happened to finish
+    snapshots = [dict(s, host=h, drtool=data.get("drtool")) for h, data in sorted(res.results.items())
                  for s in data.get("snapshots", [])]
     source = open_store(site.object_stores[0])
     copies, problems = [], []
