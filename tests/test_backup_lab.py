@@ -117,8 +117,8 @@ def test_nightly_snapshot_reaches_dr_and_a_drill_restores_it_and_measures_rpo_fr
     result = json.loads(proc.stdout)
     assert proc.returncode == 0, json.dumps(result, indent=1)[:4000]
     (sc,) = result["scenarios"]
-    assert sc["failover"]["snapshot"]["restored"] == nightly["id"]
-    assert sc["failover"]["snapshot"]["created"] == copy["created"]
+    assert sc["services"][MODEL]["snapshot"]["restored"] == nightly["id"]
+    assert sc["services"][MODEL]["snapshot"]["created"] == copy["created"]
     expected_rpo = failover.snapshot_age(copy["created"], sc["fault_at"])
     assert sc["rpo_s"] == expected_rpo and 0 < sc["rpo_s"] < 3600
 

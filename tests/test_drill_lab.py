@@ -61,7 +61,8 @@ def test_primary_down_drill_through_the_alert_chain(lab, production, drill_state
     assert names[:4] == ["steady_state", "fault", "detect", "decide"] and "flip_dns" in names and "load" in names
     assert 0 < sc["split"]["detection"] < 60 and sc["rto_s"] > sc["split"]["detection"]
     assert sc["rpo_s"] is not None and sc["rpo_s"] > 0
-    assert sc["load"]["requests"] == 200 and sc["load"]["canary_mismatches"] == 0 and sc["load"]["passed"]
+    load = sc["services"][MODEL]["capacity"]
+    assert load["requests"] == 200 and load["canary_mismatches"] == 0 and load["passed"]
     flip = next(s for s in sc["steps"] if s["name"] == "flip_dns")
     assert flip["evidence"]["record"] == DRILL_RECORD  # the drill record moved, not production
     assert_production_as_before(lab, result)
@@ -104,7 +105,7 @@ def test_fault_scenarios(lab, production, drill_state, scenario):
         assert checks["failover_refused_exit_3"]["passed"] and checks["no_dns_flip"]["passed"]
         assert sc["rto_s"] is None
     elif scenario == "standby-boot-failure":
-        tried = sc["failover"]["standbys_tried"]
+        tried = sc["services"][MODEL]["standbys_tried"]
         assert [t["host"] for t in tried] == ["de-gpu1", "de-gpu2"] and not tried[0]["ok"] and tried[1]["ok"]
     else:
         assert checks["fencing_recorded_unreachable"]["passed"]
@@ -131,7 +132,7 @@ def test_corrupt_latest_snapshot_falls_back_and_states_the_rpo(lab, lab_config, 
     checks = {c["name"]: c for c in sc["checks"]}
     assert code == 0 and sc["passed"], json.dumps(sc["checks"], indent=1)[:4000]
     assert checks["damaged_snapshot_refused"]["evidence"]["damaged"] == newest
-    restored = sc["failover"]["snapshot"]["restored"]
+    restored = sc["services"][MODEL]["snapshot"]["restored"]
     assert restored and restored != newest
     assert sc["rpo_s"] > 0  # the age of the older snapshot actually restored, at the fault
     # The damaged blob was put back: the newest snapshot verifies again.
@@ -186,7 +187,8 @@ def test_live_drill_moves_production_and_fails_back(lab, production, drill_state
     # The live RTO: fault to the production record answering with the verified standby, within the target.
     assert sc["rto_s"] is not None and sc["rto_s"] > sc["split"]["detection"] > 0
     assert sc["rto_s"] <= result["targets"]["rto_s"]
-    assert sc["load"]["passed"] and sc["load"]["canary_mismatches"] == 0  # loaded through the production record
+    load = sc["services"][MODEL]["capacity"]
+    assert load["passed"] and load["canary_mismatches"] == 0  # loaded through the production record
     assert_production_as_before(lab, result)
     assert dig() == PRIMARY
     evidence = next(c for c in sc["checks"] if c["name"] == "primary_unchanged")["evidence"]

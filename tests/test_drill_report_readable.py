@@ -39,8 +39,11 @@ def fallback_report() -> dict:
     prov["evidence"] = {"host": "de-gpu2", "address": "10.77.0.22",
                         "tried": [{"host": "de-gpu1", "ok": False, "error": HOST_KEY},
                                   {"host": "de-gpu2", "ok": True, "seconds": 7.5}]}
-    sc["failover"] = {"run_id": "failover-dr-east-1", "status": "done", "standby": "de-gpu2",
-                      "standbys_tried": prov["evidence"]["tried"]}
+    sc["failover"] = {"run_id": "failover-dr-east-1", "status": "done", "error": None, "services": ["asr-demo"]}
+    sc["services"] = {"asr-demo": {"status": "moved", "standby": "de-gpu2", "record": "drill.model.drlab.test",
+                                   "moved_s": 30.1, "rto_s": 31.0, "rpo_s": 120.0, "snapshot": None,
+                                   "capacity": None, "error": None, "standbys_tried": prov["evidence"]["tried"],
+                                   "fallback": None}}
     sc["checks"].append({"name": "record_points_at_verified_standby", "passed": True, "summary": RECORD_SENTENCE,
                          "evidence": {"record": "drill.model.drlab.test", "answer": ["10.77.0.22"],
                                       "standby": "de-gpu2"}, "message": None})
@@ -79,10 +82,10 @@ def region_down_report() -> dict:
          "summary": "asr serves asr-demo 1.0.0 and its canary through model.drlab.test (10.77.0.10:8080); "
                     "tts serves tts-demo 1.0.0 and its canary through tts.drlab.test (10.77.0.11:8081)",
          "evidence": {"asr": {"version": {"model": "asr-demo", "version": "1.0.0"}, "canary": {"max_abs": 0}}}},
-        {"name": "every_service_moved", "passed": False, "message": None,
-         "summary": "not moved: emotion (the fleet failover: 1 of 4 services failed)",
+        {"name": "failover_completed", "passed": False, "message": None,
+         "summary": "failover fo-dr-east-1 ended partial: 1 of 4 service(s) did not move (emotion)",
          "evidence": {"emotion": {"status": "failed", "reason": "restore: no snapshot verifies"}}},
-        {"name": "canary_served_through_every_record", "passed": False, "message": None,
+        {"name": "canary_served_through_record", "passed": False, "message": None,
          "summary": "not served through its record: emotion (restore: no snapshot of emotion-demo 1.0.0 verifies)",
          "evidence": {"asr": "RTO 33.5s", "emotion": "restore: no snapshot of emotion-demo 1.0.0 verifies"}},
         {"name": "every_production_record_unchanged", "passed": True, "message": None,
@@ -117,17 +120,16 @@ def test_a_check_from_an_older_report_without_a_sentence_still_reads():
 def test_a_refused_standby_is_named_with_its_reason_in_the_console_and_the_html():
     report = fallback_report()
     text = " ".join(_console(report).split())
-    assert "standby de-gpu1 refused: host key of de-gpu1 (10.77.0.21) changed" in text
-    assert "the failover used de-gpu2 instead" in text
+    assert "service asr-demo: standby de-gpu1 refused: host key of de-gpu1 (10.77.0.21) changed" in text
+    assert "moved to de-gpu2 instead" in text
     html = drill_report.render_html(report)
     box = html[html.index('<div class="fallback">'):]
     box = box[:box.index("</div>")]
-    assert "standby de-gpu1 refused: host key of de-gpu1 (10.77.0.21) changed" in box
-    assert "the failover used de-gpu2 instead" in box
+    assert "service asr-demo: standby de-gpu1 refused: host key of de-gpu1 (10.77.0.21) changed" in box
+    assert "moved to de-gpu2 instead" in box
     # no fallback, no box
     quiet = copy.deepcopy(report)
-    quiet["scenarios"][0].pop("failover")
-    next(s for s in quiet["scenarios"][0]["steps"] if s["name"] == "provision")["evidence"] = {"host": "de-gpu2"}
+    quiet["scenarios"][0]["services"]["asr-demo"]["standbys_tried"] = [{"host": "de-gpu2", "ok": True}]
     assert 'class="fallback"' not in drill_report.render_html(quiet)
     assert "refused" not in _console(quiet)
 

@@ -44,7 +44,7 @@ def test_what_each_scenario_says_about_detection_and_planned_failovers():
     assert {n for n, s in REGISTRY.items() if s.planned} == {"corrupt-latest-snapshot", "standby-boot-failure",
                                                               "registry-mismatch"}
     assert {n for n, s in REGISTRY.items() if isinstance(s, InSite)} == {"process-crash", "gpu-degraded"}
-    assert all(isinstance(s, Failover) for n, s in REGISTRY.items() if (s.detected or s.planned) and n != "region-down")
+    assert all(isinstance(s, Failover) for n, s in REGISTRY.items() if s.detected or s.planned)
     assert {n for n, s in REGISTRY.items() if s.fences} == {"region-partition"}
     assert {n for n, s in REGISTRY.items() if s.load_under_fault} == {"gpu-degraded"}
 

@@ -101,18 +101,9 @@ def exit_code(report: dict) -> int:
 
 
 def fallbacks(sc: dict) -> list[str]:
-    """Every standby a failover refused before the one it used, one sentence each: a fallback is never hidden.
-    From the provision step's evidence (`tried`) or the failover's `standbys_tried`; per service for a fleet."""
+    """Every standby a failover refused before the one it used, one sentence per service: a fallback is never
+    hidden."""
     out = []
-    prov = next((s for s in sc.get("steps") or [] if s.get("name") == "provision"), None)
-    tried = (prov.get("evidence") or {}).get("tried") if prov and isinstance(prov.get("evidence"), dict) else None
-    tried = tried or (sc.get("failover") or {}).get("standbys_tried") or []
-    refused = [t for t in tried if not t.get("ok")]
-    if refused:
-        used = next((t["host"] for t in tried if t.get("ok")), None)
-        out.append("; ".join(f"standby {t['host']} refused: {t.get('error') or 'no reason recorded'}"
-                             for t in refused)
-                   + (f"; the failover used {used} instead" if used else "; no other standby came up"))
     for name, p in (sc.get("services") or {}).items():
         refused = [t for t in p.get("standbys_tried") or [] if not t.get("ok")]
         if refused:
@@ -354,7 +345,7 @@ def _scenario_html(sc: dict, report: dict) -> str:
             [[escape(str(load.get(k, "—"))) for k in ("requests", "concurrency", "rps", "p50_ms", "p95_ms",
                                                        "p99_ms", "error_rate", "canary_mismatches")]
              + [escape(", ".join(f"{k} {v}" for k, v in slo.items())), _badge(load["passed"], "pass", "fail")]]))
-    if sc.get("services"):   # region-down: one row per service of the failed site
+    if sc.get("services"):   # a failover scenario: one row per service it recovered
         parts.append("<h3>Services</h3>" + _table(
             ["service", "status", "standby", "record", "record moved", "RTO", "RPO", "capacity", "error"],
             [[escape(n), escape(str(p.get("status"))), escape(str(p.get("standby") or "—"))

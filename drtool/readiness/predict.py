@@ -134,10 +134,11 @@ def samples_from_drill(report: dict) -> tuple[list[RunSample], list[tuple[float,
     ended = float(report.get("ended") or report.get("started") or 0)
     for sc in report.get("scenarios") or []:
         fo = sc.get("failover") if isinstance(sc.get("failover"), dict) else {}
-        if fo.get("run_id") and fo.get("status") == "done":
-            run_id = fo["run_id"] + (f".{fo['service']}" if fo.get("service") else "")   # its journal's id
-            doc = {"run_id": run_id, "kind": "failover", "status": "done", "ended": ended,
-                   "context": {"host": fo.get("standby")},
+        moved = sc.get("services") if isinstance(sc.get("services"), dict) else {}
+        if fo.get("run_id") and fo.get("status") == "done" and len(moved) == 1:   # its steps are one service's
+            (service, row), = moved.items()
+            doc = {"run_id": f"{fo['run_id']}.{service}", "kind": "failover", "status": "done", "ended": ended,
+                   "context": {"host": row.get("standby")},
                    "steps": [{**s, "status": s.get("outcome")} for s in sc.get("steps") or []]}
             s = sample_from_run(doc)
             if s is not None:
