@@ -250,13 +250,11 @@ def test_samples_from_documents():
     assert s.phases == {"provision": 3.0, "pull": 1.0, "restore": 1.0, "start": 1.0, "verify": 2.0, "dns": 3.0}
     assert s.pulled is False and s.host == "de-gpu2"
     assert s.engine == predict.FLEET and predict.sample_from_run(run_doc("x", 1)).engine == predict.SINGLE
-    report = {"ended": 9.0, "scenarios": [{"passed": True, "split": {"detection": 4.0, "decision": 1.0},
-                                           "failover": {"run_id": "x", "status": "done", "services": ["asr-demo"]},
-                                           "services": {"asr-demo": {"status": "moved", "standby": "de-gpu1"}},
-                                           "steps": [{**st, "outcome": "done"} for st in run_doc("x", 1)["steps"]]}]}
-    got, det = predict.samples_from_drill(report)
-    assert [g.run_id for g in got] == ["x.asr-demo"] and got[0].host == "de-gpu1" and det == [(9.0, 5.0)]
-    assert len(predict.dedupe(got + samples(run_doc("x.asr-demo", 1)))) == 1   # the run's journal: one sample
+    report = {"ended": 9.0, "scenarios": [{"passed": True, "split": {"detection": 4.0, "decision": 1.0}},
+                                          {"passed": True, "split": {"detection": 0.0, "decision": 0.0}},
+                                          {"passed": False, "split": {"detection": 9.0, "decision": 1.0}}]}
+    assert predict.detections_from_drill(report) == [(9.0, 5.0)]   # only what passed through the alert chain
+    assert len(predict.dedupe(samples(run_doc("x.asr-demo", 1)) * 2)) == 1   # a journal and its mirror: one sample
 
 
 # -- metrics ------------------------------------------------------------------------------------------------------

@@ -206,10 +206,7 @@ def gather(config: Config, dr: Site, specs: list[ServiceSpec], now: float) -> tu
                 run_keys = g.newest(f"{RUNS}/", ".json", 4 * runs)
                 docs = list(pool.map(g.get_json, drill_keys + run_keys))
                 reports = [d for d in docs[:len(drill_keys)] if d and d.get("site") == dr.name]
-                for d in reports:
-                    got, det = predict.samples_from_drill(d)
-                    samples += got
-                    detections += det
+                detections = [d for r in reports for d in predict.detections_from_drill(r)]
                 samples += [s for s in map(predict.sample_from_run, docs[len(drill_keys):]) if s is not None]
                 dr_entries = {k[1:]: f.result() for k, f in dr_f.items()}
             except DrtoolError as exc:

@@ -46,7 +46,7 @@ STEPS = {"provision": ("preflight", "lease", "provision"), "pull": ("pull_image"
 
 @dataclass(frozen=True)
 class RunSample:
-    """One finished failover (or a drill's), its steps grouped into phases."""
+    """One finished failover (a drill's too), its steps grouped into phases."""
 
     run_id: str
     ended: float
@@ -127,31 +127,16 @@ def sample_from_run(doc: dict) -> RunSample | None:
                      engine=FLEET if ctx.get("fleet") else SINGLE)
 
 
-def samples_from_drill(report: dict) -> tuple[list[RunSample], list[tuple[float, float]]]:
-    """A drill report's failovers as samples (its scenarios' steps are the failover's), and the detection +
-    decision time of each scenario that went through the alert chain, as (ended, seconds)."""
-    samples, detections = [], []
+def detections_from_drill(report: dict) -> list[tuple[float, float]]:
+    """The detection + decision time of each passing scenario of a drill report that went through the alert chain,
+    as (ended, seconds). A drill's failovers are samples through their journals, like every run's."""
     ended = float(report.get("ended") or report.get("started") or 0)
-    for sc in report.get("scenarios") or []:
-        fo = sc.get("failover") if isinstance(sc.get("failover"), dict) else {}
-        moved = sc.get("services") if isinstance(sc.get("services"), dict) else {}
-        if fo.get("run_id") and fo.get("status") == "done" and len(moved) == 1:   # its steps are one service's
-            (service, row), = moved.items()
-            doc = {"run_id": f"{fo['run_id']}.{service}", "kind": "failover", "status": "done", "ended": ended,
-                   "context": {"host": row.get("standby")},
-                   "steps": [{**s, "status": s.get("outcome")} for s in sc.get("steps") or []]}
-            s = sample_from_run(doc)
-            if s is not None:
-                samples.append(s)
-        split = sc.get("split") or {}
-        det = (split.get("detection") or 0) + (split.get("decision") or 0)
-        if sc.get("passed") and split.get("detection"):
-            detections.append((ended, float(det)))
-    return samples, detections
+    splits = [sc.get("split") or {} for sc in report.get("scenarios") or [] if sc.get("passed")]
+    return [(ended, float(s["detection"] + (s.get("decision") or 0))) for s in splits if s.get("detection")]
 
 
 def dedupe(samples: list[RunSample]) -> list[RunSample]:
-    """One sample per run id (a drill's failover is in its report and in its journal), the most complete kept."""
+    """One sample per run id (a journal is read here and from its copy in the DR store), the most complete kept."""
     best: dict[str, RunSample] = {}
     for s in samples:
         have = best.get(s.run_id)
