@@ -61,6 +61,9 @@ def sample_report() -> dict:
         "load": {"requests": 300, "concurrency": 8, "rps": 55.1, "p50_ms": 40, "p95_ms": 90, "p99_ms": 120,
                  "error_rate": 0.0, "canary_mismatches": 0, "slo": {"p95_ms": 500, "error_rate": 0.01, "min_rps": 5},
                  "passed": True},
+        "services": {"asr-demo": {"status": "moved", "standby": "dr-gpu1", "record": "drill.model.drlab.test",
+                                  "moved_s": 47.0, "rto_s": 48.2, "rpo_s": 3600.5, "snapshot": None, "capacity": None,
+                                  "error": None, "standbys_tried": [], "fallback": None}},
         "cleanup": [{"action": "power on pw-gpu1", "ok": True, "detail": "ssh answered after 21 s"},
                     {"action": "power off dr-gpu1", "ok": True, "detail": None}],
         "not_cleaned": [],
@@ -192,10 +195,10 @@ def test_metrics(tmp_path):
     assert m[("drtool_drill_rto_seconds", ok)] == 48.2
     assert ("drtool_drill_rto_seconds", bad) not in m
     assert m[("drtool_drill_rpo_seconds", bad)] == 3700.0
-    verify_end = next(s["end"] for s in report["scenarios"][0]["steps"] if s["name"] == "verify")
+    # a standby is verified when a service's canary was served through its record there: fault + its RTO
     standby = {k: v for k, v in m.items() if k[0] == "drtool_standby_last_verified_timestamp_seconds"}
     assert standby == {("drtool_standby_last_verified_timestamp_seconds",
-                        (("host", "dr-gpu1"), ("site", "dr-east"))): verify_end}
+                        (("host", "dr-gpu1"), ("site", "dr-east"))): T0 + 10 + 48.2}
 
     # A later run where primary-down fails: its last success is kept, its RTO is gone, others carried over.
     later = sample_report()
@@ -210,6 +213,34 @@ def test_metrics(tmp_path):
     assert ("drtool_drill_rto_seconds", ok) not in m
     assert m[("drtool_drill_passed", bad)] == 0.0  # registry-down did not run: its series stay
     assert m[("drtool_drill_rpo_seconds", bad)] == 3700.0
+
+
+def test_every_standby_a_region_moved_to_and_served_from_is_verified(tmp_path):
+    report = sample_report()
+    del report["scenarios"][1]
+    sc = report["scenarios"][0]
+    row = sc["services"]["asr-demo"]
+    sc["services"] = {"asr": {**row, "standby": "de-gpu1", "rto_s": 30.0},
+                      "tts": {**row, "standby": "de-gpu2", "rto_s": 35.0},
+                      "vad": {**row, "standby": "de-gpu2", "rto_s": 31.0},
+                      "emotion": {**row, "status": "failed", "standby": "de-gpu3", "rto_s": None}}
+    drill_report.write_metrics(report, tmp_path / "drill.prom")
+    standby = {dict(k[1])["host"]: v for k, v in _samples(tmp_path / "drill.prom").items()
+               if k[0] == "drtool_standby_last_verified_timestamp_seconds"}
+    assert standby == {"de-gpu1": T0 + 10 + 30.0, "de-gpu2": T0 + 10 + 35.0}   # de-gpu3 served nothing
+
+
+def test_junit_has_a_check_once_with_the_rto_as_its_time(tmp_path):
+    """A scenario that checks its RTO, RPO and load itself: each is one test case (once two, with one name)."""
+    report = sample_report()
+    del report["scenarios"][1]
+    sc = report["scenarios"][0]
+    sc["checks"] += [{"name": n, "passed": True, "evidence": "x", "message": None}
+                     for n in ("rto_within_target", "rpo_within_target", "load_within_slo")]
+    suite = next(ET.parse(drill_report.write_reports(report, tmp_path)["junit"]).getroot().iter("testsuite"))
+    names = [c.get("name") for c in suite.iter("testcase")]
+    assert len(names) == len(set(names)) and {"rto_within_target", "load_within_slo"} <= set(names)
+    assert float(next(c for c in suite.iter("testcase") if c.get("name") == "rto_within_target").get("time")) == 48.2
 
 
 def test_history_rows_trend():
