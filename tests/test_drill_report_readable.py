@@ -88,7 +88,7 @@ def region_down_report() -> dict:
         {"name": "canary_served_through_record", "passed": False, "message": None,
          "summary": "not served through its record: emotion (restore: no snapshot of emotion-demo 1.0.0 verifies)",
          "evidence": {"asr": "RTO 33.5s", "emotion": "restore: no snapshot of emotion-demo 1.0.0 verifies"}},
-        {"name": "every_production_record_unchanged", "passed": True, "message": None,
+        {"name": "production_dns_unchanged", "passed": True, "message": None,
          "summary": "all 4 production records answer as before the drill",
          "evidence": {"before": {"model.drlab.test": ["10.77.0.10"]}, "after": {"model.drlab.test": ["10.77.0.10"]}}},
     ]

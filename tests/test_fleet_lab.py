@@ -292,7 +292,7 @@ def test_region_down_drill_brings_every_service_back_and_reports_each(lab, fleet
     assert len(launched) == 1 and launched[0]["run_id"] == sc["failover"]["run_id"], launched
     checks = {c["name"]: c["passed"] for c in sc["checks"]}
     for name in ("failover_completed", "record_points_at_verified_standby", "canary_served_through_record",
-                 "rto_within_target", "rpo_within_target", "load_within_slo", "every_production_record_unchanged",
+                 "rto_within_target", "rpo_within_target", "load_within_slo", "production_dns_unchanged",
                  "steady_state_after"):
         assert checks[name], name
     assert {s.name: dig(s.record) for s in FLEET_SERVICES} == before

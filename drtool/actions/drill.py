@@ -1,8 +1,8 @@
 """drtool drill: a game day on one DR site. For each scenario (drtool/drill/scenarios/, one module each): check
-the steady state, inject the fault, let the system recover (a failover, through the real alert chain when the fault
-is an outage; the in-site escalation ladder; the fleet failover), check the expected outcome, measure RTO and RPO,
-load the DR endpoint, then clean up, always, undoing exactly what the drill changed, and compare production with
-what it was before.
+the steady state, inject the fault, let the system recover (one failover of the scenario's services, through the
+real alert chain when the fault is an outage; the in-site escalation ladder), check the expected outcome, measure
+RTO and RPO, load each recovered service, then clean up, always, undoing exactly what the drill changed, and compare
+production with what it was before.
 
 By default the drill fails over a drill record (`drill.<record>`) and leaves the production record alone;
 `--live` moves the production record and fails back. Reports (JSON, JUnit, HTML) go to the report directory
@@ -42,7 +42,6 @@ from drtool.snapshot.stores import open_store
 
 __all__ = ["Drill", "ScenarioRun", "history", "run"]
 
-SCENARIOS = tuple(REGISTRY)
 UNDER_LOAD_FACTOR = 60  # a load under the fault: drill.load.requests x this, so it outlasts detection and recovery
 DRILLS = "drills"
 
@@ -89,20 +88,23 @@ class Drill:
         return entry
 
     def production_state(self) -> dict:
-        """What must be exactly the same after the drill: the production record and what the primary serves."""
-        rec = self.prod_dns.read_a()
+        """What must be exactly the same after the drill: the production record of every service of the primary
+        (its addresses and TTL) and what the primary serves."""
+        records = sorted({s.record for s in self.config.services.values() if s.site == self.primary.name})
+        dns = {r: {"addresses": a.addresses, "ttl": a.ttl} for r, a in zip(records, map(self.prod_dns.read_a, records),
+                                                                            strict=True)}
         served = {}
         for h in self.primary.hosts:
             try:
                 served[h.name] = version(base_url(h.address, self.primary.serving_port))
             except DrtoolError as exc:
                 served[h.name] = {"error": exc.message}
-        return {"dns": {"record": self.dr.dns.record, "addresses": rec.addresses, "ttl": rec.ttl}, "primary": served}
+        return {"dns": dns, "primary": served}
 
     def context(self, name: str, entry, chain: AlertChain | None) -> Context:
         return Context(config=self.config, out=self.out, drill_id=self.drill_id, primary=self.primary, dr=self.dr,
-                       model=self.model, entry=entry, record=self.record, live=self.live,
-                       workdir=self.dir / "work" / name, capacity=self.capacity, chain=chain)
+                       model=self.model, entry=entry, record=self.record, workdir=self.dir / "work" / name,
+                       capacity=self.capacity, chain=chain)
 
     def steady_state(self, sc: ScenarioRun, spec: Scenario, ctx: Context, check: str) -> list:
         """Every service the scenario judges, as one check naming each one not in steady state and why; returns
@@ -186,7 +188,6 @@ class Drill:
                 for record, address in spec.drill_records(ctx).items():
                     dns_for(self.dr.dns).replace_a([address], self.dr.dns.ttl, record=record)
                     changed.records.append(record)
-            spec.observe_before(ctx, sc)
             if chain is not None:
                 changed.chain = True   # before start: whatever part of it started is stopped by cleanup
                 chain.start(cfg_path)
@@ -265,14 +266,16 @@ class Drill:
         # failback writes). In every drill the primary must serve the same model, version and image; a primary that
         # lost its container (powered off, fenced) is redeployed by failback from the newest verified snapshot of
         # that version (the nightly one), which may be newer than the one it served.
-        same_dns = after["dns"] == before["dns"] or (
-            self.live and after["dns"]["addresses"] == before["dns"]["addresses"])
-        sc.check("production_dns_unchanged", same_dns, {"before": before["dns"], "after": after["dns"]},
-                 summary=f"production record {after['dns']['record']} answers "
-                         f"{', '.join(after['dns']['addresses']) or 'nothing'} (TTL {after['dns']['ttl']}), "
-                         + ("as before the drill" if same_dns else
-                            f"not {', '.join(before['dns']['addresses'])} (TTL {before['dns']['ttl']}) as before"))
-        spec.compare_after(ctx, sc)
+        def said(rec: dict) -> str:
+            return f"{', '.join(rec['addresses']) or 'nothing'} (TTL {rec['ttl']})"
+
+        moved = [r for r, b in before["dns"].items() if after["dns"][r] != b
+                 and not (self.live and after["dns"][r]["addresses"] == b["addresses"])]
+        sc.check("production_dns_unchanged", not moved, {"before": before["dns"], "after": after["dns"]},
+                 summary="; ".join(f"production record {r} answers {said(after['dns'][r])}, not "
+                                   f"{said(before['dns'][r])} as before" for r in moved) or
+                 ", ".join(f"production record {r} answers {said(a)}" for r, a in after["dns"].items())
+                 + ", as before the drill")
         changed_on = sorted(h for h, s in after["primary"].items()
                             if s.get("snapshot_id") != before["primary"].get(h, {}).get("snapshot_id"))
         same_primary = _without_snapshot(after["primary"]) == _without_snapshot(before["primary"])

@@ -1,11 +1,12 @@
 """What a drill scenario is, and the two families most scenarios belong to.
 
 A scenario says: whether the alert chain detects its fault (`detected`); what it changes in the drill's
-configuration (`configure`); which services must be in steady state before it starts (`steady_state`); how it
-injects its fault (`inject`, a `Fault` carrying its undo); how the system recovers (`recover`: a failover, the
-in-site escalation ladder, the fleet failover); what it expects (`expect`) and loads (`load`); and whether its
-failover is a planned one (`planned`: the primary still serves). The drill (drtool/actions/drill.py) runs the same
-flow for every scenario: steady state, inject, recover, expect, load, clean up, compare."""
+configuration (`configure`); which services it judges and recovers (`services`), each of which must be in steady
+state before it starts (`steady_state`); how it injects its fault (`inject`, a `Fault` carrying its undo); how the
+system recovers (`recover`: one failover of its services, the in-site escalation ladder); what it expects
+(`expect`) and loads (`load`); and whether its failover is a planned one (`planned`: the primary still serves).
+The drill (drtool/actions/drill.py) runs the same flow for every scenario: steady state, inject, recover, expect,
+load, clean up, compare."""
 
 from __future__ import annotations
 
@@ -68,7 +69,6 @@ class Context:
     model: Model
     entry: Any                  # the model's production entry in the registry (a VersionEntry)
     record: str                 # the record the drill flips: drill.<record>, or production's own with --live
-    live: bool
     workdir: Path               # this scenario's work directory (logs, Locust files)
     capacity: Callable[..., dict]   # (url, entry, workdir) -> the Locust result against drill.load
     chain: AlertChain | None = None
@@ -126,9 +126,6 @@ class Scenario:
         return {drill_record(s.record, False, main): ctx.primary.front_address if s.record == ctx.primary.dns.record
                 else home_hosts(ctx.primary, s)[0].address for s in self.services(ctx.config, ctx)}
 
-    def observe_before(self, ctx: Context, sc: ScenarioRun) -> None:
-        """Record what `compare_after` compares, before the fault."""
-
     def inject(self, ctx: Context) -> Fault:
         raise NotImplementedError
 
@@ -145,8 +142,6 @@ class Scenario:
         """Cleanup once the fault was injected, after the fault's own undo: (label, action) in order."""
         return []
 
-    def compare_after(self, ctx: Context, sc: ScenarioRun) -> None:
-        """Checks comparing production after the drill with `observe_before` (besides the drill's own)."""
 
 
 def drill_record(record: str, live: bool, main: tuple[str, str] | None = None) -> str:
