@@ -168,7 +168,8 @@ def test_live_drill_moves_production_and_fails_back(lab, production, drill_state
     """--live: the production record itself moves to the DR site (fenced primary, verified standby), then drtool
     fails back; afterwards production is compared with what it was, as in every drill. A backup first, so that a
     newer snapshot of the production version than the one the primary serves exists: failback restores that one."""
-    newer = cli_json("backup")["snapshots"][0]
+    # The backup snapshots both GPU hosts at once; failback restores the newest of the version (by `created`).
+    newer = max(cli_json("backup")["snapshots"], key=lambda s: s["created"])
     assert newer["version"] == PROD_VERSION
     assert dig() == PRIMARY
     proc = run_cli("--json", "drill", "--site", "dr-east", "--live", "--report", str(drill_state / "report"))
@@ -192,8 +193,11 @@ def test_live_drill_moves_production_and_fails_back(lab, production, drill_state
     assert_production_as_before(lab, result)
     assert dig() == PRIMARY
     evidence = next(c for c in sc["checks"] if c["name"] == "primary_unchanged")["evidence"]
-    assert evidence["after"]["pw-gpu1"]["version"] == PROD_VERSION and evidence["after"]["pw-gpu1"]["ready"]
-    assert evidence["after"]["pw-gpu1"]["snapshot_id"] == newer["id"] and evidence["snapshot_changed_on"] == ["pw-gpu1"]
+    # Fencing stopped both primary hosts' containers: failback redeployed each from the newest snapshot.
+    for host in ("pw-gpu1", "pw-gpu2"):
+        after = evidence["after"][host]
+        assert after["version"] == PROD_VERSION and after["ready"] and after["snapshot_id"] == newer["id"], host
+    assert evidence["snapshot_changed_on"] == ["pw-gpu1", "pw-gpu2"]
 
 
 @pytest.mark.nightly
