@@ -147,6 +147,17 @@ def test_drills_count_only_passing_failover_scenarios_of_the_service():
     assert rules.last_passing_drill(reports, "dr-east", "asr-demo", "asr-demo") is None
     assert rules.last_passing_drill(reports, "dr-east", "tts", "tts-demo")["drill_id"] == "d-region"
     assert rules.last_passing_drill(reports, "dr-west", "tts", "tts-demo") is None
+    # A primary-down drill run with a configuration that names the service otherwise counts by its model; a row of
+    # the service itself decides when there is one (another service of the model moving does not count for it).
+    moved = {"asr-demo": {"model": "asr-demo", "status": "moved"}}
+    one = {"drill_id": "d-one", "site": "dr-east", "ended": NOW - DAY,
+           "scenarios": [{"scenario": "primary-down", "passed": True, "services": moved}]}
+    assert rules.last_passing_drill([one], "dr-east", "asr", "asr-demo")["drill_id"] == "d-one"
+    assert rules.last_passing_drill([one], "dr-east", "tts", "tts-demo") is None
+    region = {**one, "scenarios": [{"scenario": "region-down", "passed": True, "services": {
+        "asr": {"model": "asr-demo", "status": "failed"}, "asr-b": {"model": "asr-demo", "status": "moved"}}}]}
+    assert rules.last_passing_drill([region], "dr-east", "asr", "asr-demo") is None
+    assert rules.last_passing_drill([region], "dr-east", "asr-b", "asr-demo")["drill_id"] == "d-one"
 
 
 def test_no_history_fails_rto_with_a_drill_to_run():

@@ -301,8 +301,10 @@ def rule_store_credentials(site: SiteEvidence) -> RuleResult:
 
 
 def last_passing_drill(reports, site: str, service: str, model: str) -> dict | None:
-    """The newest drill of `site` that moved `service` to it and passed: a region-down scenario listing the service
-    as moved, or another failover scenario of a drill of its model. {"drill_id", "scenario", "ended"} or None."""
+    """The newest drill of `site` that moved `service` to it and passed: a failover scenario whose row of the
+    service says moved, or, without such a row (a configuration that names it otherwise), one that moved a service
+    of its model; a report without rows (before they were written): a drill of its model. {"drill_id", "scenario",
+    "ended"} or None."""
     best = None
     for doc in reports:
         if doc.get("site") != site:
@@ -312,7 +314,8 @@ def last_passing_drill(reports, site: str, service: str, model: str) -> dict | N
                 continue
             moved = sc.get("services")
             if isinstance(moved, dict):
-                if (moved.get(service) or {}).get("status") != "moved":
+                rows = [moved[service]] if service in moved else [p for p in moved.values() if p.get("model") == model]
+                if not any(p.get("status") == "moved" for p in rows):
                     continue
             elif doc.get("model") != model:
                 continue

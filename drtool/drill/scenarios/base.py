@@ -313,9 +313,10 @@ class Failover(Scenario):
         try:
             for spec in specs:
                 row = rows.get(spec.name, {})
-                out = per[spec.name] = {"status": row.get("status"), "standby": row.get("standby"),
-                                        "record": spec.record, "moved_s": None, "rto_s": None, "rpo_s": None,
-                                        "snapshot": row.get("snapshot"), "capacity": None, "error": row.get("reason"),
+                out = per[spec.name] = {"model": spec.model, "status": row.get("status"),
+                                        "standby": row.get("standby"), "record": spec.record, "moved_s": None,
+                                        "rto_s": None, "rpo_s": None, "snapshot": row.get("snapshot"),
+                                        "capacity": None, "error": row.get("reason"),
                                         "standbys_tried": row.get("standbys_tried") or [],
                                         "fallback": row.get("fallback")}
                 if spec not in moved:
