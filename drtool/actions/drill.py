@@ -91,8 +91,10 @@ class Drill:
         """What must be exactly the same after the drill: the production record of every service of the primary
         (its addresses and TTL) and what the primary serves."""
         records = sorted({s.record for s in self.config.services.values() if s.site == self.primary.name})
-        dns = {r: {"addresses": a.addresses, "ttl": a.ttl} for r, a in zip(records, map(self.prod_dns.read_a, records),
-                                                                            strict=True)}
+        dns = {}
+        for r in records:
+            rec = self.prod_dns.read_a(r)
+            dns[r] = {"addresses": rec.addresses, "ttl": rec.ttl}
         served = {}
         for h in self.primary.hosts:
             try:

@@ -147,12 +147,12 @@ def junit_xml(report: dict) -> str:
     for sc in report["scenarios"]:
         suite_name = f"drill.{sc['scenario']}"
         cases = []  # (name, seconds, failure message or None, failure text)
+        timed = {"rto_within_target": sc.get("rto_s"), "rpo_within_target": sc.get("rpo_s")}
         for ck in sc["checks"]:
             text = _evidence_text(ck.get("evidence"))
             first_line = text.strip().splitlines()[0][:200] if text.strip() else ""
             msg = ck.get("message") or ck.get("summary") or first_line or "check failed"
-            timed = {"rto_within_target": sc.get("rto_s"), "rpo_within_target": sc.get("rpo_s")}.get(ck["name"])
-            cases.append((ck["name"], timed or 0.0, None if ck["passed"] else msg, text))
+            cases.append((ck["name"], timed.get(ck["name"]) or 0.0, None if ck["passed"] else msg, text))
         checked = {ck["name"] for ck in sc["checks"]}   # a check of the scenario is its own case, never twice
         for key, label in (("rto_s", "RTO"), ("rpo_s", "RPO")):
             value, target = sc.get(key), report["targets"].get(key)

@@ -247,8 +247,8 @@ class Failover(Scenario):
                 error = {"message": exc.message, "exit_code": exc.exit_code}
             report = json.loads((state_dir() / failover.RUNS / f"{run_id}.report.json").read_text())
         rows = report["services"]
-        bad = [r["service"] for r in rows if r["status"] not in (MOVED, ALREADY)]
         if error is None and report["status"] != "done":
+            bad = [r["service"] for r in rows if r["status"] not in (MOVED, ALREADY)]
             error = {"message": f"failover {report['run_id']} ended {report['status']}: {len(bad)} of {len(rows)} "
                                 f"service(s) did not move ({', '.join(bad)})", "exit_code": 1}
         steps = [(r["service"], s) for r in rows for s in r.get("steps") or []]   # left and not moved: none
