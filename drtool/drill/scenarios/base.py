@@ -349,7 +349,7 @@ class Failover(Scenario):
                  {n: {"record": p["record"], "answer": answers[n], "standby": p["standby"]} for n, p in per.items()},
                  summary="; ".join(wrong) or ", ".join(f"{p['record']} answers {', '.join(answers[n])}"
                                                        for n, p in per.items() if p["status"] == MOVED)
-                 + ": each the standby that passed verify")
+                 + (": the standby that passed verify" if len(per) == 1 else ": each the standby that passed verify"))
         sc.check("canary_served_through_record", not unserved,
                  {n: p["error"] or f"RTO {p['rto_s']} s" for n, p in per.items()},
                  summary="not served through its record: " + "; ".join(unserved) if unserved else
